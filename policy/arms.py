@@ -45,7 +45,7 @@ class Arm:
         return f"{self.model}/n{self.n}/L{self.max_new_tokens}/{decoding}"
 
     @classmethod
-    def parse(cls, arm_id: str) -> "Arm":
+    def parse(cls, arm_id: str) -> Arm:
         m = _ARM_RE.match(arm_id)
         if not m:
             raise UsageError(f"malformed arm id {arm_id!r}; expected like 'smollm2-135m/n4/L64/t0.7'")

@@ -7,6 +7,8 @@ This module must never import anything beyond the standard library.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class TTCError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -28,6 +30,6 @@ class MixedEnergyError(TTCError):
     """Measured and estimated joules were about to be compared as if alike."""
 
 
-def unknown_name(kind: str, name: str, known: "list[str] | tuple[str, ...] | set[str]") -> UsageError:
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> UsageError:
     """The standard 'unknown X' error: names the bad value and every valid one."""
     return UsageError(f"unknown {kind} {name!r}, known: {', '.join(sorted(known))}")

@@ -34,7 +34,7 @@ class Meter(ABC):
     def _snapshot_j(self) -> float:
         """Cumulative joules since an arbitrary origin; must never decrease."""
 
-    def _sync(self) -> None:
+    def _sync(self) -> None:  # noqa: B027 (a no-op default on purpose)
         """Wait for queued device work before reading (CUDA meters override)."""
 
     def _flags(self, duration_s: float) -> tuple[str, ...]:
