@@ -1,0 +1,3 @@
+from ttc.cli import main
+
+main()
