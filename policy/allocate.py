@@ -1,0 +1,325 @@
+"""The allocation rule: from predicted (success, joules) per arm to one arm per query.
+
+Input is two (n_queries, n_arms) matrices, `p` (predicted probability that the
+arm answers correctly) and `e` (predicted joules). Every rule works on each
+query's *upper convex hull* of its (e, p) points, cheapest first: an arm that
+costs more and predicts no better is never picked, and neither is one below
+the chord of its neighbours (a mix of those two would dominate it). On the hull
+the slopes (marginal accuracy per joule) strictly decrease, so a price λ in
+accuracy per joule picks the point where the next slope falls to λ or below.
+
+Rules, looked up by name in `RULES`:
+- "price": per query, the hull arm maximising p - λ·e. Ties go to the cheaper arm.
+- "budget": a target mean joules per query (or a total for the batch). The
+  batch energy E(λ) of the price rule is a step function of λ whose steps are
+  exactly the hull slopes, so bisection over the sorted slopes finds the
+  smallest λ with E(λ) <= budget exactly (Lagrangian relaxation). The budget
+  left under that step is then filled greedily with the hull moves of best
+  marginal accuracy per joule that still fit, so the batch mean lands at or
+  just under the budget, never over it.
+- A query whose every arm predicts p below `p_floor` is "hopeless": it gets its
+  cheapest arm whatever the rule (its joules still count against a budget).
+
+A budget below the sum of every query's cheapest arm is infeasible: `UsageError`
+naming the minimum feasible budget, or, with `on_infeasible="cheapest"`, every
+query gets its cheapest arm.
+
+numpy and the standard library only: the exported policy runs this. Never
+imports a predictor library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from policy.arms import Arm
+from policy.errors import UsageError, unknown_name
+from policy.records import Decision
+
+DEFAULT_P_FLOOR = 0.05
+PRICE = "price"
+BUDGET = "budget"
+HOPELESS = "hopeless"
+ON_INFEASIBLE = ("raise", "cheapest")
+# Relative slack when comparing joule sums with a budget, so a budget equal to
+# an attainable total (summed in another order) is not called exceeded.
+_REL_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a policy turns predictions into decisions; stored in the bundle's policy.json.
+
+    `mode` is "price" (uses `lam`, accuracy per joule) or "budget" (uses
+    `budget_j`, target mean joules per query). `p_floor` is the success
+    probability under which a query is hopeless and gets its cheapest arm.
+    """
+
+    mode: str = PRICE
+    lam: float = 0.0
+    budget_j: float | None = None
+    p_floor: float = DEFAULT_P_FLOOR
+
+    def __post_init__(self) -> None:
+        if self.mode not in RULES:
+            raise unknown_name("decision rule mode", self.mode, RULES)
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise UsageError(f"lam (accuracy per joule) must be finite and >= 0, got {self.lam}")
+        if self.mode == BUDGET and (self.budget_j is None or not self.budget_j > 0):
+            raise UsageError(f"budget mode needs budget_j > 0 (mean joules per query), got {self.budget_j}")
+        if not 0.0 <= self.p_floor < 1.0:
+            raise UsageError(f"p_floor must be in [0, 1), got {self.p_floor}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecisionRule:
+        known = {"mode", "lam", "budget_j", "p_floor"}
+        extra = set(d) - known
+        if extra:
+            raise UsageError(f"unknown decision rule keys {sorted(extra)}, known: {sorted(known)}")
+        return cls(**d)
+
+
+def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
+    """Indices of the upper convex hull of the points (e[i], p[i]), cheapest first.
+
+    Kept points have strictly increasing e and p and strictly decreasing slopes.
+    Among arms of equal e the one with the highest p is kept (then the lowest
+    index); a point on the chord of its neighbours is dropped (a zero-gain move).
+    """
+    order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
+    hull: list[int] = []
+    for i in order:
+        if hull and p[i] <= p[hull[-1]]:
+            continue  # costs at least as much, predicts no better: dominated
+        if hull and e[i] == e[hull[-1]]:
+            continue  # same cost, sorted by p descending: already have the better one
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # drop b when the slope a->b does not exceed the slope b->i (b is on or under the chord a->i)
+            if (p[b] - p[a]) * (e[i] - e[b]) <= (p[i] - p[b]) * (e[b] - e[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return hull
+
+
+@dataclass(frozen=True)
+class _Hull:
+    idx: list[int]  # arm indices, cheapest first
+    e: list[float]
+    p: list[float]
+    slopes: list[float]  # slopes[k]: accuracy per joule from idx[k] to idx[k+1]
+
+
+def _hulls(p: np.ndarray, e: np.ndarray) -> list[_Hull]:
+    out = []
+    for pr, er in zip(p.tolist(), e.tolist(), strict=True):
+        idx = upper_hull(er, pr)
+        he = [er[i] for i in idx]
+        hp = [pr[i] for i in idx]
+        slopes = [(hp[k + 1] - hp[k]) / (he[k + 1] - he[k]) for k in range(len(idx) - 1)]
+        out.append(_Hull(idx, he, hp, slopes))
+    return out
+
+
+def _check(p: np.ndarray, e: np.ndarray, arm_ids: list[str], query_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(p, dtype=np.float64)
+    e = np.asarray(e, dtype=np.float64)
+    if p.ndim != 2 or p.shape != e.shape:
+        raise UsageError(f"p and e must be (n_queries, n_arms) matrices of one shape, got {p.shape} and {e.shape}")
+    if p.shape[1] != len(arm_ids):
+        raise UsageError(f"p has {p.shape[1]} arm columns but {len(arm_ids)} arms were given")
+    if p.shape[0] != len(query_ids):
+        raise UsageError(f"p has {p.shape[0]} query rows but {len(query_ids)} query ids were given")
+    if len(set(arm_ids)) != len(arm_ids):
+        raise UsageError("arm ids must be unique")
+    if p.shape[1] == 0:
+        raise UsageError("no arms to choose from")
+    if not (np.isfinite(p).all() and np.isfinite(e).all()):
+        raise UsageError("p and e must be finite; a predictor returned NaN or inf")
+    if (p < -1e-6).any() or (p > 1 + 1e-6).any():
+        raise UsageError("p must be probabilities in [0, 1]")
+    if (e < 0).any():
+        raise UsageError("e (joules) must be >= 0")
+    return np.clip(p, 0.0, 1.0), e
+
+
+def _ids(arms: Sequence[Arm | str]) -> list[str]:
+    return [a.arm_id if isinstance(a, Arm) else str(a) for a in arms]
+
+
+def _decision(qid: str, h: _Hull, k: int, arm_ids: list[str], p_row, e_row, rule: str, lam: float) -> Decision:
+    i = h.idx[k]
+    top = k == len(h.idx) - 1
+    return Decision(
+        query_id=qid,
+        arm_id=arm_ids[i],
+        p_success=float(p_row[i]),
+        energy_j=float(e_row[i]),
+        next_arm_id=None if top else arm_ids[h.idx[k + 1]],
+        marginal_acc_per_j=None if top else float(h.slopes[k]),
+        rule=rule,
+        lam=float(lam),
+    )
+
+
+def _price_position(h: _Hull, lam: float) -> int:
+    # slopes strictly decrease: climb while the next move is worth more than its price (ties stay cheap)
+    k = 0
+    while k < len(h.slopes) and h.slopes[k] > lam:
+        k += 1
+    return k
+
+
+def allocate_price(
+    p: np.ndarray,
+    e: np.ndarray,
+    arms: Sequence[Arm | str],
+    query_ids: Sequence[str],
+    lam: float,
+    p_floor: float = DEFAULT_P_FLOOR,
+) -> list[Decision]:
+    """Per query, the hull arm maximising p - lam * e (lam: accuracy per joule)."""
+    arm_ids, query_ids = _ids(arms), [str(q) for q in query_ids]
+    DecisionRule(PRICE, lam, None, p_floor)  # validates lam and p_floor
+    p, e = _check(p, e, arm_ids, query_ids)
+    hopeless = p.max(axis=1) < p_floor
+    out = []
+    for q, h in enumerate(_hulls(p, e)):
+        if hopeless[q]:
+            out.append(_decision(query_ids[q], h, 0, arm_ids, p[q], e[q], HOPELESS, lam))
+        else:
+            out.append(_decision(query_ids[q], h, _price_position(h, lam), arm_ids, p[q], e[q], PRICE, lam))
+    return out
+
+
+def allocate_budget(
+    p: np.ndarray,
+    e: np.ndarray,
+    arms: Sequence[Arm | str],
+    query_ids: Sequence[str],
+    budget_j: float | None = None,
+    total_budget_j: float | None = None,
+    p_floor: float = DEFAULT_P_FLOOR,
+    on_infeasible: str = "raise",
+) -> list[Decision]:
+    """The most predicted accuracy for the batch whose joules stay within the budget.
+
+    Give `budget_j` (mean joules per query) or `total_budget_j` (the batch's
+    joules), not both. `on_infeasible="raise"` raises `UsageError` naming the
+    minimum feasible budget when even the cheapest arms exceed it;
+    `"cheapest"` returns every query's cheapest arm instead.
+    """
+    arm_ids, query_ids = _ids(arms), [str(q) for q in query_ids]
+    p, e = _check(p, e, arm_ids, query_ids)
+    n = len(query_ids)
+    if (budget_j is None) == (total_budget_j is None):
+        raise UsageError("give exactly one of budget_j (mean joules per query) or total_budget_j (joules per batch)")
+    total = float(total_budget_j) if total_budget_j is not None else float(budget_j) * n
+    if not math.isfinite(total) or total < 0:
+        raise UsageError(f"the budget must be finite and >= 0 joules, got {total}")
+    if on_infeasible not in ON_INFEASIBLE:
+        raise unknown_name("on_infeasible", on_infeasible, ON_INFEASIBLE)
+    DecisionRule(PRICE, 0.0, None, p_floor)  # validates p_floor
+    if n == 0:
+        return []
+    hulls = _hulls(p, e)
+    hopeless = (p.max(axis=1) < p_floor).tolist()
+    floor_j = sum(h.e[0] for h in hulls)
+    slack = _REL_TOL * max(total, floor_j, 1.0)
+
+    # Every hull move of a non-hopeless query: (slope, extra joules, query, step).
+    moves = [
+        (h.slopes[k], h.e[k + 1] - h.e[k], q, k)
+        for q, h in enumerate(hulls)
+        if not hopeless[q]
+        for k in range(len(h.slopes))
+    ]
+    lam_cheapest = max((m[0] for m in moves), default=0.0)  # the price above which everyone stays cheapest
+
+    if floor_j > total + slack:
+        if on_infeasible == "raise":
+            raise UsageError(
+                f"budget infeasible: the cheapest arms alone need {floor_j:.6g} J for {n} queries "
+                f"(mean {floor_j / n:.6g} J per query), above the budget of {total:.6g} J "
+                f"(mean {total / n:.6g} J); raise the budget to at least that, or pass on_infeasible='cheapest'"
+            )
+        pos = [0] * n
+        lam = lam_cheapest
+    else:
+        lam, pos = _fill_budget(hulls, moves, total - floor_j + slack, n)
+
+    return [
+        _decision(query_ids[q], h, pos[q], arm_ids, p[q], e[q], HOPELESS if hopeless[q] else BUDGET, lam)
+        for q, h in enumerate(hulls)
+    ]
+
+
+def _fill_budget(hulls: list[_Hull], moves: list, spare_j: float, n: int) -> tuple[float, list[int]]:
+    """Bisection on λ over the hull slopes, then a greedy fill; returns (λ, hull position per query)."""
+    # Moves in the order a falling price takes them; equal slopes: smaller step first, then query order.
+    moves.sort(key=lambda m: (-m[0], m[1], m[2], m[3]))
+    cost = np.cumsum([m[1] for m in moves]) if moves else np.zeros(0)
+    slopes = np.array([m[0] for m in moves])
+    # E(λ) - E(∞) = joules of every move with slope > λ. Candidate λ: each distinct slope, then 0.
+    cands = np.unique(np.append(slopes, 0.0))[::-1]  # descending
+
+    def spent(lam: float) -> float:
+        k = int(np.searchsorted(-slopes, -lam, side="left"))  # number of moves with slope > lam
+        return float(cost[k - 1]) if k > 0 else 0.0
+
+    # The largest index (smallest λ) whose spend fits: spend grows as λ falls, so bisect.
+    lo, hi = 0, len(cands) - 1
+    if spent(float(cands[hi])) <= spare_j:
+        lo = hi
+    else:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if spent(float(cands[mid])) <= spare_j:
+                lo = mid
+            else:
+                hi = mid
+    lam = float(cands[lo])
+    pos = [0] * n
+    used = 0.0
+    for slope, step_j, q, k in moves:
+        if slope > lam:
+            pos[q] = k + 1
+            used += step_j
+    # Greedy fill under the step: best accuracy per joule first, a query's moves in hull order.
+    for slope, step_j, q, k in moves:
+        if slope <= lam and pos[q] == k and used + step_j <= spare_j and slope > 0:
+            pos[q] = k + 1
+            used += step_j
+    return lam, pos
+
+
+def allocate(
+    p: np.ndarray,
+    e: np.ndarray,
+    arms: Sequence[Arm | str],
+    query_ids: Sequence[str],
+    rule: DecisionRule,
+    on_infeasible: str = "raise",
+) -> list[Decision]:
+    """Apply a stored `DecisionRule` (looked up by its mode in `RULES`)."""
+    return RULES[rule.mode](p, e, arms, query_ids, rule, on_infeasible)
+
+
+def _run_price(p, e, arms, query_ids, rule: DecisionRule, on_infeasible: str) -> list[Decision]:
+    return allocate_price(p, e, arms, query_ids, rule.lam, rule.p_floor)
+
+
+def _run_budget(p, e, arms, query_ids, rule: DecisionRule, on_infeasible: str) -> list[Decision]:
+    return allocate_budget(p, e, arms, query_ids, rule.budget_j, None, rule.p_floor, on_infeasible)
+
+
+RULES: dict[str, Callable[..., list[Decision]]] = {PRICE: _run_price, BUDGET: _run_budget}

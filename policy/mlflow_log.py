@@ -1,0 +1,112 @@
+"""Log a policy bundle to MLflow as a pyfunc model, and optionally register it.
+
+mlflow is imported inside `log_policy_model` only: `import policy` must stay
+free of it. The model is logged from code (`policy/pyfunc_model.py`) with the
+bundle folder as its artifact and the `policy` package as its code, so a
+served model needs neither this repository nor pickles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policy.errors import UsageError
+
+#: the question/task columns a served policy accepts, with one example row
+INPUT_EXAMPLE = {
+    "question": ["Tom has 3 apples and buys 12 more. How many apples does he have?"],
+    "task": ["gsm8k"],
+}
+
+
+def log_policy_model(
+    bundle_dir: str | Path,
+    registered_name: str | None = None,
+    alias: str | None = None,
+    backend: str = "onnx",
+) -> str:
+    """Log the bundle as an MLflow pyfunc model in the current (or a new) run; returns a model URI.
+
+    With `registered_name` the model is registered; with `alias` too (e.g.
+    "champion") that alias points at the new version and the returned URI is
+    `models:/<name>@<alias>`. Uses the tracking URI MLflow is configured with.
+    """
+    import lightgbm
+    import mlflow
+    import onnxruntime
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from policy.bundle import load_bundle
+    from policy.pyfunc_model import OUTPUT_COLUMNS
+
+    if alias and not registered_name:
+        raise UsageError(f"alias {alias!r} needs a registered_name to point into")
+    bundle_dir = Path(bundle_dir).resolve()
+    if not bundle_dir.is_dir():
+        raise UsageError(f"{bundle_dir} is not a bundle folder; log the folder that write_bundle wrote, not the .zip")
+    policy = load_bundle(bundle_dir, backend=backend)  # refuse a broken bundle before logging it
+
+    package_dir = Path(__file__).resolve().parent
+    signature = ModelSignature(
+        inputs=Schema(
+            [
+                ColSpec("string", "question"),
+                ColSpec("string", "task", required=False),
+                ColSpec("string", "query_id", required=False),
+            ]
+        ),
+        outputs=Schema(
+            [
+                ColSpec("double" if c in ("p_success", "energy_j", "lam") else "string", c, required=c != "next_arm_id")
+                for c in OUTPUT_COLUMNS
+            ]
+        ),
+        params=ParamSchema([ParamSpec("lam", "double", None), ParamSpec("budget_j", "double", None)]),
+    )
+    active = mlflow.active_run()
+    if active is None:
+        mlflow.start_run(run_name="policy-bundle")
+    try:
+        mlflow.log_params(
+            {
+                "rule_mode": policy.rule.mode,
+                "rule_lam": policy.rule.lam,
+                "rule_budget_j": policy.rule.budget_j,
+                "p_floor": policy.rule.p_floor,
+                "feature_set": f"{policy.feature_set.name}@v{policy.feature_set.version}",
+                "energy_meter": policy.energy_meter,
+                "energy_source": policy.energy_source,
+                "n_arms": len(policy.arms),
+            }
+        )
+        numeric = {k: float(v) for k, v in policy.metrics.items() if isinstance(v, int | float)}
+        if numeric:
+            mlflow.log_metrics(numeric)
+        info = mlflow.pyfunc.log_model(
+            name="policy",
+            python_model=str(package_dir / "pyfunc_model.py"),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(package_dir)],
+            model_config={"backend": backend},
+            signature=signature,
+            input_example=pd.DataFrame(INPUT_EXAMPLE),
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"lightgbm=={lightgbm.__version__}",
+                f"onnxruntime=={onnxruntime.__version__}",
+                "numpy",
+                "pandas",
+            ],
+            registered_model_name=registered_name,
+        )
+    finally:
+        if active is None:
+            mlflow.end_run()
+    if not registered_name:
+        return info.model_uri
+    if alias:
+        mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, str(info.registered_model_version))
+        return f"models:/{registered_name}@{alias}"
+    return f"models:/{registered_name}/{info.registered_model_version}"

@@ -1,0 +1,83 @@
+"""MLflow models-from-code entry: the exported policy as a pyfunc model.
+
+MLflow executes this file when it loads the model (`mlflow.pyfunc.load_model`,
+`mlflow models serve`); `policy/mlflow_log.py` logs it with the bundle folder
+as the artifact "bundle" and the `policy` package as code. It is the only file
+of the package that imports mlflow at module level, and `import policy` must
+never import it.
+
+Input: a DataFrame with column `question`, optional `task` and `query_id`.
+Output: one row per input row with the chosen `arm_id`, its predicted
+`p_success` and `energy_j`, the `rule` that chose it, the price `lam`, and
+`energy_source` (whether the joules the policy learnt from were measured or
+estimated). Optional params `lam` (a price) or `budget_j` (a mean budget per
+row; in budget mode the request's rows form one batch) replace the stored rule.
+The ONNX backend serves by default; set the model config `backend` to
+"lightgbm" to use the LightGBM text models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+OUTPUT_COLUMNS = ["query_id", "arm_id", "p_success", "energy_j", "next_arm_id", "rule", "lam", "energy_source"]
+
+
+class PolicyModel(mlflow.pyfunc.PythonModel):
+    """Wraps `policy.bundle.Policy`; the bundle is data, loaded from the model's artifacts."""
+
+    def load_context(self, context: Any) -> None:
+        from policy.bundle import load_bundle
+
+        backend = (context.model_config or {}).get("backend", "onnx")
+        self.policy_ = load_bundle(context.artifacts["bundle"], backend=backend)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from policy.errors import UsageError
+
+        if not hasattr(self, "policy_"):
+            raise UsageError("the policy model was not loaded; load it with mlflow.pyfunc.load_model")
+        df = pd.DataFrame(model_input)
+        if "question" not in df.columns:
+            raise UsageError(f"input needs a 'question' column, got columns {list(df.columns)}")
+        questions = [str(q) for q in df["question"]]
+        tasks = _optional(df, "task")
+        ids = _optional(df, "query_id")
+        query_ids = [q if q is not None else str(i) for i, q in enumerate(ids)] if ids else None
+        params = params or {}
+        lam, budget_j = params.get("lam"), params.get("budget_j")
+        decisions = self.policy_.allocate(
+            questions,
+            tasks,
+            query_ids,
+            lam=None if lam is None else float(lam),
+            budget_j=None if budget_j is None else float(budget_j),
+        )
+        return pd.DataFrame(
+            [
+                (
+                    d.query_id,
+                    d.arm_id,
+                    d.p_success,
+                    d.energy_j,
+                    d.next_arm_id or "",
+                    d.rule,
+                    d.lam,
+                    self.policy_.energy_source,
+                )
+                for d in decisions
+            ],
+            columns=OUTPUT_COLUMNS,
+        )
+
+
+def _optional(df: pd.DataFrame, column: str) -> list[str | None] | None:
+    if column not in df.columns:
+        return None
+    return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df[column]]
+
+
+mlflow.models.set_model(PolicyModel())
