@@ -96,13 +96,16 @@ class Generation:
 class LoadedModel:
     """A tokenizer and model on one device, with prompt building and batched sampling."""
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, device: str = "auto", threads: int | None = None, share_prefill: bool = True
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
+        self.share_prefill = share_prefill
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         if spec.gguf_file:
@@ -168,6 +171,33 @@ class LoadedModel:
             text = text.split(s)[0]
         return text.strip()
 
+    def _prefill_once(self, enc: dict[str, Any], n: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Run each distinct prompt through the model once and share its KV cache among its n samples.
+
+        `generate(num_return_sequences=n)` would prefill every prompt n times. Here the
+        prompt minus its last token is prefilled once, the cache is repeated n times,
+        and generate() then only processes the last prompt token before sampling.
+        Positions follow the attention mask, as generate() computes them, so
+        left-padded rows get the same positions either way.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        cache = DynamicCache(config=self.model.config)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            self.model(
+                input_ids=ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=positions[:, :-1],
+                past_key_values=cache,
+                use_cache=True,
+            )
+        cache.batch_repeat_interleave(n)
+        kwargs["past_key_values"] = cache
+        return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
+
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int) -> Generation:
         """n samples of each prompt in one call; sequence i*n+j is prompt i's sample j."""
         import torch
@@ -198,6 +228,9 @@ class LoadedModel:
             kwargs.update(do_sample=False)
         if self.stop_strings:
             kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
+        if n > 1 and self.share_prefill:
+            enc = self._prefill_once(enc, n, kwargs)
+            kwargs["num_return_sequences"] = 1
         torch.manual_seed(seed)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)

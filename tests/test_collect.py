@@ -1,0 +1,216 @@
+"""Collect stage: real model samples, the sample->arm view, the store's crash safety, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from collect.config import load_config, make_config
+from collect.stage import collect_stage
+from collect.store import SampleStore, read_samples, to_dataset
+from collect.views import arm_outcomes, available_arms, vote
+from policy.arms import Arm
+from policy.errors import UsageError
+from ttc.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    models=["smollm2-135m"],
+    tasks=["rg.basic_arithmetic_1d"],
+    items_per_task=2,
+    n_samples=2,
+    levels=[4, 12],
+    greedy=True,
+    queries_per_batch=2,
+    track=False,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, smollm2):
+    store = tmp_path_factory.mktemp("store")
+    cfg = make_config(None, store=str(store), **TINY).validate()
+    result = collect_stage(cfg, progress=False)
+    return store, result
+
+
+def test_generation_capped_at_L_is_prefix_of_longer_generation(smollm2):
+    prompt = smollm2.build_prompt("What is 17 + 25?", [])
+    short = smollm2.generate([prompt], 3, 6, 0.7, seed=7)
+    long = smollm2.generate([prompt], 3, 14, 0.7, seed=7)
+    for a, b in zip(short.output_ids, long.output_ids, strict=True):
+        assert b[: len(a)] == a
+
+
+def test_every_sample_is_graded_at_every_level(tiny_store):
+    store, result = tiny_store
+    df = read_samples(store)
+    assert result.new_samples == len(df) == 2 * 2 + 2  # 2 queries x 2 samples + 2 greedy
+    for row in df.itertuples():
+        assert list(row.levels) == [4, 12]
+        assert list(row.level_output_tokens) == [min(4, row.output_tokens), min(12, row.output_tokens)]
+        assert row.level_energy_j[0] <= row.level_energy_j[1] == pytest.approx(row.energy_j)
+        assert row.energy_source == "estimated" and row.meter == "estimate"
+        assert row.extraction in {"strict", "flexible", "scorer", "none"}
+        assert (row.answer is None) == (row.extraction == "none")
+
+
+def test_window_energy_is_split_without_loss(tiny_store):
+    df = read_samples(tiny_store[0])
+    for _, g in df.groupby("batch_id"):
+        assert g["energy_j"].sum() == pytest.approx(g["window_energy_j"].iloc[0], rel=1e-9)
+        assert len(g) == g["window_samples"].iloc[0]
+
+
+def test_rerun_skips_stored_groups_and_adds_nothing(tiny_store, smollm2):
+    store, first = tiny_store
+    cfg = make_config(None, store=str(store), **TINY).validate()
+    again = collect_stage(cfg, progress=False)
+    assert again.new_samples == 0 and again.skipped_groups > 0
+    assert len(read_samples(store)) == first.total_samples
+
+
+def test_store_reads_as_dataframe_and_dataset(tiny_store):
+    df = read_samples(tiny_store[0])
+    ds = to_dataset(tiny_store[0])
+    assert len(ds) == len(df) and set(ds.column_names) == set(df.columns)
+
+
+def test_arm_view_derives_every_n_and_L_arm(tiny_store):
+    df = read_samples(tiny_store[0])
+    arms = available_arms(df)
+    ids = {a.arm_id for a in arms}
+    assert "smollm2-135m/n2/L12/t0.7" in ids and "smollm2-135m/n1/L4/greedy" in ids
+    out = arm_outcomes(df)
+    assert set(out["arm_id"]) == ids
+    one = out[out.arm_id == "smollm2-135m/n1/L12/t0.7"].set_index("query_id")
+    first = df[(df.temperature > 0) & (df.sample_index == 0)].set_index("query_id")
+    for qid, row in one.iterrows():
+        assert row["correct"] == bool(first.loc[qid, "level_correct"][1])
+        assert row["energy_j"] == pytest.approx(first.loc[qid, "level_energy_j"][1])
+
+
+def test_vote_takes_majority_and_breaks_ties_by_first_seen():
+    assert vote(["3", "4", "4"], [False, True, True]) == ("4", True)
+    assert vote(["3", "4"], [False, True]) == ("3", False)
+    assert vote([None, None], [False, False]) == (None, False)
+    assert vote([None, "5"], [False, True]) == ("5", True)
+
+
+def test_store_never_duplicates_a_group(tmp_path, tiny_store):
+    df = read_samples(tiny_store[0])
+    from policy.records import Sample
+
+    samples = [Sample(**{k: v for k, v in r.items()}) for r in df.head(2).to_dict("records")]
+    store = SampleStore(tmp_path / "s")
+    assert store.append(samples) is not None
+    assert SampleStore(tmp_path / "s").append(samples) is None  # a fresh handle sees the stored groups
+    assert len(read_samples(tmp_path / "s")) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_loses_only_the_inflight_batch_and_resume_completes(tmp_path, smollm2):
+    store = tmp_path / "store"
+    args = [
+        sys.executable,
+        "-m",
+        "ttc",
+        "collect",
+        "--model",
+        "smollm2-135m",
+        "--task",
+        "rg.products_1x1",
+        "--items-per-task",
+        "8",
+        "--n-samples",
+        "2",
+        "--level",
+        "6",
+        "--queries-per-batch",
+        "1",
+        "--no-greedy",
+        "--no-track",
+        "--device",
+        "cpu",
+        "--store",
+        str(store),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(store.glob("shard-*.parquet"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.read_bytes() for p in store.glob("shard-*.parquet")}
+    assert 2 <= len(before) < 8, "the kill should land mid-run"
+    done = read_samples(store)
+    assert not done.duplicated(["query_id", "sample_index"]).any()
+    subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    after = read_samples(store)
+    assert len(after) == 8 * 2
+    assert not after.duplicated(["query_id", "sample_index"]).any()
+    for name, data in before.items():  # nothing finished before the kill was lost or rewritten
+        assert (store / name).read_bytes() == data
+    assert not list(store.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "gsm8"], "unknown task 'gsm8'"),
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--meter", "joulemeter"], "unknown meter 'joulemeter'"),
+        (["--n-samples", "0"], "n_samples must be >= 1"),
+        (["--level", "0"], "levels"),
+        (["--temperature", "-1"], "temperatures must be > 0"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, extra, message):
+    store = tmp_path / "store"
+    r = CliRunner().invoke(app, ["collect", "--store", str(store), "--no-track", *extra])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and r.output.strip().count("\n") == 0
+    assert not store.exists()
+
+
+def test_malformed_config_and_unknown_key_are_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("items_per_task = [")
+    with pytest.raises(UsageError, match="malformed config"):
+        load_config(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[collect]\nitem_per_task = 3\n")
+    with pytest.raises(UsageError, match="unknown config key"):
+        load_config(typo)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("[collect]\nlevels = []\n")
+    with pytest.raises(UsageError, match="levels"):
+        load_config(empty).validate()
+
+
+def test_jsonl_line_without_question_is_refused_before_any_work(tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"question": "1+1?", "answer": "2"}\n{"answer": "3"}\n')
+    r = CliRunner().invoke(app, ["collect", "--task", f"jsonl:{f}", "--store", str(tmp_path / "s"), "--no-track"])
+    assert r.exit_code == 2 and "line 2" in r.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_arm_view_refuses_an_empty_store():
+    with pytest.raises(UsageError, match="no samples"):
+        arm_outcomes(pd.DataFrame())
+
+
+def test_arm_ids_round_trip():
+    for arm in [Arm("smollm2-135m", 4, 64, 0.7), Arm("gemma3-270m", 1, 16, 0.0)]:
+        assert Arm.parse(arm.arm_id) == arm
