@@ -27,6 +27,8 @@ from collect.store import SampleStore
 from collect.tasks import Item, Task, make_task
 from policy.records import Sample
 
+GREEDY_PACKING = 2
+
 
 @dataclass(frozen=True)
 class CollectResult:
@@ -50,23 +52,29 @@ class _Batch:
     items: list[tuple[Task, Item]]
 
 
-def _batch_seed(base: int, model: str, temperature: float, index: int) -> int:
-    h = hashlib.sha256(f"{base}:{model}:{temperature:g}:{index}".encode()).hexdigest()
+def _batch_seed(base: int, model: str, temperature: float, task: str, index: int) -> int:
+    h = hashlib.sha256(f"{base}:{model}:{temperature:g}:{task}:{index}".encode()).hexdigest()
     return int(h[:8], 16)
 
 
 def plan_batches(cfg: CollectConfig, tasks: list[Task]) -> list[_Batch]:
-    """Every generate call the config asks for, in a fixed order (independent of what is stored)."""
-    items = [(t, it) for t in tasks for it in t.items(cfg.items_per_task, cfg.item_seed)]
+    """Every generate call the config asks for, in a fixed order (independent of what is stored).
+
+    Batches are cut per task, in item order, so raising `items_per_task` later only
+    adds batches: every batch (and its seed) already planned stays the same, and a
+    grown collection resumes instead of starting over.
+    """
     batches = []
     for model in cfg.models:
         settings = [(t, cfg.n_samples) for t in cfg.temperatures] + ([(0.0, 1)] if cfg.greedy else [])
         for temp, n in settings:
-            # greedy calls make one sequence per query: pack more queries so calls stay as wide
-            per = cfg.queries_per_batch * (cfg.n_samples if n == 1 else 1)
-            for i in range(0, len(items), per):
-                seed = _batch_seed(cfg.seed, model, temp, i // per)
-                batches.append(_Batch(model, temp, n, seed, items[i : i + per]))
+            # greedy calls make one sequence per query: pack more queries so calls stay wider
+            per = cfg.queries_per_batch * (GREEDY_PACKING if n == 1 else 1)
+            for task in tasks:
+                items = task.items(cfg.items_per_task, cfg.item_seed)
+                for i in range(0, len(items), per):
+                    seed = _batch_seed(cfg.seed, model, temp, task.name, i // per)
+                    batches.append(_Batch(model, temp, n, seed, [(task, it) for it in items[i : i + per]]))
     return batches
 
 
