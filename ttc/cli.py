@@ -90,6 +90,195 @@ def collect(
 
 
 @app.command()
+def train(
+    store: Annotated[str, typer.Option(help="sample store folder written by `ttc collect`")] = "runs/default/store",
+    out: Annotated[str, typer.Option(help="output folder: models, metrics, figures, bundle/")] = "runs/default/train",
+    feature_set: Annotated[str, typer.Option(help="query feature set: text, text+probe")] = "text",
+    trials: Annotated[int, typer.Option(help="Optuna trials per predictor")] = 30,
+    split: Annotated[str, typer.Option(help="held-out split: query (default) or task")] = "query",
+    holdout_task: Annotated[list[str] | None, typer.Option(help="task held out with --split task; repeatable")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the split, Optuna and LightGBM")] = 0,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage: sqlite:///path.db or an RDB URL")] = None,
+    register_name: Annotated[
+        str | None, typer.Option(help="register the models under this name (alias champion)")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
+    threads: Annotated[int, typer.Option(help="LightGBM threads")] = 2,
+) -> None:
+    """Fit LightGBM predictors of success and joules per (query, arm), tuned with Optuna, logged to MLflow."""
+    from train.stage import train_stage
+
+    try:
+        r = train_stage(
+            store,
+            out,
+            feature_set=feature_set,
+            n_trials=trials,
+            split=split,
+            holdout_tasks=holdout_task or None,
+            seed=seed,
+            tracking_uri=tracking_uri,
+            register_name=register_name,
+            storage=storage,
+            num_threads=threads,
+        )
+    except TTCError as e:
+        _fail(e)
+    typer.echo(
+        f"trained on {len(r.train_query_ids)} queries, held out {len(r.test_query_ids)}; "
+        f"models in {r.out_dir}; MLflow run {r.run_id}"
+    )
+
+
+@app.command()
+def export(
+    source: Annotated[
+        str, typer.Option("--from", help="`ttc train` output folder, bundle folder/zip, or runs:/ID/bundle")
+    ] = "runs/default/train",
+    out: Annotated[
+        str, typer.Option(help="bundle folder to write (a .zip is written beside it)")
+    ] = "runs/default/policy",
+    mode: Annotated[str | None, typer.Option(help="decision rule: price or budget")] = None,
+    lam: Annotated[float | None, typer.Option(help="joule price λ for price mode (accuracy per J)")] = None,
+    budget_j: Annotated[float | None, typer.Option(help="target mean joules per query for budget mode")] = None,
+    register_name: Annotated[
+        str | None, typer.Option(help="log as an MLflow pyfunc and register under this name")
+    ] = None,
+    alias: Annotated[str, typer.Option(help="alias set on the registered version")] = "champion",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
+) -> None:
+    """Write the policy as a portable bundle (policy.json + LightGBM text + ONNX), optionally registered."""
+    from ttc.stages import export_stage
+
+    try:
+        r = export_stage(source, out, mode, lam, budget_j, register_name, alias, tracking_uri)
+    except TTCError as e:
+        _fail(e)
+    typer.echo(
+        f"bundle {r['bundle']} and {r['zip']} (energy {r['energy_source']})"
+        + (f"; registered as {r['model_uri']}" if "model_uri" in r else "")
+    )
+
+
+@app.command()
+def allocate(
+    bundle: Annotated[str, typer.Option(help="bundle folder or .zip")],
+    input: Annotated[Path, typer.Option(help='JSONL, one {"question", "task"?, "id"?} per line')],
+    output: Annotated[Path, typer.Option(help="JSONL of decisions to write")] = Path("decisions.jsonl"),
+    lam: Annotated[float | None, typer.Option(help="joule price λ (overrides the bundle's rule)")] = None,
+    budget_j: Annotated[float | None, typer.Option(help="target mean joules per query over the file")] = None,
+    backend: Annotated[str, typer.Option(help="lightgbm or onnx")] = "lightgbm",
+) -> None:
+    """Pick an arm (model, votes, max tokens) for every query of a JSONL file."""
+    from ttc.stages import allocate_stage
+
+    try:
+        n = allocate_stage(bundle, input, output, lam, budget_j, backend)
+    except TTCError as e:
+        _fail(e)
+    typer.echo(f"wrote {n} decisions to {output}")
+
+
+@app.command(name="eval")
+def eval_(
+    store: Annotated[str, typer.Option(help="sample store folder")] = "runs/default/store",
+    bundle: Annotated[str, typer.Option(help="bundle folder or .zip")] = "runs/default/policy",
+    out: Annotated[str, typer.Option(help="report folder")] = "runs/default/eval",
+    train_dir: Annotated[str | None, typer.Option(help="`ttc train` output: take its held-out query ids")] = None,
+    split: Annotated[str, typer.Option(help="query or task")] = "query",
+    holdout_task: Annotated[list[str] | None, typer.Option(help="held-out task with --split task")] = None,
+    allocator: Annotated[list[str] | None, typer.Option(help="allocators to compare (default all)")] = None,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the split and the bootstrap")] = 0,
+    allow_mixed_energy: Annotated[bool, typer.Option(help="allow comparing measured with estimated joules")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
+) -> None:
+    """Compare the learned allocator with fixed, model-scaling, random, binned, early-stopping and oracle."""
+    import json
+
+    from eval.stage import eval_stage
+
+    try:
+        test_ids = train_ids = None
+        if train_dir:
+            split_file = Path(train_dir) / "split.json"
+            if not split_file.is_file():
+                raise TTCError(f"{split_file} not found; give the folder `ttc train --out` wrote")
+            ids = json.loads(split_file.read_text())
+            test_ids, train_ids = ids["test_query_ids"], ids["train_query_ids"]
+        r = eval_stage(
+            store,
+            bundle,
+            out,
+            test_query_ids=test_ids,
+            split=split,
+            holdout_tasks=holdout_task or None,
+            train_query_ids=train_ids,
+            n_boot=n_boot,
+            seed=seed,
+            tracking_uri=tracking_uri,
+            allow_mixed_energy=allow_mixed_energy,
+            allocators=allocator or None,
+        )
+    except TTCError as e:
+        _fail(e)
+    _print_headline(json.loads(r.to_json()))
+    typer.echo(f"report: {r.markdown_path}  |  MLflow: mlflow ui --backend-store-uri {r.tracking_uri}")
+
+
+def _print_headline(rep: dict) -> None:
+    """The headline intervals of an eval report, one line each, with the energy source."""
+    src = rep.get("energy_source", "estimated")
+    for key, value in rep.items():
+        if isinstance(value, dict) and {"point", "low", "high"} <= set(value):
+            if None in (value["point"], value["low"], value["high"]):
+                typer.echo(f"  {key}: undefined on this data")
+            else:
+                typer.echo(f"  {key} ({src}): {value['point']:.3g}  [95% CI {value['low']:.3g} .. {value['high']:.3g}]")
+
+
+@app.command()
+def run(
+    quick: Annotated[bool, typer.Option(help="smaller preset for a first look (fewer trials and resamples)")] = False,
+    out: Annotated[str, typer.Option(help="folder for the store, models, bundle and report")] = "runs/default",
+    extra_items: Annotated[
+        int | None, typer.Option(help="queries per task collected in this run beyond the reference")
+    ] = None,
+    task: Annotated[list[str] | None, typer.Option(help="restrict to these tasks; repeatable")] = None,
+    trials: Annotated[int | None, typer.Option(help="Optuna trials per predictor")] = None,
+    n_boot: Annotated[int | None, typer.Option(help="bootstrap resamples")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
+) -> None:
+    """The whole pipeline on the built-in default: collect -> train -> export -> eval (resumable)."""
+    from ttc.stages import run_pipeline
+
+    try:
+        s = run_pipeline(
+            out,
+            "quick" if quick else "default",
+            tasks=task or None,
+            extra_items_per_task=extra_items,
+            n_trials=trials,
+            n_boot=n_boot,
+            tracking_uri=tracking_uri,
+            echo=typer.echo,
+        )
+    except TTCError as e:
+        _fail(e)
+    d = s["data"]
+    typer.echo(
+        f"\ndata: {d['queries']} queries ({d['queries_from_reference']} from the reference collection, "
+        f"{d['queries_collected_by_this_or_earlier_runs']} collected by ttc run; {d['new_samples_this_run']} "
+        f"new samples now); held out {d['held_out_queries']}; energy {d['energy_source']} ({d['energy_meter']})"
+    )
+    _print_headline(s["eval"])
+    typer.echo(
+        f"report: {s['eval'].get('markdown_path')}\nsummary: {Path(out) / 'run_summary.json'}\n"
+        f"MLflow: {s['mlflow_ui']}  (took {s['timings_s']['total_s']:.0f} s)"
+    )
+
+
+@app.command()
 def tasks() -> None:
     """List the registered tasks."""
     from collect.tasks import DEFAULT_TASKS, TASKS

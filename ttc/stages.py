@@ -1,0 +1,299 @@
+"""Stage functions the CLI calls that are not one package's own stage: export, allocate, run.
+
+`export_stage` turns a training output (or an MLflow artifact URI) into a
+portable bundle folder + zip, and optionally logs it as a registered pyfunc.
+`allocate_stage` runs a bundle over a JSONL file of queries. `run_pipeline` is
+the main job: collect -> train -> export -> eval on the built-in default.
+Heavy imports stay inside the functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policy.errors import UsageError
+
+REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference"
+#: queries per task in the committed reference collection (data/reference/README.md)
+REFERENCE_ITEMS_PER_TASK = 16
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _resolve_bundle_source(source: str) -> Path:
+    """A local bundle folder/zip, a training output folder holding bundle/, or an MLflow artifact URI."""
+    if source.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
+        import mlflow
+
+        return Path(mlflow.artifacts.download_artifacts(source))
+    p = Path(source)
+    if (p / "bundle" / "policy.json").is_file():
+        return p / "bundle"
+    if (p / "policy.json").is_file() or (p.is_file() and p.suffix == ".zip"):
+        return p
+    raise UsageError(
+        f"no policy bundle at {source!r}: give a `ttc train` output folder, a bundle folder or .zip, "
+        "or an MLflow artifact URI (runs:/<run_id>/bundle)"
+    )
+
+
+def export_stage(
+    source: str,
+    out: str | Path,
+    mode: str | None = None,
+    lam: float | None = None,
+    budget_j: float | None = None,
+    register_name: str | None = None,
+    alias: str | None = "champion",
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Copy a verified bundle to `out` (folder and `out`.zip), optionally with a new decision rule, and register it."""
+    from policy.allocate import DecisionRule
+    from policy.bundle import load_bundle, zip_bundle
+
+    src = _resolve_bundle_source(source)
+    policy = load_bundle(src)  # verifies hashes and features before anything is written
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    if src.is_file():
+        import zipfile
+
+        with zipfile.ZipFile(src) as z:
+            names = [n for n in z.namelist() if "/" not in n and not n.startswith(".")]
+            out.mkdir(parents=True)
+            for n in names:
+                (out / n).write_bytes(z.read(n))
+    else:
+        shutil.copytree(src, out)
+    if mode or lam is not None or budget_j is not None:
+        manifest = json.loads((out / "policy.json").read_text())
+        rule = dataclasses.replace(
+            policy.rule,
+            **{k: v for k, v in {"mode": mode, "lam": lam, "budget_j": budget_j}.items() if v is not None},
+        )
+        if rule.mode == "budget" and rule.budget_j is None:
+            raise UsageError("budget mode needs --budget-j (target mean joules per query)")
+        manifest["rule"] = DecisionRule.to_dict(rule)
+        _atomic_write_text(out / "policy.json", json.dumps(manifest, indent=2, sort_keys=True))
+    load_bundle(out)
+    zipped = zip_bundle(out)
+    result: dict[str, Any] = {"bundle": str(out), "zip": str(zipped), "energy_source": policy.energy_source}
+    if register_name:
+        import mlflow
+
+        from policy.mlflow_log import log_policy_model
+        from ttc.tracking import setup_tracking
+
+        setup_tracking(tracking_uri, "ttc-export")
+        with mlflow.start_run(run_name="export"):
+            mlflow.set_tags({"stage": "export", "energy_source": policy.energy_source})
+            result["model_uri"] = log_policy_model(out, registered_name=register_name, alias=alias)
+    return result
+
+
+def read_queries_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"input file {str(p)!r} not found")
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{p}: line {i} is not valid JSON ({e.msg})") from e
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise UsageError(f'{p}: line {i} has no "question" string; each line needs {{"question": "..."}}')
+        rows.append({"id": str(row.get("id", i)), "question": row["question"], "task": row.get("task")})
+    if not rows:
+        raise UsageError(f"{p} holds no queries")
+    return rows
+
+
+def allocate_stage(
+    bundle: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    lam: float | None = None,
+    budget_j: float | None = None,
+    backend: str = "lightgbm",
+) -> int:
+    """Decide an arm for every query of a JSONL file; writes one Decision per line. Returns the count."""
+    from policy.bundle import load_bundle
+
+    rows = read_queries_jsonl(input_path)
+    policy = load_bundle(bundle, backend=backend)
+    if policy.needs_probe:
+        raise UsageError("this policy needs probe features from the answering model; use the Python API with probe=")
+    decisions = policy.allocate(
+        [r["question"] for r in rows],
+        [r["task"] for r in rows],
+        query_ids=[r["id"] for r in rows],
+        lam=lam,
+        budget_j=budget_j,
+    )
+    lines = [
+        json.dumps(
+            {**dataclasses.asdict(d), "energy_source": policy.energy_source, "energy_meter": policy.energy_meter}
+        )
+        for d in decisions
+    ]
+    _atomic_write_text(Path(output_path), "\n".join(lines) + "\n")
+    return len(lines)
+
+
+@dataclass(frozen=True)
+class RunPreset:
+    extra_items_per_task: int
+    n_trials: int
+    n_boot: int
+    register: bool
+
+
+PRESETS = {
+    "default": RunPreset(extra_items_per_task=2, n_trials=30, n_boot=1000, register=True),
+    "quick": RunPreset(extra_items_per_task=1, n_trials=6, n_boot=200, register=False),
+}
+
+
+def run_pipeline(
+    out: str | Path = "runs/default",
+    preset: str = "default",
+    reference: str | Path | None = REFERENCE_STORE,
+    tasks: list[str] | None = None,
+    models: list[str] | None = None,
+    extra_items_per_task: int | None = None,
+    n_trials: int | None = None,
+    n_boot: int | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    echo: Any = print,
+) -> dict[str, Any]:
+    """collect -> train -> export -> eval. Resumes: stored samples are reused, only new queries are generated.
+
+    The run's store starts as a copy of the committed reference collection (real
+    samples recorded with the same config) and the run itself collects
+    `extra_items_per_task` further queries per task with both models. Every
+    number in the summary says which data it comes from.
+    """
+    from collect.config import make_config
+    from collect.stage import collect_stage
+    from collect.store import read_samples
+    from eval.stage import eval_stage
+    from train.stage import train_stage
+
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}, known: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    extra = p.extra_items_per_task if extra_items_per_task is None else extra_items_per_task
+    out = Path(out)
+    store = out / "store"
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    reference_runs: set[str] = set()
+    base_items = 0
+    if reference is not None and Path(reference).is_dir():
+        ref = read_samples(reference)
+        if tasks:
+            ref = ref[ref["task"].isin(tasks)]
+        reference_runs = set(ref["collect_run"])
+        base_items = REFERENCE_ITEMS_PER_TASK
+        if not store.exists():
+            echo(f"[1/4] seeding {store} with the reference collection {reference} ({len(ref)} samples)")
+            from collect.store import SampleStore
+            from policy.records import Sample
+
+            seed_store = SampleStore(store)
+            for _, g in ref.groupby("batch_id", sort=False):
+                seed_store.append(Sample(**r) for r in g.to_dict("records"))
+    overrides: dict[str, Any] = {
+        "store": str(store),
+        "items_per_task": base_items + extra,
+        "tracking_uri": tracking_uri,
+    }
+    if tasks:
+        overrides["tasks"] = tasks
+    if models:
+        overrides["models"] = models
+    cfg = make_config(None, **overrides).validate()
+    echo(f"[1/4] collect: {cfg.items_per_task} queries per task x {len(cfg.tasks)} tasks x {len(cfg.models)} models")
+    c = collect_stage(cfg, progress=progress)
+    timings["collect_s"] = time.perf_counter() - t0
+
+    echo("[2/4] train: LightGBM success and energy predictors, Optuna, MLflow")
+    t = time.perf_counter()
+    tr = train_stage(
+        store, out / "train", n_trials=n_trials or p.n_trials, tracking_uri=tracking_uri, progress=progress
+    )
+    timings["train_s"] = time.perf_counter() - t
+
+    echo("[3/4] export: portable bundle (LightGBM text + ONNX + policy.json)")
+    t = time.perf_counter()
+    exp = export_stage(
+        str(out / "train"),
+        out / "policy",
+        register_name="ttc-policy" if p.register else None,
+        tracking_uri=tracking_uri,
+    )
+    timings["export_s"] = time.perf_counter() - t
+
+    echo("[4/4] eval: allocators on held-out queries")
+    t = time.perf_counter()
+    rep = eval_stage(
+        store,
+        exp["bundle"],
+        out / "eval",
+        test_query_ids=tr.test_query_ids,
+        train_query_ids=tr.train_query_ids,
+        n_boot=n_boot or p.n_boot,
+        tracking_uri=tracking_uri,
+    )
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    samples = read_samples(store)
+    from_run = ~samples["collect_run"].isin(reference_runs)
+    test = samples[samples["query_id"].isin(tr.test_query_ids)]
+    summary = {
+        "data": {
+            "store": str(store),
+            "samples": len(samples),
+            "queries": int(samples["query_id"].nunique()),
+            "reference_collection": str(reference) if reference_runs else None,
+            "queries_from_reference": int(samples.loc[~from_run, "query_id"].nunique()),
+            "queries_collected_by_this_or_earlier_runs": int(samples.loc[from_run, "query_id"].nunique()),
+            "new_samples_this_run": c.new_samples,
+            "held_out_queries": len(tr.test_query_ids),
+            "held_out_queries_from_reference": int(
+                test.loc[test["collect_run"].isin(reference_runs), "query_id"].nunique()
+            ),
+            "energy_source": c.energy_source,
+            "energy_meter": c.meter,
+        },
+        "train": {
+            "run_id": tr.run_id,
+            "out_dir": str(tr.out_dir),
+            "metrics": {k: v for k, v in tr.metrics.items() if isinstance(v, float)},
+        },
+        "export": exp,
+        "eval": json.loads(rep.to_json()),
+        "timings_s": timings,
+        "mlflow_ui": f"mlflow ui --backend-store-uri {rep.tracking_uri}",
+    }
+    _atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
