@@ -1,0 +1,316 @@
+"""Training rows: the sample store turned into (query, arm) rows, labels and splits.
+
+One row per (query, arm) from `collect.views.arm_outcomes` (the one sample ->
+arm function train and eval share; never re-implement it here). Its features
+are `policy.features.row_matrix`: query features of the named feature set, then
+arm features, exactly as the exported policy computes them at run time.
+
+Labels, per row:
+- success: `correct_soft` by default (the mean vote correctness over resampled
+  n-of-N subsets, a less noisy target for the same probability) or the hard
+  `correct`; evaluation always also scores against the hard `correct`;
+- energy: `energy_j` (the predictor learns log joules);
+- length: `output_tokens` (the predictor learns log1p tokens).
+
+Splits hold out whole queries (every arm of a held-out query is held out), or
+whole tasks. Never split by sample or by row: rows of one query share its
+features and most of its outcome, so a row split leaks the answer.
+
+Bad stores are refused here, at the edge, with a `UsageError` that names the
+fix. This module never trains, tunes or logs anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from collect.views import arm_outcomes, queries
+from policy.arms import Arm
+from policy.errors import MixedEnergyError, UsageError, unknown_name
+from policy.features import PROBE_NAMES, FeatureSet, get_feature_set, row_matrix, row_names
+
+#: Sample columns the arm view and the features read.
+REQUIRED_COLUMNS = (
+    "query_id",
+    "task",
+    "question",
+    "model",
+    "temperature",
+    "sample_index",
+    "energy_j",
+    "meter",
+    "energy_source",
+    "levels",
+    "level_answer",
+    "level_correct",
+    "level_energy_j",
+    "level_duration_s",
+    "level_output_tokens",
+)
+#: Fewer queries than this cannot fill a test split and tuning folds.
+MIN_QUERIES = 10
+SUCCESS_LABELS = ("correct_soft", "correct")
+
+
+def load_samples(path: str | Path) -> pd.DataFrame:
+    """The store's samples as a DataFrame with the `policy.records.Sample` columns.
+
+    Reads through `collect.store.read_samples` where that module exists, else
+    reads the Parquet shards of the folder directly.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no sample store at {path}; run `ttc collect` first or pass the store folder")
+    try:
+        from collect.store import read_samples
+    except ModuleNotFoundError as e:
+        if e.name not in ("collect.store", "collect"):
+            raise
+        read_samples = None
+    if read_samples is not None:
+        samples = read_samples(path)
+    else:
+        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+        if not files:
+            raise UsageError(f"the store {path} holds no Parquet shards; run `ttc collect` first")
+        samples = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if samples.empty:
+        raise UsageError(f"the store {path} holds no samples; run `ttc collect` first")
+    return samples
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """(query, arm) rows with their feature matrix; row i of `X` is row i of `rows`.
+
+    `rows` has the `ArmOutcome` columns, sorted by (query_id, arm_id).
+    `label` names the column the success predictor trains on.
+    """
+
+    rows: pd.DataFrame
+    X: np.ndarray
+    feature_names: list[str]
+    feature_set: FeatureSet
+    arms: list[Arm]
+    models: list[str]
+    label: str
+    energy_source: str
+    meter: str
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.rows["query_id"].to_numpy()
+
+    @property
+    def arm_ids(self) -> np.ndarray:
+        return self.rows["arm_id"].to_numpy()
+
+    @property
+    def y_success(self) -> np.ndarray:
+        return self.rows[self.label].to_numpy(dtype=np.float64)
+
+    @property
+    def y_correct(self) -> np.ndarray:
+        return self.rows["correct"].to_numpy(dtype=np.float64)
+
+    @property
+    def energy_j(self) -> np.ndarray:
+        return self.rows["energy_j"].to_numpy(dtype=np.float64)
+
+    @property
+    def output_tokens(self) -> np.ndarray:
+        return self.rows["output_tokens"].to_numpy(dtype=np.float64)
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.rows["query_id"].nunique())
+
+    def frame(self, idx: np.ndarray | None = None) -> pd.DataFrame:
+        """Features, arm id and labels as one table (for MLflow's dataset input and model examples)."""
+        idx = np.arange(len(self.rows)) if idx is None else idx
+        out = pd.DataFrame(self.X[idx], columns=self.feature_names)
+        for col in ("query_id", "task", "arm_id", "correct", "correct_soft", "energy_j", "output_tokens"):
+            out[col] = self.rows[col].to_numpy()[idx]
+        return out
+
+
+def _check_samples(samples: pd.DataFrame) -> None:
+    if samples.empty:
+        raise UsageError("the store holds no samples; run `ttc collect` first")
+    missing = [c for c in REQUIRED_COLUMNS if c not in samples.columns]
+    if missing:
+        raise UsageError(f"the store lacks sample columns {', '.join(missing)}; re-collect with this version")
+    energy = pd.to_numeric(samples["energy_j"], errors="coerce")
+    if energy.isna().any():
+        raise UsageError(
+            f"{int(energy.isna().sum())} of {len(samples)} samples have no energy_j; "
+            "re-collect with a meter (`--meter estimate` where no hardware counter can be read)"
+        )
+    if not (energy > 0).any():
+        raise UsageError("every sample has energy_j = 0: the meter recorded nothing; re-collect with a working meter")
+    sources = sorted(samples["energy_source"].astype(str).unique())
+    if len(sources) > 1:
+        raise MixedEnergyError(
+            f"the store mixes energy sources {', '.join(sources)}; train on one: filter the store by energy_source"
+        )
+
+
+def _probe_matrix(samples: pd.DataFrame, query_ids: Sequence[str]) -> np.ndarray:
+    missing = [c for c in PROBE_NAMES if c not in samples.columns]
+    if missing:
+        raise UsageError(
+            f"feature set needs probe columns {', '.join(missing)} in the store; "
+            "collect with probes or use feature set 'text'"
+        )
+    per_query = samples.groupby("query_id")[list(PROBE_NAMES)].mean()
+    return per_query.loc[list(query_ids)].to_numpy(dtype=np.float32)
+
+
+def build_dataset(
+    samples: pd.DataFrame,
+    feature_set: str = "text",
+    soft_labels: bool = True,
+    seed: int = 0,
+) -> TrainingData:
+    """Arm rows, features and labels from a store's samples; refuses stores that cannot train."""
+    fs = get_feature_set(feature_set)
+    _check_samples(samples)
+    rows = arm_outcomes(samples, seed=seed)
+    arm_ids = sorted(rows["arm_id"].unique())
+    if len(arm_ids) < 2:
+        raise UsageError(
+            f"the store yields one arm only ({arm_ids[0]}): nothing to choose between; "
+            "collect more than one sample per query or more than one level"
+        )
+    bad = ~np.isfinite(rows["energy_j"].to_numpy(dtype=np.float64)) | (rows["energy_j"] <= 0)
+    if bad.any():
+        raise UsageError(
+            f"{int(bad.sum())} of {len(rows)} arm rows have no positive energy (level_energy_j missing or 0); "
+            "re-collect with a working meter"
+        )
+    rows = rows.sort_values(["query_id", "arm_id"], kind="stable").reset_index(drop=True)
+    q = queries(samples).sort_values("query_id", kind="stable").reset_index(drop=True)
+    q = q[q["query_id"].isin(rows["query_id"])].reset_index(drop=True)
+    if len(q) < MIN_QUERIES:
+        raise UsageError(f"the store holds {len(q)} queries; training needs at least {MIN_QUERIES}")
+
+    arms = [Arm.parse(a) for a in arm_ids]
+    models = sorted(rows["model"].unique())
+    probe = _probe_matrix(samples, q["query_id"]) if fs.probe else None
+    query_x = fs.transform(q["question"].tolist(), q["task"].tolist(), probe)
+    # row_matrix lays out every (query, arm) pair query-major; pick the pairs the store has.
+    qi = pd.Index(q["query_id"]).get_indexer(rows["query_id"])
+    ai = pd.Index(arm_ids).get_indexer(rows["arm_id"])
+    X = row_matrix(query_x, arms, models)[qi * len(arms) + ai]
+    meters = sorted(rows["meter"].astype(str).unique())
+    return TrainingData(
+        rows=rows,
+        X=X,
+        feature_names=row_names(fs, models),
+        feature_set=fs,
+        arms=arms,
+        models=models,
+        label="correct_soft" if soft_labels else "correct",
+        energy_source=str(rows["energy_source"].iloc[0]),
+        meter="+".join(meters),
+    )
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Row indices of a train/test split that keeps every query (or task) on one side."""
+
+    kind: str
+    train: np.ndarray
+    test: np.ndarray
+    train_query_ids: tuple[str, ...]
+    test_query_ids: tuple[str, ...]
+    holdout_tasks: tuple[str, ...] = ()
+
+
+def _make(data: TrainingData, kind: str, test_mask: np.ndarray, tasks: tuple[str, ...] = ()) -> Split:
+    g = data.groups
+    return Split(
+        kind=kind,
+        train=np.flatnonzero(~test_mask),
+        test=np.flatnonzero(test_mask),
+        train_query_ids=tuple(sorted(set(g[~test_mask]))),
+        test_query_ids=tuple(sorted(set(g[test_mask]))),
+        holdout_tasks=tasks,
+    )
+
+
+def split_by_query(
+    data: TrainingData, test_size: float = 0.2, seed: int = 0, holdout_tasks: Sequence[str] | None = None
+) -> Split:
+    """Hold out a random `test_size` fraction of queries, with all their arms."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    if holdout_tasks:
+        raise UsageError("holdout_tasks only applies to split='task'")
+    gss = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    _, test = next(gss.split(data.X, groups=data.groups))
+    mask = np.zeros(len(data.rows), dtype=bool)
+    mask[test] = True
+    return _make(data, "query", mask)
+
+
+def split_by_task(
+    data: TrainingData, test_size: float = 0.2, seed: int = 0, holdout_tasks: Sequence[str] | None = None
+) -> Split:
+    """Hold out whole tasks: the named ones, or seeded random tasks covering about `test_size` of queries."""
+    tasks_of_rows = data.rows["task"].astype(str).to_numpy()
+    known = sorted(set(tasks_of_rows))
+    if len(known) < 2:
+        raise UsageError(f"split='task' needs at least two tasks; the store holds only {known[0]!r}: use split='query'")
+    if holdout_tasks:
+        for t in holdout_tasks:
+            if t not in known:
+                raise unknown_name("task", t, known)
+        chosen = sorted(set(holdout_tasks))
+        if len(chosen) == len(known):
+            raise UsageError("holdout_tasks names every task: leave at least one to train on")
+    else:
+        per_task = data.rows.groupby("task")["query_id"].nunique()
+        order = np.random.default_rng(seed).permutation(known)
+        chosen, held = [], 0
+        for t in order[:-1]:  # never hold out every task
+            chosen.append(str(t))
+            held += int(per_task[t])
+            if held >= test_size * data.n_queries:
+                break
+        chosen = sorted(chosen)
+    mask = np.isin(tasks_of_rows, chosen)
+    return _make(data, "task", mask, tuple(chosen))
+
+
+SPLITS = {"query": split_by_query, "task": split_by_task}
+
+
+def make_split(
+    data: TrainingData,
+    kind: str = "query",
+    test_size: float = 0.2,
+    seed: int = 0,
+    holdout_tasks: Sequence[str] | None = None,
+) -> Split:
+    if kind not in SPLITS:
+        raise unknown_name("split", kind, SPLITS)
+    if not 0 < test_size < 1:
+        raise UsageError(f"test_size must be in (0, 1), got {test_size}")
+    return SPLITS[kind](data, test_size=test_size, seed=seed, holdout_tasks=holdout_tasks)
+
+
+def group_folds(groups: np.ndarray, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) row indices of `n_splits` folds that never split a query."""
+    from sklearn.model_selection import GroupKFold
+
+    return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(groups)), groups=groups))
