@@ -16,8 +16,6 @@ Never generates or grades anything itself: it only reads recorded samples.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pandas as pd
 
@@ -30,15 +28,19 @@ _SOFT_DRAWS = 64
 
 
 def vote(answers: list[str | None], correct: list[bool]) -> tuple[str | None, bool]:
-    """Majority vote over extracted answers; returns (winning answer, its correctness)."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None, False
-    best = max(counts.values())
-    for a, c in zip(answers, correct, strict=True):
-        if a is not None and counts[a] == best:
-            return a, bool(c)
-    raise AssertionError("unreachable: a counted answer was not found")
+    """Majority vote over extracted answers; returns (winning answer, its correctness).
+
+    Ties go to the answer seen first (only a strictly larger count replaces the leader).
+    Written without Counter because the arm view calls it hundreds of thousands of times.
+    """
+    best, best_count, best_ok = None, 0, False
+    for a, ok in zip(answers, correct, strict=True):
+        if a is None or a == best:
+            continue
+        c = answers.count(a)
+        if c > best_count:
+            best, best_count, best_ok = a, c, ok
+    return best, bool(best_ok)
 
 
 def available_arms(samples: pd.DataFrame) -> list[Arm]:
@@ -65,34 +67,57 @@ def arm_outcomes(samples: pd.DataFrame, arms: list[Arm] | None = None, seed: int
         raise UsageError("no arm can be derived from this store")
     rng = np.random.default_rng(seed)
     rows: list[tuple] = []
-    groups = {k: g.sort_values("sample_index") for k, g in samples.groupby(["model", "temperature", "query_id"])}
     by_setting: dict[tuple[str, float], list[Arm]] = {}
     for arm in arms:
         by_setting.setdefault((arm.model, arm.temperature), []).append(arm)
-    for (model, temp, qid), g in groups.items():
-        for arm in by_setting.get((str(model), float(temp)), []):
-            if len(g) < arm.n:
-                continue
-            levels = list(g["levels"].iloc[0])
-            if arm.max_new_tokens not in levels:
+    cols = [
+        "sample_index",
+        "task",
+        "levels",
+        "level_answer",
+        "level_correct",
+        "level_energy_j",
+        "level_duration_s",
+        "level_output_tokens",
+        "meter",
+        "energy_source",
+    ]
+    # Plain lists per group, read once: per-row pandas access made this view the slowest step of training.
+    for (model, temp, qid), g in samples[["model", "temperature", "query_id", *cols]].groupby(
+        ["model", "temperature", "query_id"], sort=True
+    ):
+        setting_arms = by_setting.get((str(model), float(temp)), [])
+        if not setting_arms:
+            continue
+        g = g.sort_values("sample_index")
+        levels = [int(x) for x in g["levels"].iloc[0]]
+        answers_by_level = list(zip(*g["level_answer"], strict=True))
+        correct_by_level = list(zip(*(map(bool, c) for c in g["level_correct"]), strict=True))
+        energy_by_level = list(zip(*g["level_energy_j"], strict=True))
+        duration_by_level = list(zip(*g["level_duration_s"], strict=True))
+        tokens_by_level = list(zip(*g["level_output_tokens"], strict=True))
+        n_avail = len(g)
+        task, meter, source = g["task"].iloc[0], g["meter"].iloc[0], g["energy_source"].iloc[0]
+        draws: dict[int, list[list[int]]] = {}
+        for arm in setting_arms:
+            if n_avail < arm.n or arm.max_new_tokens not in levels:
                 continue
             li = levels.index(arm.max_new_tokens)
-            answers = [lv[li] for lv in g["level_answer"]]
-            correct = [bool(lv[li]) for lv in g["level_correct"]]
-            energy = [float(lv[li]) for lv in g["level_energy_j"]]
-            duration = [float(lv[li]) for lv in g["level_duration_s"]]
-            tokens = [int(lv[li]) for lv in g["level_output_tokens"]]
+            answers, correct = list(answers_by_level[li]), list(correct_by_level[li])
             answer, ok = vote(answers[: arm.n], correct[: arm.n])
-            if arm.n == len(answers) or arm.n == 1:
-                soft = float(np.mean(correct)) if arm.n == 1 else float(ok)
+            if arm.n == 1:
+                soft = sum(correct) / n_avail
+            elif arm.n == n_avail:
+                soft = float(ok)
             else:
-                draws = [rng.choice(len(answers), arm.n, replace=False) for _ in range(_SOFT_DRAWS)]
-                soft = float(np.mean([vote([answers[i] for i in d], [correct[i] for i in d])[1] for d in draws]))
-            first = g.iloc[0]
+                if arm.n not in draws:  # the same random subsets serve every level of this n
+                    draws[arm.n] = rng.random((_SOFT_DRAWS, n_avail)).argsort(axis=1)[:, : arm.n].tolist()
+                wins = sum(vote([answers[i] for i in d], [correct[i] for i in d])[1] for d in draws[arm.n])
+                soft = wins / _SOFT_DRAWS
             rows.append(
                 (
                     qid,
-                    first["task"],
+                    task,
                     arm.arm_id,
                     arm.model,
                     arm.n,
@@ -101,11 +126,11 @@ def arm_outcomes(samples: pd.DataFrame, arms: list[Arm] | None = None, seed: int
                     ok,
                     soft,
                     answer,
-                    float(sum(energy[: arm.n])),
-                    float(sum(duration[: arm.n])),
-                    int(sum(tokens[: arm.n])),
-                    first["meter"],
-                    first["energy_source"],
+                    float(sum(energy_by_level[li][: arm.n])),
+                    float(sum(duration_by_level[li][: arm.n])),
+                    int(sum(tokens_by_level[li][: arm.n])),
+                    meter,
+                    source,
                 )
             )
     out = pd.DataFrame(rows, columns=ARM_COLUMNS)

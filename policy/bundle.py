@@ -390,17 +390,27 @@ def _float32_safe_thresholds(model_text: str) -> str:
     `x <= floor32(t)` agree exactly, so the snapped model predicts the same and
     converts to ONNX without a row falling on the other side of a split.
     """
+    lines = model_text.splitlines()
+    # In LightGBM's text format a tree block lists threshold= before decision_type=,
+    # so read every block's decision types first, then rewrite its thresholds.
+    types_by_tree: dict[str, list[int]] = {}
+    tree = ""
+    for line in lines:
+        if line.startswith("Tree="):
+            tree = line
+        elif line.startswith("decision_type="):
+            types_by_tree[tree] = [int(v) for v in line.split("=", 1)[1].split()]
     out = []
-    decision_types: list[int] = []
-    for line in model_text.splitlines():
+    tree = ""
+    for line in lines:
         if line.startswith("tree_sizes="):
             continue  # byte offsets of the tree blocks, stale once a threshold is rewritten
-        if line.startswith("decision_type="):
-            decision_types = [int(v) for v in line.split("=", 1)[1].split()]
-        if line.startswith("threshold=") and decision_types:
+        if line.startswith("Tree="):
+            tree = line
+        if line.startswith("threshold=") and tree in types_by_tree:
             values = line.split("=", 1)[1].split()
             snapped = []
-            for v, dt in zip(values, decision_types, strict=True):
+            for v, dt in zip(values, types_by_tree[tree], strict=True):
                 if dt & 1:  # categorical split: the threshold is an index, leave it
                     snapped.append(v)
                     continue
@@ -411,7 +421,6 @@ def _float32_safe_thresholds(model_text: str) -> str:
                 snapped.append(repr(float(f)))
             line = "threshold=" + " ".join(snapped)
         out.append(line)
-    # decision_type precedes threshold in each tree block of LightGBM's text format.
     # Reloading and saving restores tree_sizes; thresholds print with 17 digits, so they round-trip.
     import lightgbm as lgb
 
