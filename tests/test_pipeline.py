@@ -1,0 +1,149 @@
+"""`ttc run --quick` end to end on a tiny slice, then export and allocate through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ttc.cli import app
+from ttc.stages import REFERENCE_STORE
+
+TASKS = ["rg.basic_arithmetic_1d", "rg.needle_haystack"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    args = [
+        "run",
+        "--quick",
+        "--out",
+        str(root / "out"),
+        "--task",
+        TASKS[0],
+        "--task",
+        TASKS[1],
+        "--extra-items",
+        "1",
+        "--trials",
+        "2",
+        "--n-boot",
+        "50",
+        "--tracking-uri",
+        uri,
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return root, json.loads((root / "out" / "run_summary.json").read_text()), result.output
+
+
+@pytest.mark.slow
+def test_quick_run_collects_new_queries_and_reports_where_numbers_come_from(quick_run):
+    root, summary, output = quick_run
+    data = summary["data"]
+    assert data["queries_from_reference"] == 2 * 16  # the committed slice of these two tasks
+    assert data["queries_collected_by_this_or_earlier_runs"] == 2  # one new query per task
+    assert data["new_samples_this_run"] == 2 * 2 * (8 + 1)  # 2 queries x 2 models x (8 sampled + greedy)
+    assert data["energy_source"] == "estimated"
+    report = Path(summary["eval"]["json_path"])
+    assert report.is_file() and Path(summary["eval"]["markdown_path"]).is_file()
+    assert "estimated" in output and "mlflow ui" in output
+
+
+@pytest.mark.slow
+def test_second_run_reuses_every_stored_sample(quick_run, tmp_path):
+    root, _, _ = quick_run
+    from ttc.stages import run_pipeline
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        again = run_pipeline(
+            root / "out",
+            "quick",
+            tasks=TASKS,
+            extra_items_per_task=1,
+            n_trials=2,
+            n_boot=50,
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+            progress=False,
+            echo=lambda *_: None,
+        )
+    assert again["data"]["new_samples_this_run"] == 0
+
+
+@pytest.mark.slow
+def test_allocate_writes_one_decision_per_query_from_the_exported_bundle(quick_run, tmp_path):
+    root, summary, _ = quick_run
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        '{"id": "a", "question": "What is 3 + 4?", "task": "rg.basic_arithmetic_1d"}\n'
+        '{"question": "Who loves kayaks? Ana loves kayaks."}\n'
+    )
+    out = tmp_path / "d.jsonl"
+    bundle = summary["export"]["zip"]
+    r = CliRunner().invoke(app, ["allocate", "--bundle", bundle, "--input", str(queries), "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["query_id"] for d in rows] == ["a", "2"]
+    from policy.arms import Arm
+
+    for d in rows:
+        Arm.parse(d["arm_id"])
+        assert d["energy_source"] == "estimated" and 0 <= d["p_success"] <= 1 and d["energy_j"] > 0
+
+
+@pytest.mark.slow
+def test_export_with_a_budget_rule_round_trips(quick_run, tmp_path):
+    root, summary, _ = quick_run
+    out = tmp_path / "b"
+    r = CliRunner().invoke(
+        app,
+        ["export", "--from", str(root / "out" / "train"), "--out", str(out), "--mode", "budget", "--budget-j", "1000"],
+    )
+    assert r.exit_code == 0, r.output
+    from policy.bundle import load_bundle
+
+    pol = load_bundle(out.with_suffix(".zip"))
+    assert pol.rule.mode == "budget" and pol.rule.budget_j == 1000
+
+
+def test_allocate_refuses_a_line_without_question_and_writes_nothing(tmp_path):
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"question": "1+1?"}\n{"task": "x"}\n')
+    out = tmp_path / "d.jsonl"
+    r = CliRunner().invoke(app, ["allocate", "--bundle", str(tmp_path), "--input", str(q), "--output", str(out)])
+    assert r.exit_code == 2 and "line 2" in r.output
+    assert not out.exists()
+
+
+def test_export_from_a_folder_without_a_bundle_exits_2(tmp_path):
+    r = CliRunner().invoke(app, ["export", "--from", str(tmp_path), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "no policy bundle" in r.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_train_refuses_an_empty_store(tmp_path):
+    (tmp_path / "store").mkdir()
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--store",
+            str(tmp_path / "store"),
+            "--out",
+            str(tmp_path / "t"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+        ],
+    )
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+
+
+def test_reference_collection_is_committed():
+    assert any(REFERENCE_STORE.glob("shard-*.parquet"))
