@@ -249,7 +249,7 @@ class _Tracker:
     def __init__(self, cfg: CollectConfig) -> None:
         import mlflow
 
-        from ttc.tracking import setup_tracking
+        from collect.tracking import setup_tracking
 
         self.mlflow = mlflow
         setup_tracking(cfg.tracking_uri, cfg.experiment)

@@ -280,7 +280,7 @@ def eval_stage(
 
     import mlflow
 
-    from ttc.tracking import setup_tracking
+    from collect.tracking import setup_tracking
 
     uri = setup_tracking(tracking_uri, experiment)
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id

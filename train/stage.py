@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from collect.tracking import experiment_id as tracking_experiment_id
+from collect.tracking import resolve_tracking_uri
 from policy.errors import UsageError
 from policy.features import get_feature_set
 from train.dataset import TrainingData, build_dataset, load_samples, make_split
@@ -35,7 +37,6 @@ from train.predictors import (
 )
 from train.tune import PREDICTORS, TuneResult, check_storage, tune
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 SUCCESS_LABEL_NOTE = "correct_soft: mean vote correctness over resampled n-of-N sample subsets"
 CALIBRATION_METHODS = ("none", "isotonic")
 
@@ -59,34 +60,6 @@ class TrainResult:
     n_rows: int = 0
     bundle_dir: Path | None = None
     timings_s: dict[str, float] | None = None
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Absolute SQLite URIs (relative paths resolve against the working directory); others pass through."""
-    uri = uri or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :])
-        path = path if path.is_absolute() else Path.cwd() / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
-    if "://" not in uri:  # a bare folder: MLflow's file store
-        path = Path(uri).resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        return path.as_uri()
-    return uri
-
-
-def _experiment_id(client, name: str, tracking_uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage != "active":
-            raise UsageError(f"MLflow experiment {name!r} is deleted; restore it or pass another --experiment")
-        return exp.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:///"):
-        # Keep artifacts beside the database, not in whatever folder the process runs from.
-        artifact_location = (Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def _check_args(n_trials: int, num_threads: int, feature_set: str, split: str, calibration: str, cv_folds: int) -> None:
@@ -211,7 +184,7 @@ def train_stage(
     tracking_uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    experiment_id = _experiment_id(client, experiment, tracking_uri)
+    experiment_id = tracking_experiment_id(client, experiment, tracking_uri)
     energy_prefix = f"energy_{data.energy_source}"
     tags = {"stage": "train", "energy_source": data.energy_source, "energy_meter": data.meter}
 

@@ -94,8 +94,8 @@ def export_stage(
     if register_name:
         import mlflow
 
+        from collect.tracking import setup_tracking
         from policy.mlflow_log import log_policy_model
-        from ttc.tracking import setup_tracking
 
         setup_tracking(tracking_uri, "ttc-export")
         with mlflow.start_run(run_name="export"):
