@@ -67,8 +67,32 @@ class SampleStore:
         fresh = [s for s in samples if group_key(s) not in done]
         if not fresh:
             return None
+        return self._write(pa.Table.from_pylist([s.to_dict() for s in fresh]), {group_key(s) for s in fresh})
+
+    def import_store(self, source: str | Path, tasks: Iterable[str] | None = None) -> int:
+        """Copy another store's shards (optionally only some tasks' rows) into this one; returns samples added.
+
+        Rows stay Arrow tables end to end, so no value changes type on the way.
+        """
+        import pyarrow.compute as pc
+
+        wanted = pa.array(sorted(set(tasks))) if tasks is not None else None
+        added = 0
+        for f in SampleStore(source).shards():
+            table = pq.read_table(f)
+            if wanted is not None:
+                table = table.filter(pc.is_in(table["task"], value_set=wanted))
+            keys = [group_key(r) for r in table.select(GROUP_KEY).to_pylist()]
+            keep = [k not in self.done_groups() for k in keys]
+            if any(keep):
+                table = table.filter(pa.array(keep))
+                self._write(table, {k for k, ok in zip(keys, keep, strict=True) if ok})
+                added += table.num_rows
+        return added
+
+    def _write(self, table: pa.Table, groups: set[tuple]) -> Path:
+        """Write one shard atomically: temporary name, fsync, rename, fsync the folder."""
         self.root.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist([s.to_dict() for s in fresh])
         name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.root / f".{name}.tmp"
         with open(tmp, "wb") as fh:
@@ -77,7 +101,7 @@ class SampleStore:
             os.fsync(fh.fileno())
         os.replace(tmp, self.root / name)
         _fsync_dir(self.root)
-        done.update(group_key(s) for s in fresh)
+        self.done_groups().update(groups)
         return self.root / name
 
     def read(self) -> pd.DataFrame:

@@ -214,3 +214,20 @@ def test_arm_view_refuses_an_empty_store():
 def test_arm_ids_round_trip():
     for arm in [Arm("smollm2-135m", 4, 64, 0.7), Arm("gemma3-270m", 1, 16, 0.0)]:
         assert Arm.parse(arm.arm_id) == arm
+
+
+def test_importing_a_store_keeps_values_and_never_duplicates(tmp_path):
+    from ttc.stages import REFERENCE_STORE
+
+    store = SampleStore(tmp_path / "s")
+    added = store.import_store(REFERENCE_STORE, tasks=["gsm8k"])
+    assert added > 0 and store.import_store(REFERENCE_STORE, tasks=["gsm8k"]) == 0
+    got = read_samples(tmp_path / "s")
+    ref = read_samples(REFERENCE_STORE)
+    ref = ref[ref.task == "gsm8k"]
+    assert set(got.task) == {"gsm8k"} and len(got) == len(ref) == added
+    key = ["query_id", "model", "temperature", "sample_index"]
+    merged = got.merge(ref, on=key, suffixes=("", "_ref"))
+    assert len(merged) == len(ref)
+    assert (merged["text"] == merged["text_ref"]).all()
+    assert (merged["answer"].isna() == merged["answer_ref"].isna()).all()

@@ -214,13 +214,10 @@ def run_pipeline(
         reference_runs = set(ref["collect_run"])
         base_items = REFERENCE_ITEMS_PER_TASK
         if not store.exists():
-            echo(f"[1/4] seeding {store} with the reference collection {reference} ({len(ref)} samples)")
             from collect.store import SampleStore
-            from policy.records import Sample
 
-            seed_store = SampleStore(store)
-            for _, g in ref.groupby("batch_id", sort=False):
-                seed_store.append(Sample(**r) for r in g.to_dict("records"))
+            echo(f"[1/4] seeding {store} with the reference collection {reference} ({len(ref)} samples)")
+            SampleStore(store).import_store(reference, tasks=tasks)
     overrides: dict[str, Any] = {
         "store": str(store),
         "items_per_task": base_items + extra,
