@@ -9,7 +9,7 @@ LightGBM buffers allocated in C are not seen by it).
 
 The store: queries of the reference store (data/reference) resampled with
 replacement under new query ids when it holds at least `--min-reference-queries`
-queries, else the synthetic generator of tests/test_train.py. Resampled copies
+queries, else the synthetic generator of tests/synthetic.py. Resampled copies
 share features with their originals, so the model metrics of a resampled run
 mean nothing; only the timings do.
 Target: under 2 minutes on a 2-core machine for 20,000 rows and 30 trials.
@@ -57,7 +57,7 @@ def reference_store(path: Path, rows: int, seed: int) -> pd.DataFrame:
 
 def synthetic_store(rows: int, seed: int) -> pd.DataFrame:
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_train import synthetic_samples
+    from synthetic import synthetic_samples
 
     per_query = _arms_per_query(synthetic_samples(n_queries=3, seed=seed))
     return synthetic_samples(n_queries=int(np.ceil(rows / per_query)), seed=seed)

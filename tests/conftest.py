@@ -1,8 +1,9 @@
-"""Shared fixtures: the real SmolLM2 model (loaded once) and small real stores."""
+"""Shared fixtures: the real SmolLM2 model (loaded once), small real stores, and the reference collection."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,24 @@ def smollm2():
     from collect.models import LoadedModel, resolve_model
 
     return LoadedModel(resolve_model("smollm2-135m"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_store() -> Path:
+    """The committed real collection (data/reference/README.md): 128 queries x 2 models, estimated joules.
+
+    Fails (never skips) when its shards are missing: the train and eval properties are checked on it.
+    """
+    from ttc.stages import REFERENCE_STORE
+
+    if not any(REFERENCE_STORE.glob("shard-*.parquet")):
+        pytest.fail(f"no reference shards under {REFERENCE_STORE}; check out data/reference (see its README.md)")
+    return Path(REFERENCE_STORE)
+
+
+@pytest.fixture(scope="session")
+def reference_samples(reference_store: Path):
+    """The reference collection's samples, read once per session. Shared: derive copies, never mutate it."""
+    from collect.store import read_samples
+
+    return read_samples(reference_store)

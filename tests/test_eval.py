@@ -1,22 +1,26 @@
 """Properties of the evaluation stage: allocators, metrics, bootstrap, the report.
 
-Until the reference collection under data/reference/ is complete, the store is
-a synthetic Sample table (`synthetic_samples`) shaped like collect's output:
-two models (smollm2-135m, the bigger gemma3-270m), levels 16/32/64, eight
-samples at temperature 0.7 plus one greedy sample per (query, model). Per query
-a latent difficulty the question text partly reveals sets the chance that a
-sample is right and the tokens an answer needs, so votes help the queries a
-model half knows and short caps cut long answers off. Two reasoning tasks and
-the factual task facts.atomic_number, where a model either knows the fact or
-repeats the same wrong number, so votes barely help and the bigger model does.
-The learned policy is a LightGBM pair trained on the training queries and
-exported with policy.bundle.write_bundle.
+The allocators, the bootstrap on real outcomes and the stage's report run on the
+committed reference collection (data/reference: 128 real queries of 8 tasks x
+2 models, smollm2-135m and the bigger gemma3-270m, 8 samples at temperature 0.7
+plus one greedy per (query, model), graded at 16/32/64 tokens, estimated
+joules), read once per session by conftest.py's `reference_samples`. The
+learned policy is a LightGBM pair trained on 70% of its queries and exported
+with policy.bundle.write_bundle; the other 39 queries are held out.
+
+Two properties need structure known to exist, which 39 real held-out queries
+do not supply, and run on tests/synthetic.py's Sample table instead (marked
+`synthetic_` below): that the learned policy beats the best fixed arm where
+queries differ learnably, and that the report calls a factual task for model
+scaling when the bigger model knows the facts. On the reference collection
+neither holds: see those tests' docstrings.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,125 +42,22 @@ from eval.metrics import (
     pareto_frontier,
 )
 from policy.errors import MixedEnergyError, UsageError
-from policy.records import ESTIMATED, MEASURED, SAMPLE_SCHEMA_VERSION, sample_fields
+from policy.records import ESTIMATED, MEASURED
 
-MODELS = {
-    # name: (skill in logits, decode joules per token, prefill joules per prompt token)
-    "smollm2-135m": (-0.3, 0.05, 0.004),
-    "gemma3-270m": (0.9, 0.12, 0.009),
-}
 LEVELS = [16, 32, 64]
-N_SAMPLES = 8
-ELEMENTS = ["sodium", "argon", "iron", "zinc", "silver", "tin", "xenon", "gold", "lead", "radon", "iodine", "cobalt"]
+#: 30% of the reference's 128 queries (39) held out, as in every fixture below.
+TEST_SIZE = 0.3
+SEED = 0
 
 
-def _reasoning(task: str, rng: np.random.Generator) -> tuple[str, str, float, float]:
-    """(question, gold, difficulty, tokens needed) of an arithmetic item."""
-    k = int(rng.integers(2, 7))
-    digits = int(rng.integers(1, 4))
-    nums = [int(x) for x in rng.integers(10 ** (digits - 1), 10**digits, size=k)]
-    if task == "rg.chain_sum":
-        question = "What is " + " + ".join(map(str, nums)) + "?"
-    else:
-        question = f"Tom has {nums[0]} apples. " + " ".join(f"He gets {n} more." for n in nums[1:]) + " How many now?"
-    difficulty = 0.8 * (k - 2) + 0.6 * (digits - 1) - 1.0 + rng.normal(0, 0.4)
-    return question, str(sum(nums)), difficulty, 8 + 8 * k + 3 * digits + rng.normal(0, 3)
-
-
-def synthetic_samples(n_queries: int = 150, seed: int = 0) -> pd.DataFrame:
-    """A Sample table with the collect stage's exact columns and learnable per-query structure."""
-    rng = np.random.default_rng(seed)
-    tasks = ("rg.chain_sum", "rg.basic_arithmetic_1d", "facts.atomic_number")
-    rows = []
-    for qi in range(n_queries):
-        task = tasks[qi % 3]
-        if task == "facts.atomic_number":
-            number = int(rng.integers(1, 100))
-            question = f"What is the atomic number of {ELEMENTS[number % len(ELEMENTS)]}-{number}?"
-            gold, difficulty, need = str(number), number / 25.0 - 1.5, 10 + rng.normal(0, 2)
-        else:
-            question, gold, difficulty, need = _reasoning(task, rng)
-        qid = f"{task}:{qi}"
-        prompt_tokens = int(len(question.split()) * 1.3 + 30)
-        for model, (skill, j_tok, j_prefill) in MODELS.items():
-            logit = skill + 1.0 - difficulty
-            if task == "facts.atomic_number":
-                knows = rng.random() < 1 / (1 + math.exp(-(2.5 * skill + 0.5 - difficulty)))
-                fixed_wrong = str(number + int(rng.choice([-2, -1, 1, 2])))
-            for temperature, index in [(0.0, 0)] + [(0.7, i) for i in range(N_SAMPLES)]:
-                if task == "facts.atomic_number":
-                    ok = rng.random() < (0.95 if knows else 0.05)
-                    answer = gold if ok else (fixed_wrong if rng.random() < 0.85 else str(number + 3))
-                else:
-                    ok = rng.random() < 1 / (1 + math.exp(-(logit + (0.3 if temperature == 0 else 0.0))))
-                    answer = gold if ok else str(int(gold) + int(rng.integers(-20, 21)) or 1)
-                tokens = int(min(max(round(need * rng.lognormal(0, 0.2)), 3), 64))
-                prefill_j = prompt_tokens * j_prefill
-                per_tok = j_tok * rng.lognormal(0, 0.1)
-                lv_tokens = [min(tokens, L) for L in LEVELS]
-                lv_answer = [answer if tokens <= L else None for L in LEVELS]
-                lv_energy = [prefill_j + t * per_tok for t in lv_tokens]
-                rows.append(
-                    {
-                        "query_id": qid,
-                        "task": task,
-                        "question": question,
-                        "gold": gold,
-                        "model": model,
-                        "temperature": temperature,
-                        "max_new_tokens": 64,
-                        "seed": seed,
-                        "sample_index": index,
-                        "batch_id": f"{qid}/{model}/{temperature}",
-                        "prompt_tokens": prompt_tokens,
-                        "output_tokens": tokens,
-                        "finished": tokens < 64,
-                        "text": f"... The answer is {answer}.",
-                        "answer": answer,
-                        "extraction": "answer_is",
-                        "correct": bool(ok),
-                        "duration_s": lv_energy[-1] / 30.0,
-                        "energy_j": lv_energy[-1],
-                        "energy_above_idle_j": lv_energy[-1],
-                        "prefill_energy_j": prefill_j,
-                        "window_energy_j": lv_energy[-1] * N_SAMPLES,
-                        "window_duration_s": lv_energy[-1] / 30.0,
-                        "window_samples": N_SAMPLES,
-                        "window_output_tokens": tokens * N_SAMPLES,
-                        "meter": "estimate",
-                        "energy_source": ESTIMATED,
-                        "attribution": "prefill_even+decode_by_tokens",
-                        "levels": list(LEVELS),
-                        "level_output_tokens": lv_tokens,
-                        "level_answer": lv_answer,
-                        "level_correct": [bool(ok and tokens <= L) for L in LEVELS],
-                        "level_energy_j": lv_energy,
-                        "level_duration_s": [e / 30.0 for e in lv_energy],
-                        "collect_run": "synthetic",
-                        "schema_version": SAMPLE_SCHEMA_VERSION,
-                    }
-                )
-    return pd.DataFrame(rows)[sample_fields()]
-
-
-# ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def samples() -> pd.DataFrame:
-    return synthetic_samples()
-
-
-@pytest.fixture(scope="module")
-def dataset(samples):
+def _dataset(samples: pd.DataFrame):
     from train.dataset import build_dataset, make_split
 
-    data = build_dataset(samples, feature_set="text", seed=0)
-    return data, make_split(data, "query", test_size=0.3, seed=0)
+    data = build_dataset(samples, feature_set="text", seed=SEED)
+    return data, make_split(data, "query", test_size=TEST_SIZE, seed=SEED)
 
 
-@pytest.fixture(scope="module")
-def bundle(dataset, tmp_path_factory):
+def _bundle(dataset, folder: Path) -> Path:
     """A policy trained on the training queries only, exported as a real bundle."""
     import lightgbm as lgb
 
@@ -170,22 +71,21 @@ def bundle(dataset, tmp_path_factory):
     energy = lgb.train({**params, "objective": "regression"}, lgb.Dataset(x, np.log(rows["energy_j"])), 60)
     n_query_cols = len(data.feature_set.names())
     return write_bundle(
-        tmp_path_factory.mktemp("bundle") / "bundle",
+        folder / "bundle",
         success,
         energy,
         data.arms,
         data.models,
         data.feature_set,
         DecisionRule(),
-        {"synthetic": 1},
+        {"fixture": 1},
         energy_meter="estimate",
         energy_source=ESTIMATED,
         reference_x=data.X[sp.train[:: len(data.arms) * 4], :n_query_cols],
     )
 
 
-@pytest.fixture(scope="module")
-def ctx(samples, dataset, bundle) -> EvalContext:
+def _context(samples: pd.DataFrame, dataset, bundle: Path) -> EvalContext:
     from collect.views import queries
     from policy.bundle import load_bundle
 
@@ -198,8 +98,52 @@ def ctx(samples, dataset, bundle) -> EvalContext:
         samples=samples,
         policy=policy,
         big_model="gemma3-270m",
-        seed=0,
+        seed=SEED,
     )
+
+
+def _stage(store, dataset, bundle: Path, root: Path, n_boot: int, allocators=None) -> tuple:
+    """One eval_stage run into a temporary MLflow store: (EvalReport, its JSON report)."""
+    from eval.stage import eval_stage
+
+    _, sp = dataset
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # setup_tracking puts artifacts under ./mlruns/artifacts
+        report = eval_stage(
+            store,
+            bundle,
+            root / "out",
+            test_query_ids=sp.test_query_ids,
+            train_query_ids=sp.train_query_ids,
+            n_boot=n_boot,
+            seed=SEED,
+            tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+            allocators=allocators,
+        )
+    return report, json.loads(report.json_path.read_text())
+
+
+# ---------------------------------------------------------------- fixtures: the reference collection
+
+
+@pytest.fixture(scope="module")
+def samples(reference_samples: pd.DataFrame) -> pd.DataFrame:
+    return reference_samples
+
+
+@pytest.fixture(scope="module")
+def dataset(samples):
+    return _dataset(samples)
+
+
+@pytest.fixture(scope="module")
+def bundle(dataset, tmp_path_factory):
+    return _bundle(dataset, tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def ctx(samples, dataset, bundle) -> EvalContext:
+    return _context(samples, dataset, bundle)
 
 
 @pytest.fixture(scope="module")
@@ -210,32 +154,26 @@ def curves(ctx):
 
 
 @pytest.fixture(scope="module")
-def staged(samples, dataset, bundle, tmp_path_factory):
-    """One eval_stage run (small bootstrap) into a temporary MLflow store."""
-    from eval.stage import eval_stage
+def staged(reference_store, dataset, bundle, tmp_path_factory):
+    """One eval_stage run on the reference store folder (small bootstrap)."""
+    return _stage(reference_store, dataset, bundle, tmp_path_factory.mktemp("eval"), n_boot=60)
 
-    _, sp = dataset
-    root = tmp_path_factory.mktemp("eval")
-    store = root / "store"
-    store.mkdir()
-    samples.to_parquet(store / "shard-00000000000000000001-synth.parquet", index=False)
-    rows = dataset[0].rows
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # setup_tracking puts artifacts under ./mlruns/artifacts
-        # arm_outcomes spends ~10 s on soft labels here; the stage gets the rows build_dataset already
-        # computed from these same samples (the fixed-arm test checks them against the store).
-        mp.setattr("eval.stage.arm_outcomes", lambda s, seed=0: rows)
-        report = eval_stage(
-            store,
-            bundle,
-            root / "out",
-            test_query_ids=sp.test_query_ids,
-            train_query_ids=sp.train_query_ids,
-            n_boot=60,
-            seed=0,
-            tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
-        )
-    return report, json.loads(report.json_path.read_text())
+
+# ---------------------------------------------------------------- fixtures: synthetic, for known structure
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """(samples, (dataset, split)) of tests/synthetic.py's table: 150 queries, 45 held out."""
+    from synthetic import synthetic_samples
+
+    samples = synthetic_samples(n_queries=150, seed=0)
+    return samples, _dataset(samples)
+
+
+@pytest.fixture(scope="module")
+def synthetic_bundle(synthetic, tmp_path_factory):
+    return _bundle(synthetic[1], tmp_path_factory.mktemp("synthetic_bundle"))
 
 
 # ---------------------------------------------------------------- allocators
@@ -253,16 +191,31 @@ def test_registry_lists_every_allocator_of_the_issue():
     }
 
 
-def test_fixed_arms_reproduce_the_store_arm_accuracies(dataset, ctx, curves):
+def test_fixed_arms_reproduce_the_store_arm_accuracies(samples, dataset, ctx, curves):
     rows = dataset[0].rows  # collect.views.arm_outcomes of the store (build_dataset calls it once)
     rows = rows[rows["query_id"].isin(set(ctx.test.query_ids))]
     by_arm = rows.groupby("arm_id").agg(acc=("correct", "mean"), e=("energy_j", "mean"))
     fixed = curves["fixed"]
-    assert [p.label for p in fixed.points] == ctx.arm_ids
+    assert [p.label for p in fixed.points] == ctx.arm_ids == sorted(by_arm.index)
     for p in fixed.points:
         assert p.accuracy == pytest.approx(by_arm.loc[p.label, "acc"], abs=1e-12)
         assert p.mean_energy_j == pytest.approx(by_arm.loc[p.label, "e"], rel=1e-12)
         assert set(p.arm_ids) == {p.label}
+    # one-sample arms straight from the recorded samples, without the arm view: the first sample of the
+    # (model, temperature) generation graded at L tokens
+    first = samples[samples["query_id"].isin(set(ctx.test.query_ids)) & (samples["sample_index"] == 0)]
+    checked = 0
+    for p in fixed.points:
+        model, n, L, temp = p.label.split("/")
+        if n != "n1":
+            continue
+        li = LEVELS.index(int(L[1:]))
+        g = first[(first["model"] == model) & (first["temperature"] == (0.0 if temp == "greedy" else 0.7))]
+        assert len(g) == ctx.test.n_queries
+        assert p.accuracy == pytest.approx(np.mean([bool(c[li]) for c in g["level_correct"]]), abs=1e-12)
+        assert p.mean_energy_j == pytest.approx(np.mean([e[li] for e in g["level_energy_j"]]), rel=1e-9)
+        checked += 1
+    assert checked == 2 * 2 * len(LEVELS)  # two models x (greedy, t0.7) x levels
 
 
 def test_model_scaling_applies_only_the_bigger_models_arms(curves):
@@ -321,7 +274,13 @@ def test_learned_points_are_charged_the_metered_feature_cost(ctx, curves):
     np.testing.assert_allclose(p.energy_j - arm_j, overhead.per_query_j)
 
 
-def test_learned_beats_the_best_fixed_arm_on_data_with_structure(curves):
+def test_synthetic_learned_beats_the_best_fixed_arm_on_data_with_structure(synthetic, synthetic_bundle):
+    """Where queries differ learnably (tests/synthetic.py), the learned frontier reaches some fixed-frontier
+    accuracy for fewer joules. Not a property of the reference collection's 39 held-out queries: there the
+    fixed frontier is one arm (smollm2-135m/n1/L16/t0.7: 41.0% at 7.03 J) and the learned curve tops out at
+    38.5% (6.39 J), so it never reaches a fixed-frontier accuracy at all."""
+    samples, dataset = synthetic
+    curves, _ = run_allocators(_context(samples, dataset, synthetic_bundle), ["learned", "fixed"])
     le, la = frontier_of(curves["learned"].energy_j, curves["learned"].accuracy)
     fixed = curves["fixed"]
     # at some fixed arm on the fixed frontier the learned curve is no costlier for the same accuracy
@@ -334,13 +293,21 @@ def test_learned_beats_the_best_fixed_arm_on_data_with_structure(curves):
 
 
 def test_random_at_matched_energy_sits_below_the_learned_frontier(ctx, curves):
+    """Each random point lies below the learned frontier or within 2.5 binomial standard errors above it,
+    and on average below. Reference, seed 0: gaps from -2.6 to +4.2 points, mean +0.3 (within noise).
+
+    A query-blind mix of arms spends at least the cheapest arm's mean joules; the learned policy, picking
+    per query, can spend less (reference: 6.39 J against the cheapest arm's 7.03 J), and there random sits
+    at the cheapest arm."""
     learned, rnd = curves["learned"], curves["random"]
     le, la = frontier_of(learned.energy_j, learned.accuracy)
     n = ctx.test.n_queries
+    cheapest_arm_j = ctx.test.energy_j.mean(axis=0).min()
     gaps = []
     for p, target in zip(rnd.points, learned.points, strict=True):
         assert p.params["target_energy_j"] == pytest.approx(target.mean_energy_j)
-        assert p.mean_energy_j == pytest.approx(target.mean_energy_j, rel=0.1)
+        matched = max(target.mean_energy_j, cheapest_arm_j)
+        assert p.mean_energy_j == pytest.approx(matched, rel=1e-12 if matched == cheapest_arm_j else 0.1)
         ref = accuracy_at_energy(le, la, p.mean_energy_j)
         if np.isfinite(ref):
             se = math.sqrt(max(ref * (1 - ref), 0.05) / n)
@@ -441,6 +408,17 @@ def test_bootstrap_is_seeded():
     assert bootstrap(stat, 40, 50, seed=5)["m"] != bootstrap(stat, 40, 50, seed=6)["m"]
 
 
+def test_bootstrap_intervals_of_the_held_out_arm_accuracies_match_their_binomial_spread(ctx):
+    """Resampling the 39 real held-out queries: every arm's accuracy interval holds its point, and its
+    width is the normal approximation's 2 * 1.96 * sqrt(p (1 - p) / n) to within a quarter."""
+    correct, n = ctx.test.correct, ctx.test.n_queries
+    ivs = bootstrap(lambda w: dict(zip(ctx.arm_ids, w @ correct, strict=True)), n, n_boot=400, seed=0)
+    for j, arm in enumerate(ctx.arm_ids):
+        iv, p = ivs[arm], correct[:, j].mean()
+        assert iv.point == pytest.approx(p) and iv.low <= iv.point <= iv.high and iv.n_valid == 400
+        assert iv.width == pytest.approx(2 * 1.959964 * math.sqrt(p * (1 - p) / n), rel=0.25), arm
+
+
 # ---------------------------------------------------------------- the stage and its report
 
 TOP_KEYS = {
@@ -468,7 +446,7 @@ TOP_KEYS = {
 }
 
 
-def test_report_has_the_documented_keys(staged):
+def test_report_has_the_documented_keys(samples, staged):
     report, doc = staged
     assert set(doc) == TOP_KEYS
     assert doc["energy"]["source"] == ESTIMATED
@@ -483,12 +461,22 @@ def test_report_has_the_documented_keys(staged):
         "best_fixed_energy_per_correct_estimated_j",
     ):
         assert set(h[key]) == {"point", "low", "high", "n_boot", "n_valid", "confidence"}
-    assert set(doc["per_task"]) == {"rg.chain_sum", "rg.basic_arithmetic_1d", "facts.atomic_number"}
+    assert h["n_queries"] == report.n_test_queries == 39
+    assert set(doc["per_task"]) == set(samples["task"])  # the reference's 8 tasks
     fact = doc["per_task"]["facts.atomic_number"]
     assert fact["kind"] == "factual" and doc["per_task"]["rg.chain_sum"]["kind"] == "reasoning"
     assert {r["max_new_tokens"] for r in fact["length"]} == set(LEVELS)
     assert set(doc["findings"]) == {"1_ttc_vs_model_scaling", "2_output_length", "3_query_aware_allocation"}
-    assert report.energy_saved_at_equal_accuracy is not None
+    # A headline is None on the report object exactly when its point is undefined. On the reference the
+    # learned curve never reaches the best fixed arm's accuracy, so the equal-accuracy saving is undefined.
+    for attr, key in (
+        ("energy_saved_at_equal_accuracy", "energy_saved_at_equal_accuracy_estimated"),
+        ("accuracy_gain_at_equal_energy", "accuracy_gain_at_equal_energy_estimated"),
+        ("energy_saved_vs_model_scaling", "energy_saved_vs_model_scaling_estimated"),
+    ):
+        iv = getattr(report, attr)
+        assert (iv is None) == (h[key]["point"] is None), attr
+        assert iv is None or iv.point == pytest.approx(h[key]["point"])
     assert json.loads(report.to_json())["run_id"] == doc["mlflow"]["run_id"]
 
 
@@ -520,15 +508,33 @@ def test_headline_intervals_contain_their_point_estimates(staged):
             assert v["low"] - 1e-12 <= v["point"] <= v["high"] + 1e-12, key
 
 
-def test_findings_report_the_factual_task_against_test_time_compute(staged):
+def test_findings_compare_every_task_verdict_with_the_paper(staged):
+    """On the reference the bigger gemma3-270m knows fewer atomic numbers than smollm2-135m (0% vs 10% of
+    samples right), so the factual task's verdict is test_time_compute, disagreeing with the paper."""
     _, doc = staged
-    ttc = doc["per_task"]["facts.atomic_number"]["ttc_vs_scaling"]
-    assert ttc["paper_expects"] == "model_scaling"
-    # votes cannot fix a fact the small model does not know: the bigger model wins here, as in the paper
-    assert ttc["verdict"] == "model_scaling" and ttc["agrees_with_paper"] is True
-    for entry in doc["per_task"].values():
+    assert doc["per_task"]["facts.atomic_number"]["ttc_vs_scaling"]["paper_expects"] == "model_scaling"
+    agree, disagree, inconclusive = set(), set(), set()
+    for task, entry in doc["per_task"].items():
         t = entry["ttc_vs_scaling"]
-        assert t["agrees_with_paper"] in (None, t["verdict"] == t["paper_expects"])
+        assert t["verdict"] in ("test_time_compute", "model_scaling", "tie")
+        assert t["paper_expects"] == ("model_scaling" if entry["kind"] == "factual" else "test_time_compute")
+        assert t["agrees_with_paper"] is (None if t["verdict"] == "tie" else t["verdict"] == t["paper_expects"])
+        {True: agree, False: disagree, None: inconclusive}[t["agrees_with_paper"]].add(task)
+    f = doc["findings"]["1_ttc_vs_model_scaling"]
+    assert set(f["tasks_agreeing_with_paper"]) == agree
+    assert set(f["tasks_disagreeing_with_paper"]) == disagree
+    assert set(f["tasks_inconclusive"]) == inconclusive
+
+
+def test_synthetic_findings_call_a_factual_task_the_bigger_model_knows_for_model_scaling(
+    synthetic, synthetic_bundle, tmp_path
+):
+    """Votes cannot fix a fact the small model does not know: where the bigger model knows more facts
+    (tests/synthetic.py), it wins the factual task, as in the paper."""
+    samples, dataset = synthetic
+    _, doc = _stage(samples, dataset, synthetic_bundle, tmp_path, n_boot=60, allocators=["fixed", "model_scaling"])
+    ttc = doc["per_task"]["facts.atomic_number"]["ttc_vs_scaling"]
+    assert ttc["verdict"] == "model_scaling" and ttc["agrees_with_paper"] is True
 
 
 def test_outputs_are_written_and_logged_to_one_mlflow_run(staged):
@@ -542,7 +548,11 @@ def test_outputs_are_written_and_logged_to_one_mlflow_run(staged):
     client = MlflowClient(report.tracking_uri)
     run = client.get_run(report.run_id)
     assert run.data.tags["energy_source"] == ESTIMATED
-    assert "energy_estimated/saved_frac_at_equal_accuracy" in run.data.metrics
+    energy_metrics = [k for k in run.data.metrics if "energy" in k or k.endswith("_j_per_correct")]
+    assert "energy_estimated/saved_frac_vs_model_scaling" in energy_metrics
+    assert all(k.startswith("energy_estimated/") for k in energy_metrics)
+    saving_defined = doc["headline"]["energy_saved_at_equal_accuracy_estimated"]["point"] is not None
+    assert ("energy_estimated/saved_frac_at_equal_accuracy" in run.data.metrics) == saving_defined
     logged = {f.path for f in client.list_artifacts(report.run_id, "eval")}
     assert {f"eval/{n}" for n in ("eval_report.json", "eval_report.md", "eval_pareto.png")} <= logged
     assignments = pd.read_parquet(report.assignments_path)
@@ -585,4 +595,4 @@ def test_task_split_holds_out_whole_tasks(samples):
     assert tasks == ["facts.atomic_number"]
     assert all(q.startswith("facts.atomic_number:") for q in test)
     assert not any(q.startswith("facts.atomic_number:") for q in train)
-    assert len(test) == 50 and len(train) == 100
+    assert len(test) == 16 and len(train) == 112
