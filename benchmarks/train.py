@@ -72,7 +72,7 @@ def main() -> None:
         "--source", choices=("auto", "reference", "synthetic"), default="auto", help="where queries come from"
     )
     ap.add_argument("--reference", type=Path, default=ROOT / "data" / "reference", help="reference store folder")
-    ap.add_argument("--min-reference-queries", type=int, default=200, help="fewer: use synthetic (auto)")
+    ap.add_argument("--min-reference-queries", type=int, default=100, help="fewer: use synthetic (auto)")
     ap.add_argument("--tracemalloc", action="store_true", help="also report peak Python allocations (slow)")
     ap.add_argument("--no-bundle", action="store_true", help="skip writing the policy bundle (ONNX export)")
     ap.add_argument("--seed", type=int, default=0)
