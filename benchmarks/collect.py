@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
+# This file is named like the `collect` package: put the repository first on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collect.config import make_config
-from collect.energy import make_meter
-from collect.models import LoadedModel, resolve_model
-from collect.stage import _Batch, run_batch
-from collect.tasks import make_task
+import torch  # noqa: E402
+
+from collect.config import make_config  # noqa: E402
+from collect.energy import make_meter  # noqa: E402
+from collect.models import LoadedModel, resolve_model  # noqa: E402
+from collect.stage import _Batch, run_batch  # noqa: E402
+from collect.tasks import make_task  # noqa: E402
 
 
 def bare_loop(lm: LoadedModel, prompts: list[str], n: int, max_new_tokens: int, per_call: int, seed: int) -> int:

@@ -6,7 +6,8 @@ test queries are never seen here): with `cv_folds=1` one holdout of
 query ids. Every fit stops early on its validation fold; the best trial's mean
 stopping round becomes the refit's `n_estimators`. Lower is better for every
 objective: Brier score for success, RMSE of log joules for energy, RMSE of
-log1p tokens for length.
+log1p tokens for length. Trials train on at most `MAX_TUNING_ROWS` rows of
+whole queries (the ranking of settings needs no more); the refit uses every row.
 
 The search space, objective and target of each predictor live in one registry,
 `PREDICTORS`, which the stage walks. This module never reads the store, never
@@ -28,6 +29,8 @@ from train.predictors import EnergyPredictor, LengthPredictor, SuccessPredictor
 
 MAX_ROUNDS = 300
 EARLY_STOPPING_ROUNDS = 20
+#: rows a tuning trial trains on at most (whole queries); the refit uses every row
+MAX_TUNING_ROWS = 8000
 
 
 def suggest_lgbm(trial) -> dict[str, Any]:
@@ -100,6 +103,14 @@ def check_storage(storage: str | None) -> str | None:
     return storage
 
 
+def _query_subsample(groups: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Row indices of randomly drawn whole queries, as many as fit in `max_rows` (sorted)."""
+    ids, counts = np.unique(groups, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    chosen = ids[order[np.cumsum(counts[order]) <= max_rows]]
+    return np.flatnonzero(np.isin(groups, chosen))
+
+
 def _folds(groups: np.ndarray, cv_folds: int, valid_size: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import GroupShuffleSplit
 
@@ -132,6 +143,7 @@ def tune(
     run_tags: dict[str, str] | None = None,
     log_to_mlflow: bool = True,
     on_trial: Callable[[int, float], None] | None = None,
+    max_rows: int | None = MAX_TUNING_ROWS,
 ) -> TuneResult:
     """Search `spec`'s space for `base` with TPE (seeded); one nested MLflow run per trial.
 
@@ -146,7 +158,13 @@ def tune(
     if n_trials < 0:
         raise UsageError(f"n_trials must be >= 0, got {n_trials}")
     prefix = metric_prefix or spec.name
-    folds = _folds(np.asarray(groups), cv_folds, valid_size, seed)
+    groups = np.asarray(groups)
+    if max_rows is not None and len(X) > max_rows:
+        # Trials see whole queries drawn up to `max_rows` rows: the search's ranking of
+        # settings needs far fewer rows than the refit, which always uses every row.
+        keep = _query_subsample(groups, max_rows, seed)
+        X, y, groups = X.iloc[keep], np.asarray(y)[keep], groups[keep]
+    folds = _folds(groups, cv_folds, valid_size, seed)
     parts = [(X.iloc[tr], y[tr], X.iloc[va], y[va]) for tr, va in folds]
     run_ids: list[str] = []
 
