@@ -30,13 +30,13 @@ from train.predictors import EnergyPredictor, LengthPredictor, SuccessPredictor
 MAX_ROUNDS = 300
 EARLY_STOPPING_ROUNDS = 20
 #: rows a tuning trial trains on at most (whole queries); the refit uses every row
-MAX_TUNING_ROWS = 8000
+MAX_TUNING_ROWS = 5000
 
 
 def suggest_lgbm(trial) -> dict[str, Any]:
     """The LightGBM search space shared by all predictors."""
     return {
-        "learning_rate": trial.suggest_float("learning_rate", 0.05, 0.3, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.08, 0.3, log=True),
         "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
         "min_child_samples": trial.suggest_int("min_child_samples", 5, 100, log=True),
         "subsample": trial.suggest_float("subsample", 0.6, 1.0),
