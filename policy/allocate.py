@@ -86,17 +86,24 @@ class DecisionRule:
         return cls(**d)
 
 
+#: the least gain in predicted success that justifies a costlier arm
+P_TOL = 1e-4
+
+
 def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
     """Indices of the upper convex hull of the points (e[i], p[i]), cheapest first.
 
     Kept points have strictly increasing e and p and strictly decreasing slopes.
     Among arms of equal e the one with the highest p is kept (then the lowest
     index); a point on the chord of its neighbours is dropped (a zero-gain move).
+    A costlier arm must predict more than `P_TOL` higher success to be kept: a
+    smaller gain is float noise (ONNX and LightGBM differ by ~1e-7, which a steep
+    stretch of a calibration table can magnify), not a reason to spend joules.
     """
     order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
     hull: list[int] = []
     for i in order:
-        if hull and p[i] <= p[hull[-1]]:
+        if hull and p[i] <= p[hull[-1]] + P_TOL:
             continue  # costs at least as much, predicts no better: dominated
         if hull and e[i] == e[hull[-1]]:
             continue  # same cost, sorted by p descending: already have the better one

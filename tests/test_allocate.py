@@ -237,3 +237,12 @@ def test_decision_rule_rejects_unknown_modes_and_missing_budgets():
 def test_decision_rule_round_trips_through_a_dict():
     r = DecisionRule("budget", lam=0.0, budget_j=12.5, p_floor=0.1)
     assert DecisionRule.from_dict(r.to_dict()) == r
+
+
+def test_a_gain_below_float_noise_never_buys_a_costlier_arm():
+    from policy.allocate import P_TOL, upper_hull
+
+    # ONNX and LightGBM differ by ~1e-7 and a calibration table can magnify that:
+    # such a difference must not flip a decision towards spending more joules.
+    assert upper_hull([1.0, 2.0], [0.5, 0.5 + P_TOL / 2]) == [0]
+    assert upper_hull([1.0, 2.0], [0.5, 0.5 + 2 * P_TOL]) == [0, 1]

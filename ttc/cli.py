@@ -110,6 +110,9 @@ def train(
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
     threads: Annotated[int, typer.Option(help="LightGBM threads")] = 2,
+    calibration: Annotated[
+        str, typer.Option(help="success calibration: none or isotonic (on held-out queries)")
+    ] = "none",
 ) -> None:
     """Fit LightGBM predictors of success and joules per (query, arm), tuned with Optuna, logged to MLflow."""
     from train.stage import train_stage
@@ -127,6 +130,7 @@ def train(
             register_name=register_name,
             storage=storage,
             num_threads=threads,
+            calibration=calibration,
         )
     except TTCError as e:
         _fail(e)
