@@ -147,3 +147,33 @@ def test_train_refuses_an_empty_store(tmp_path):
 
 def test_reference_collection_is_committed():
     assert any(REFERENCE_STORE.glob("shard-*.parquet"))
+
+
+@pytest.mark.slow
+def test_export_registers_and_exports_back_from_the_registry(quick_run, tmp_path):
+    root, _, _ = quick_run
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        r = CliRunner().invoke(
+            app,
+            [
+                "export",
+                "--from",
+                str(root / "out" / "train"),
+                "--out",
+                str(tmp_path / "b"),
+                "--register-name",
+                "ttc-test-policy",
+                "--tracking-uri",
+                uri,
+            ],
+        )
+        assert r.exit_code == 0, r.output
+        assert "models:/ttc-test-policy@champion" in r.output
+        back = tmp_path / "back"
+        r = CliRunner().invoke(
+            app, ["export", "--from", "models:/ttc-test-policy@champion", "--out", str(back), "--tracking-uri", uri]
+        )
+    assert r.exit_code == 0, r.output
+    assert (back / "policy.json").read_bytes() == (tmp_path / "b" / "policy.json").read_bytes()

@@ -32,12 +32,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _resolve_bundle_source(source: str) -> Path:
+def _resolve_bundle_source(source: str, tracking_uri: str | None = None) -> Path:
     """A local bundle folder/zip, a training output folder holding bundle/, or an MLflow artifact URI."""
     if source.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
         import mlflow
 
-        return Path(mlflow.artifacts.download_artifacts(source))
+        from collect.tracking import resolve_tracking_uri
+
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+        local = Path(mlflow.artifacts.download_artifacts(source))
+        # a registered pyfunc keeps the bundle among its artifacts: find its policy.json
+        found = sorted(local.rglob("policy.json")) if local.is_dir() else []
+        if (local / "policy.json").is_file() or not found:
+            return local
+        return found[0].parent
     p = Path(source)
     if (p / "bundle" / "policy.json").is_file():
         return p / "bundle"
@@ -63,7 +71,7 @@ def export_stage(
     from policy.allocate import DecisionRule
     from policy.bundle import load_bundle, zip_bundle
 
-    src = _resolve_bundle_source(source)
+    src = _resolve_bundle_source(source, tracking_uri)
     policy = load_bundle(src)  # verifies hashes and features before anything is written
     out = Path(out)
     if out.exists():
