@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import random
 import zlib
 from abc import ABC, abstractmethod
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from collect.graders import NO_ANSWER, Grade, extract_answer, extract_name, grade_number, grade_text, normalize_number
+from collect.jsonl import read_jsonl
 from policy.errors import UsageError, unknown_name
 
 REASONING = "reasoning"
@@ -399,31 +399,19 @@ class JsonlTask(Task):
         self._pool_cache = self._load_pool()
 
     def _load_pool(self) -> list[Item]:
-        p = Path(self.path)
-        if not p.is_file():
-            raise UsageError(f"task file {self.path!r} not found; give a JSONL file of {{'question', 'answer'}} lines")
         pool: list[Item] = []
         ids: set[str] = set()
-        with open(p, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UsageError(f"{self.path} line {lineno}: not valid JSON ({e.msg})") from e
-                if not isinstance(row, dict):
-                    raise UsageError(f"{self.path} line {lineno}: expected a JSON object with 'question' and 'answer'")
-                question, answer = row.get("question"), row.get("answer")
-                if not isinstance(question, str) or not question.strip():
-                    raise UsageError(f"{self.path} line {lineno}: missing 'question' (a non-empty string)")
-                if answer is None or str(answer).strip() == "":
-                    raise UsageError(f"{self.path} line {lineno}: missing 'answer'")
-                item_id = str(row.get("id", lineno))
-                if item_id in ids:
-                    raise UsageError(f"{self.path} line {lineno}: duplicate id {item_id!r}; ids must be unique")
-                ids.add(item_id)
-                pool.append(Item(f"{self.name}:{item_id}", self.name, question, str(answer).strip()))
+        for lineno, row in read_jsonl(self.path, "'question' and 'answer'"):
+            question, answer = row.get("question"), row.get("answer")
+            if not isinstance(question, str) or not question.strip():
+                raise UsageError(f"{self.path} line {lineno}: missing 'question' (a non-empty string)")
+            if answer is None or str(answer).strip() == "":
+                raise UsageError(f"{self.path} line {lineno}: missing 'answer'")
+            item_id = str(row.get("id", lineno))
+            if item_id in ids:
+                raise UsageError(f"{self.path} line {lineno}: duplicate id {item_id!r}; ids must be unique")
+            ids.add(item_id)
+            pool.append(Item(f"{self.name}:{item_id}", self.name, question, str(answer).strip()))
         if not pool:
             raise UsageError(f"task file {self.path!r} holds no questions")
         return pool

@@ -113,19 +113,13 @@ def export_stage(
 
 
 def read_queries_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    from collect.jsonl import read_jsonl
+
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"input file {str(p)!r} not found")
     rows = []
-    for i, line in enumerate(p.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{p}: line {i} is not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise UsageError(f'{p}: line {i} has no "question" string; each line needs {{"question": "..."}}')
+    for i, row in read_jsonl(p, '{"question", "task"?, "id"?}'):
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise UsageError(f'{p} line {i} has no "question" string; each line needs {{"question": "..."}}')
         rows.append({"id": str(row.get("id", i)), "question": row["question"], "task": row.get("task")})
     if not rows:
         raise UsageError(f"{p} holds no queries")

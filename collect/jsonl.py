@@ -1,0 +1,32 @@
+"""Reading a user's JSONL file: one JSON object per line, errors that name the line.
+
+Shared by the user task files (`jsonl:PATH`) and `ttc allocate`'s query files;
+each caller checks its own fields. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from policy.errors import UsageError
+
+
+def read_jsonl(path: str | Path, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; `expected` names the fields in messages."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"file {str(p)!r} not found; give a JSONL file of {expected} lines")
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{p} line {lineno}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise UsageError(f"{p} line {lineno}: expected a JSON object with {expected}")
+            yield lineno, row
