@@ -24,6 +24,22 @@ from policy.errors import UsageError
 from policy.records import ArmOutcome
 
 ARM_COLUMNS = list(ArmOutcome.__dataclass_fields__)
+#: the Sample columns the arm view reads
+VIEW_COLUMNS = (
+    "model",
+    "temperature",
+    "query_id",
+    "sample_index",
+    "task",
+    "levels",
+    "level_answer",
+    "level_correct",
+    "level_energy_j",
+    "level_duration_s",
+    "level_output_tokens",
+    "meter",
+    "energy_source",
+)
 _SOFT_DRAWS = 64
 
 
@@ -70,22 +86,8 @@ def arm_outcomes(samples: pd.DataFrame, arms: list[Arm] | None = None, seed: int
     by_setting: dict[tuple[str, float], list[Arm]] = {}
     for arm in arms:
         by_setting.setdefault((arm.model, arm.temperature), []).append(arm)
-    cols = [
-        "sample_index",
-        "task",
-        "levels",
-        "level_answer",
-        "level_correct",
-        "level_energy_j",
-        "level_duration_s",
-        "level_output_tokens",
-        "meter",
-        "energy_source",
-    ]
     # Plain lists per group, read once: per-row pandas access made this view the slowest step of training.
-    for (model, temp, qid), g in samples[["model", "temperature", "query_id", *cols]].groupby(
-        ["model", "temperature", "query_id"], sort=True
-    ):
+    for (model, temp, qid), g in samples[list(VIEW_COLUMNS)].groupby(["model", "temperature", "query_id"], sort=True):
         setting_arms = by_setting.get((str(model), float(temp)), [])
         if not setting_arms:
             continue

@@ -29,29 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from collect.views import arm_outcomes, queries
+from collect.views import VIEW_COLUMNS, arm_outcomes, queries
 from policy.arms import Arm
 from policy.errors import MixedEnergyError, UsageError, unknown_name
 from policy.features import PROBE_NAMES, FeatureSet, get_feature_set, row_matrix, row_names
 
 #: Sample columns the arm view and the features read.
-REQUIRED_COLUMNS = (
-    "query_id",
-    "task",
-    "question",
-    "model",
-    "temperature",
-    "sample_index",
-    "energy_j",
-    "meter",
-    "energy_source",
-    "levels",
-    "level_answer",
-    "level_correct",
-    "level_energy_j",
-    "level_duration_s",
-    "level_output_tokens",
-)
+REQUIRED_COLUMNS = (*VIEW_COLUMNS, "question", "energy_j")
 #: Fewer queries than this cannot fill a test split and tuning folds.
 MIN_QUERIES = 10
 SUCCESS_LABELS = ("correct_soft", "correct")
