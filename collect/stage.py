@@ -18,7 +18,10 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from collect.config import CollectConfig
 from collect.energy import make_meter
@@ -223,9 +226,10 @@ def collect_stage(cfg: CollectConfig, progress: bool = True) -> CollectResult:
                         },
                         step,
                     )
-        total = len(store.read()) if store.shards() else 0
+        stored = store.read() if store.shards() else None
+        total = 0 if stored is None else len(stored)
         if tracker:
-            tracker.finish(store, meter.name, meter.source)
+            tracker.finish(stored, store.root, meter.name, meter.source)
     except BaseException:
         if tracker:
             tracker.fail()
@@ -263,21 +267,23 @@ class _Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.mlflow.log_metrics(metrics, step=step)
 
-    def finish(self, store: SampleStore, meter: str, source: str) -> None:
+    def finish(self, df: pd.DataFrame | None, root: Path, meter: str, source: str) -> None:
+        """Per-arm accuracy and joules of the whole store, and the store as a dataset input."""
         from collect.views import arm_outcomes
 
         mlflow = self.mlflow
         mlflow.set_tags({"energy_source": source, "energy_meter": meter})
-        if store.shards():
-            df = store.read()
+        if df is not None:
             arms = arm_outcomes(df)
             summary = arms.groupby("arm_id").agg(accuracy=("correct", "mean"), energy_j=("energy_j", "mean"))
+            metrics: dict[str, float] = {}
             for arm_id, row in summary.iterrows():
                 key = arm_id.replace("/", ".")
-                mlflow.log_metric(f"arm_accuracy.{key}", float(row["accuracy"]))
-                mlflow.log_metric(f"arm_energy_j.{source}.{key}", float(row["energy_j"]))
+                metrics[f"arm_accuracy.{key}"] = float(row["accuracy"])
+                metrics[f"arm_energy_j.{source}.{key}"] = float(row["energy_j"])
+            mlflow.log_metrics(metrics)
             light = df.drop(columns=["text", "question"])
-            dataset = mlflow.data.from_pandas(light, source=str(store.root.resolve()), name="samples")
+            dataset = mlflow.data.from_pandas(light, source=str(root.resolve()), name="samples")
             mlflow.log_input(dataset, context="collect")
         mlflow.end_run()
 
