@@ -40,8 +40,8 @@ BATCH_SIZES = (1, 1000)
 def _queries(args: argparse.Namespace) -> tuple[list[str], list[str | None], dict[str, float] | None, str]:
     """(questions, tasks, cheapest arm joules per question or None, where the joules came from)."""
     if args.store:
-        from collect.store import read_samples
-        from collect.views import arm_outcomes, queries
+        from store.shards import read_samples
+        from store.views import arm_outcomes, queries
 
         samples = read_samples(args.store)
         q = queries(samples)

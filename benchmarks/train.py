@@ -38,7 +38,7 @@ from train.stage import train_stage  # noqa: E402
 
 
 def _arms_per_query(samples: pd.DataFrame) -> int:
-    from collect.views import available_arms
+    from store.views import available_arms
 
     return len(available_arms(samples))
 

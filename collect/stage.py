@@ -3,7 +3,7 @@
 For each model and temperature the largest n is generated once per query,
 several queries per generate call; each sample is graded at every level in
 `levels` by decoding its first L tokens, so one generation serves every
-(n, L) arm (see collect/views.py). Each generate call is one meter window,
+(n, L) arm (see store/views.py). Each generate call is one meter window,
 split among its samples by output tokens (collect/energy/attribution.py).
 
 Batches are fixed by the item order and the config, and each one's seed is
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 from collect.config import CollectConfig
 from collect.energy import make_meter
 from collect.energy.attribution import RULE, attribute
-from collect.store import SampleStore
 from collect.tasks import Item, Task, make_task
 from policy.records import Sample
+from store.shards import SampleStore
 
 GREEDY_PACKING = 2
 
@@ -253,7 +253,7 @@ class _Tracker:
     def __init__(self, cfg: CollectConfig) -> None:
         import mlflow
 
-        from collect.tracking import setup_tracking
+        from store.tracking import setup_tracking
 
         self.mlflow = mlflow
         setup_tracking(cfg.tracking_uri, cfg.experiment)
@@ -269,7 +269,7 @@ class _Tracker:
 
     def finish(self, df: pd.DataFrame | None, root: Path, meter: str, source: str) -> None:
         """Per-arm accuracy and joules of the whole store, and the store as a dataset input."""
-        from collect.views import arm_outcomes
+        from store.views import arm_outcomes
 
         mlflow = self.mlflow
         mlflow.set_tags({"energy_source": source, "energy_meter": meter})

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from collect.graders import NO_ANSWER, Grade, extract_answer, extract_name, grade_number, grade_text, normalize_number
-from collect.jsonl import read_jsonl
 from policy.errors import UsageError, unknown_name
+from store.jsonl import read_jsonl
 
 REASONING = "reasoning"
 FACTUAL = "factual"

@@ -3,7 +3,7 @@
 An allocator assigns every held-out query an arm (or, for early stopping, a
 number of samples) at each of its settings; one setting is one operating point,
 scored on the *realised* outcomes of the held-out queries (the ArmOutcome rows
-from `collect.views.arm_outcomes`), never on predictions. They are looked up by
+from `store.views.arm_outcomes`), never on predictions. They are looked up by
 name in `ALLOCATORS`, which the CLI's choices come from:
 
 - learned: the policy's predictions, `allocate` swept over prices λ and over
@@ -41,19 +41,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from collect.views import vote
 from eval.metrics import CurveData, pareto_frontier
 from policy.allocate import upper_hull
 from policy.arms import Arm
 from policy.errors import UsageError, unknown_name
 from policy.features import PROBE_NAMES
+from store.views import vote
 
 
 @dataclass(frozen=True, eq=False)
 class Outcomes:
     """Realised outcomes of every grid arm on a set of queries: (n_queries, n_arms) matrices.
 
-    Built from the `ArmOutcome` rows of `collect.views.arm_outcomes`; `correct`
+    Built from the `ArmOutcome` rows of `store.views.arm_outcomes`; `correct`
     is the arm's majority vote, `energy_j` its summed joules, `answered` whether
     the vote had any answer at all.
     """

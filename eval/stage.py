@@ -2,7 +2,7 @@
 
 Flow: read the store and the bundle -> choose held-out queries (given ids,
 held-out tasks, or train_stage's own split rebuilt from the same seed) -> the
-ArmOutcome rows of `collect.views.arm_outcomes` as (query x arm) matrices over
+ArmOutcome rows of `store.views.arm_outcomes` as (query x arm) matrices over
 the policy's arms -> refuse to put measured and estimated joules side by side
 (`check_comparable`) -> every allocator's curve (eval/allocators.py) ->
 headline numbers with bootstrap intervals and the paper's findings per task
@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from collect.energy import METERS, check_comparable, make_meter
-from collect.views import arm_outcomes, queries
 from eval.allocators import ALLOCATORS, EvalContext, Outcomes, run_allocators
 from eval.metrics import Interval
 from eval.report import EvalReport, axis_label, build_report, energy_label, write_outputs
 from policy.errors import UsageError, unknown_name
+from store.views import arm_outcomes, queries
 
 SPLITS = ("query", "task")
 #: Allocators that run the policy on the held-out queries and are charged its metered cost.
@@ -40,7 +40,7 @@ def _load_samples(store: str | Path | pd.DataFrame) -> pd.DataFrame:
     if isinstance(store, pd.DataFrame):
         samples = store
     else:
-        from collect.store import read_samples
+        from store.shards import read_samples
 
         samples = read_samples(store)
     if samples.empty:
@@ -280,7 +280,7 @@ def eval_stage(
 
     import mlflow
 
-    from collect.tracking import setup_tracking
+    from store.tracking import setup_tracking
 
     uri = setup_tracking(tracking_uri, experiment)
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id

@@ -35,6 +35,6 @@ def reference_store() -> Path:
 @pytest.fixture(scope="session")
 def reference_samples(reference_store: Path):
     """The reference collection's samples, read once per session. Shared: derive copies, never mutate it."""
-    from collect.store import read_samples
+    from store.shards import read_samples
 
     return read_samples(reference_store)

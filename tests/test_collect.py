@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from collect.config import load_config, make_config
 from collect.stage import collect_stage
-from collect.store import SampleStore, read_samples, to_dataset
-from collect.views import arm_outcomes, available_arms, vote
 from policy.arms import Arm
 from policy.errors import UsageError
+from store.shards import SampleStore, read_samples, to_dataset
+from store.views import arm_outcomes, available_arms, vote
 from ttc.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -86,8 +86,8 @@ def _bundle(dataset, folder: Path) -> Path:
 
 
 def _context(samples: pd.DataFrame, dataset, bundle: Path) -> EvalContext:
-    from collect.views import queries
     from policy.bundle import load_bundle
+    from store.views import queries
 
     data, sp = dataset
     policy = load_bundle(bundle)
@@ -192,7 +192,7 @@ def test_registry_lists_every_allocator_of_the_issue():
 
 
 def test_fixed_arms_reproduce_the_store_arm_accuracies(samples, dataset, ctx, curves):
-    rows = dataset[0].rows  # collect.views.arm_outcomes of the store (build_dataset calls it once)
+    rows = dataset[0].rows  # store.views.arm_outcomes of the store (build_dataset calls it once)
     rows = rows[rows["query_id"].isin(set(ctx.test.query_ids))]
     by_arm = rows.groupby("arm_id").agg(acc=("correct", "mean"), e=("energy_j", "mean"))
     fixed = curves["fixed"]

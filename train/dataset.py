@@ -1,6 +1,6 @@
 """Training rows: the sample store turned into (query, arm) rows, labels and splits.
 
-One row per (query, arm) from `collect.views.arm_outcomes` (the one sample ->
+One row per (query, arm) from `store.views.arm_outcomes` (the one sample ->
 arm function train and eval share; never re-implement it here). Its features
 are `policy.features.row_matrix`: query features of the named feature set, then
 arm features, exactly as the exported policy computes them at run time.
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from collect.views import VIEW_COLUMNS, arm_outcomes, queries
 from policy.arms import Arm
 from policy.errors import MixedEnergyError, UsageError, unknown_name
 from policy.features import PROBE_NAMES, FeatureSet, get_feature_set, row_matrix, row_names
+from store.views import VIEW_COLUMNS, arm_outcomes, queries
 
 #: Sample columns the arm view and the features read.
 REQUIRED_COLUMNS = (*VIEW_COLUMNS, "question", "energy_j")
@@ -44,16 +44,16 @@ SUCCESS_LABELS = ("correct_soft", "correct")
 def load_samples(path: str | Path) -> pd.DataFrame:
     """The store's samples as a DataFrame with the `policy.records.Sample` columns.
 
-    Reads through `collect.store.read_samples` where that module exists, else
+    Reads through `store.shards.read_samples` where that module exists, else
     reads the Parquet shards of the folder directly.
     """
     path = Path(path)
     if not path.exists():
         raise UsageError(f"no sample store at {path}; run `ttc collect` first or pass the store folder")
     try:
-        from collect.store import read_samples
+        from store.shards import read_samples
     except ModuleNotFoundError as e:
-        if e.name not in ("collect.store", "collect"):
+        if e.name not in ("store.shards", "collect"):
             raise
         read_samples = None
     if read_samples is not None:

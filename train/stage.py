@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from collect.tracking import experiment_id as tracking_experiment_id
-from collect.tracking import resolve_tracking_uri
 from policy.errors import UsageError
 from policy.features import get_feature_set
+from store.tracking import experiment_id as tracking_experiment_id
+from store.tracking import resolve_tracking_uri
 from train.dataset import TrainingData, build_dataset, load_samples, make_split
 from train.predictors import (
     ArmMeanBaseline,

@@ -37,7 +37,7 @@ def _resolve_bundle_source(source: str, tracking_uri: str | None = None) -> Path
     if source.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
         import mlflow
 
-        from collect.tracking import resolve_tracking_uri
+        from store.tracking import resolve_tracking_uri
 
         mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
         local = Path(mlflow.artifacts.download_artifacts(source))
@@ -102,8 +102,8 @@ def export_stage(
     if register_name:
         import mlflow
 
-        from collect.tracking import setup_tracking
         from policy.mlflow_log import log_policy_model
+        from store.tracking import setup_tracking
 
         setup_tracking(tracking_uri, "ttc-export")
         with mlflow.start_run(run_name="export"):
@@ -113,7 +113,7 @@ def export_stage(
 
 
 def read_queries_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    from collect.jsonl import read_jsonl
+    from store.jsonl import read_jsonl
 
     p = Path(path)
     rows = []
@@ -194,8 +194,8 @@ def run_pipeline(
     """
     from collect.config import make_config
     from collect.stage import collect_stage
-    from collect.store import read_samples
     from eval.stage import eval_stage
+    from store.shards import read_samples
     from train.stage import train_stage
 
     if preset not in PRESETS:
@@ -216,7 +216,7 @@ def run_pipeline(
         reference_runs = set(ref["collect_run"])
         base_items = REFERENCE_ITEMS_PER_TASK
         if not store.exists():
-            from collect.store import SampleStore
+            from store.shards import SampleStore
 
             echo(f"[1/4] seeding {store} with the reference collection {reference} ({len(ref)} samples)")
             SampleStore(store).import_store(reference, tasks=tasks)
