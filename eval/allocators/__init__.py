@@ -1,0 +1,112 @@
+"""Allocators under evaluation: each turns held-out queries into a curve of operating points.
+
+An allocator assigns every held-out query an arm (or, for early stopping, a
+number of samples) at each of its settings; one setting is one operating point,
+scored on the *realised* outcomes of the held-out queries (the ArmOutcome rows
+from `store.views.arm_outcomes`), never on predictions. They are looked up by
+name in `ALLOCATORS`, which the CLI's choices come from:
+
+- learned: the policy's predictions, `allocate` swept over prices λ and over
+  target budgets; charged the joules of computing its features and predictions
+  (measured with the estimate meter) and of the probe, if it uses one.
+- fixed: every grid arm for every query, one point per arm.
+- model_scaling: the bigger model's arms for every query (its n=1 greedy arm at
+  the longest cap is the reference "just use the bigger model").
+- random: at each learned point's mean joules, query-blind random arms with the
+  same mean joules (the maximum-entropy arm distribution with that mean),
+  averaged over seeds.
+- difficulty_bins: queries binned by predicted difficulty (the policy's p of
+  the cheapest arm, quantile bins fitted on training queries), the best arm
+  per bin chosen on training queries at each λ (Snell et al.'s recipe).
+- early_stopping: draw samples one at a time in their collected order at one
+  (model, L, temperature) and stop when the first k agree or the majority of
+  n_max is settled; simulated from the raw samples.
+- oracle: in hindsight, each query's cheapest correct arm (its cheapest arm if
+  none is correct): the top point of the hindsight price sweep, whose points
+  bound every one-arm-per-query assignment from above.
+
+Every allocator chooses among the same grid: the policy's arms. One module per
+family: base (containers, context, base class), learned (learned,
+difficulty_bins), grid (fixed, model_scaling, oracle), random_arms (random),
+stopping (early_stopping). Nothing here reads files or logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from eval.allocators.base import (
+    Allocator,
+    Curve,
+    EvalContext,
+    OperatingPoint,
+    Outcomes,
+    PolicyOverhead,
+    Predictions,
+    hull_slopes,
+    lambda_grid,
+    scaling_reference_arm,
+)
+from eval.allocators.grid import FixedAllocator, ModelScalingAllocator, OracleAllocator
+from eval.allocators.learned import DifficultyBinsAllocator, LearnedAllocator
+from eval.allocators.random_arms import RandomAllocator, max_entropy_mix
+from eval.allocators.stopping import EarlyStoppingAllocator, stop_after
+from policy.errors import UsageError, unknown_name
+
+__all__ = [
+    "ALLOCATORS",
+    "Allocator",
+    "Curve",
+    "EvalContext",
+    "OperatingPoint",
+    "Outcomes",
+    "PolicyOverhead",
+    "Predictions",
+    "hull_slopes",
+    "lambda_grid",
+    "make_allocator",
+    "max_entropy_mix",
+    "run_allocators",
+    "scaling_reference_arm",
+    "stop_after",
+]
+
+#: Allocators by name; the CLI's choices and the report's curves come from here.
+ALLOCATORS: dict[str, Callable[[], Allocator]] = {
+    LearnedAllocator.name: LearnedAllocator,
+    FixedAllocator.name: FixedAllocator,
+    ModelScalingAllocator.name: ModelScalingAllocator,
+    RandomAllocator.name: RandomAllocator,
+    DifficultyBinsAllocator.name: DifficultyBinsAllocator,
+    EarlyStoppingAllocator.name: EarlyStoppingAllocator,
+    OracleAllocator.name: OracleAllocator,
+}
+
+
+def make_allocator(name: str) -> Allocator:
+    if name not in ALLOCATORS:
+        raise unknown_name("allocator", name, ALLOCATORS)
+    return ALLOCATORS[name]()
+
+
+def run_allocators(ctx: EvalContext, names: Sequence[str] | None = None) -> tuple[dict[str, Curve], dict[str, str]]:
+    """Curves of the named allocators (default: every one that can run), and why the others were skipped.
+
+    A named allocator that cannot run in this context is a `UsageError`; with
+    the default list it is skipped and its reason returned.
+    """
+    explicit = names is not None
+    names = list(ALLOCATORS) if names is None else list(names)
+    for nm in names:
+        if nm not in ALLOCATORS:
+            raise unknown_name("allocator", nm, ALLOCATORS)
+    curves, skipped = {}, {}
+    for nm in names:
+        why = make_allocator(nm).unavailable(ctx)
+        if why is not None:
+            if explicit:
+                raise UsageError(f"allocator {nm!r} {why}; drop it from the list or supply what it needs")
+            skipped[nm] = why
+            continue
+        curves[nm] = ctx.curve(nm)
+    return curves, skipped

@@ -1,0 +1,96 @@
+"""Allocators that read the policy's predictions: `learned` (allocate swept over prices and budgets) and
+`difficulty_bins` (Snell et al.'s recipe: quantile bins of predicted difficulty, best arm per bin).
+
+Both are charged the metered joules of computing the policy's features and predictions.
+Never reads files or logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from eval.allocators.base import Allocator, Curve, EvalContext, _dedupe, _point, hull_slopes, lambda_grid
+from policy.errors import UsageError
+
+
+class LearnedAllocator(Allocator):
+    name = "learned"
+    description = "the policy's predictions, allocate() swept over prices and budgets; charged its feature cost"
+    needs_policy = True
+
+    def __init__(self, n_lambdas: int = 24, n_budgets: int = 12) -> None:
+        self.n_lambdas = n_lambdas
+        self.n_budgets = n_budgets
+
+    def curve(self, ctx: EvalContext) -> Curve:
+        pred = ctx.predictions("test")
+        p, e = pred.p, pred.e
+        qids = [str(q) for q in ctx.test.query_ids]
+        col = {a: j for j, a in enumerate(ctx.arm_ids)}
+        overhead = pred.overhead.per_query_j
+        settings: list[tuple[np.ndarray, Any]] = []
+        for lam in lambda_grid(hull_slopes(p, e), self.n_lambdas):
+            dec = ctx.policy.allocate_predictions(p, e, qids, lam=float(lam))
+            settings.append((np.asarray([col[d.arm_id] for d in dec]), ("price", float(lam))))
+        points = [
+            _point(ctx, f"price lam={lam:.3g}", {"mode": "price", "lam": lam}, idx, overhead)
+            for idx, (_, lam) in _dedupe(settings)
+        ]
+        floor_j, top_j = float(e.min(axis=1).mean()), float(e.max(axis=1).mean())
+        budget_settings = []
+        for b in np.geomspace(floor_j * 1.02, max(top_j, floor_j * 1.04), self.n_budgets):
+            dec = ctx.policy.allocate_predictions(p, e, qids, budget_j=float(b), on_infeasible="cheapest")
+            budget_settings.append((np.asarray([col[d.arm_id] for d in dec]), ("budget", float(b))))
+        rows = np.arange(len(qids))
+        for idx, (_, b) in _dedupe(budget_settings):
+            predicted = float(e[rows, idx].mean())
+            params = {"mode": "budget", "budget_j": b, "predicted_energy_j": predicted}
+            points.append(_point(ctx, f"budget {b:.3g} J", params, idx, overhead))
+        o = pred.overhead
+        notes = {
+            "overhead_features_per_query_j": o.features_j,
+            "overhead_predict_per_query_j": o.predict_j,
+            "overhead_probe_per_query_j": float(np.mean(o.probe_j)),
+            "overhead_duration_s": o.duration_s,
+            "overhead_meter": o.meter,
+            "overhead_source": o.source,
+        }
+        return Curve(self.name, points, notes=notes)
+
+
+class DifficultyBinsAllocator(Allocator):
+    name = "difficulty_bins"
+    description = "quantile bins of predicted difficulty (p of the cheapest arm), best arm per bin on training queries"
+    needs_policy = True
+    needs_train = True
+
+    def __init__(self, n_bins: int = 4) -> None:
+        self.n_bins = n_bins
+
+    def curve(self, ctx: EvalContext) -> Curve:
+        if self.n_bins < 1:
+            raise UsageError(f"difficulty_bins needs n_bins >= 1, got {self.n_bins}")
+        tr, te = ctx.predictions("train"), ctx.predictions("test")
+        cheapest = int(np.argmin(tr.e.mean(axis=0)))
+        d_tr, d_te = tr.p[:, cheapest], te.p[:, cheapest]
+        edges = np.unique(np.quantile(d_tr, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
+        bin_tr, bin_te = np.searchsorted(edges, d_tr, side="right"), np.searchsorted(edges, d_te, side="right")
+        n_bins = len(edges) + 1
+        acc = np.stack([ctx.train.correct[bin_tr == b].mean(axis=0) for b in range(n_bins)])
+        joules = np.stack([ctx.train.energy_j[bin_tr == b].mean(axis=0) for b in range(n_bins)])
+        # The exact breakpoints: every slope of every bin's hull (ties go to the cheaper arm).
+        lams = np.unique(np.concatenate([[0.0], hull_slopes(acc, joules)]))[::-1]
+        settings = []
+        for lam in lams:
+            score = acc - lam * joules
+            best = np.asarray([np.lexsort((joules[b], -score[b]))[0] for b in range(n_bins)])
+            settings.append((best[bin_te], float(lam)))
+        overhead = te.overhead.per_query_j
+        points = [
+            _point(ctx, f"bins lam={lam:.3g}", {"lam": lam, "n_bins": n_bins}, idx, overhead)
+            for idx, lam in _dedupe(settings)
+        ]
+        notes = {"n_bins": n_bins, "difficulty_arm": ctx.arm_ids[cheapest], "bin_edges_p": edges.tolist()}
+        return Curve(self.name, points, notes=notes)
