@@ -1,0 +1,168 @@
+"""What the proxy does between a request and the upstream: read options, pick an arm, vote.
+
+- `parse_options`: the request's `ttc` body field and `x-ttc` header (the same
+  JSON object; the body wins per key): `task`, `lam` (a price in accuracy per
+  joule for this request), `mode` ("policy" or "passthrough"), `answer` (how
+  to extract answers: "number", "name" or "text").
+- `Decider.choose`: the query's features, the bundle's predictions over the
+  arms whose model has an upstream, and the price rule at λ. A client's own
+  `n` and `max_tokens` are upper bounds: arms above them are not considered;
+  when no arm fits, the policy's pick is clipped to them and marked `clipped`
+  (its predicted joules then describe the unclipped arm).
+- `vote_texts`: the grader's extraction on each sample and the arm view's
+  majority vote (store/views.py), so serving votes exactly as training scored.
+
+Never touches the network. Bad input raises `UsageError` (the proxy answers 400).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from collect.graders import extract_answer, extract_name, extract_text
+from policy.allocate import allocate_price, upper_hull
+from policy.arms import Arm
+from policy.bundle import Policy
+from policy.errors import UsageError, unknown_name
+from store.views import vote
+
+POLICY = "policy"
+PASSTHROUGH = "passthrough"
+MODES = (POLICY, PASSTHROUGH)
+EXTRACTORS: dict[str, Callable[[str], tuple[str | None, str]]] = {
+    "number": extract_answer,
+    "name": extract_name,
+    "text": extract_text,
+}
+_OPTION_KEYS = ("task", "lam", "mode", "answer")
+
+
+@dataclass(frozen=True)
+class TTCOptions:
+    mode: str = POLICY
+    task: str | None = None
+    lam: float | None = None
+    answer: str | None = None
+
+
+def parse_options(body_value: Any, header_value: str | None) -> TTCOptions:
+    """Merge the `x-ttc` header (JSON) and the body's `ttc` object into checked options."""
+    merged: dict[str, Any] = {}
+    if header_value:
+        try:
+            h = json.loads(header_value)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f'the x-ttc header must be a JSON object like {{"mode": "passthrough"}}: {exc}') from exc
+        if not isinstance(h, dict):
+            raise UsageError("the x-ttc header must be a JSON object")
+        merged.update(h)
+    if body_value is not None:
+        if not isinstance(body_value, dict):
+            raise UsageError('the "ttc" field must be an object like {"task": "gsm8k", "lam": 0.01}')
+        merged.update(body_value)
+    extra = sorted(set(merged) - set(_OPTION_KEYS))
+    if extra:
+        raise UsageError(f"unknown ttc options {extra}, known: {', '.join(_OPTION_KEYS)}")
+    mode = merged.get("mode", POLICY)
+    if mode not in MODES:
+        raise unknown_name("ttc mode", str(mode), MODES)
+    task = merged.get("task")
+    if task is not None and not isinstance(task, str):
+        raise UsageError("ttc task must be a string (a task name such as gsm8k)")
+    lam = merged.get("lam")
+    if lam is not None:
+        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+            raise UsageError(f"ttc lam (accuracy per joule) must be a finite number >= 0, got {lam!r}")
+        lam = float(lam)
+    answer = merged.get("answer")
+    if answer is not None and answer not in EXTRACTORS:
+        raise unknown_name("ttc answer extraction", str(answer), EXTRACTORS)
+    return TTCOptions(mode, task, lam, answer)
+
+
+def answer_kind(options: TTCOptions) -> str:
+    """How to extract answers: the option, else the task's own answer type, else numbers."""
+    if options.answer:
+        return options.answer
+    if options.task:
+        from collect.tasks import RG_SPECS  # lazy: the task registry is only needed for a named task
+
+        spec = RG_SPECS.get(options.task)
+        if spec is not None:
+            return spec.answer
+    return "number"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The arm to run for one request and why: the policy's arm, the settings sent, the prediction."""
+
+    arm: Arm  # the settings sent upstream (== the decided arm unless clipped)
+    decided_arm_id: str
+    p_success: float
+    predicted_j: float
+    lam: float
+    rule: str
+    clipped: bool
+    slopes: list[float] = field(default_factory=list)
+
+
+class Decider:
+    """The bundle's rule over the arms whose model has an upstream."""
+
+    def __init__(self, policy: Policy, served_models: Sequence[str]) -> None:
+        if policy.needs_probe:
+            raise UsageError(
+                f"bundle feature set {policy.feature_set.name!r} needs probe values from the model itself; "
+                "serve a bundle trained on the 'text' feature set"
+            )
+        self.policy = policy
+        self.cols = [i for i, a in enumerate(policy.arms) if a.model in set(served_models)]
+        if not self.cols:
+            raise UsageError(f"no --upstream serves a model of the bundle; its models are {', '.join(policy.models)}")
+
+    def choose(self, question: str, task: str | None, lam: float, n_max: int | None, tokens_max: int | None) -> Choice:
+        p, e = self.policy.predict([question], [task])
+        arms = self.policy.arms
+        fits = [i for i in self.cols if _fits(arms[i], n_max, tokens_max)]
+        cols = fits or self.cols
+        ids = [self.policy.arm_ids[i] for i in cols]
+        p_row, e_row = p[:, cols], e[:, cols]
+        d = allocate_price(p_row, e_row, ids, ["request"], lam, self.policy.rule.p_floor)[0]
+        arm = Arm.parse(d.arm_id)
+        if not fits:
+            n = min(arm.n, n_max or arm.n)
+            arm = Arm(arm.model, n, min(arm.max_new_tokens, tokens_max or arm.max_new_tokens), arm.temperature)
+        er, pr = e_row[0].tolist(), p_row[0].tolist()
+        hull = upper_hull(er, pr)
+        slopes = [(pr[b] - pr[a]) / (er[b] - er[a]) for a, b in zip(hull, hull[1:], strict=False)]
+        return Choice(arm, d.arm_id, d.p_success, d.energy_j, lam, d.rule, not fits, slopes)
+
+
+def _fits(arm: Arm, n_max: int | None, tokens_max: int | None) -> bool:
+    return (n_max is None or arm.n <= n_max) and (tokens_max is None or arm.max_new_tokens <= tokens_max)
+
+
+@dataclass(frozen=True)
+class Vote:
+    answer: str | None
+    winner_index: int  # the sample whose text the response carries
+    counts: dict[str, int]
+    no_answer: int
+
+
+def vote_texts(texts: Sequence[str], kind: str) -> Vote:
+    """Extract each sample's answer and majority-vote them as the arm view does."""
+    extract = EXTRACTORS[kind]
+    answers = [extract(t)[0] for t in texts]
+    winner, _ = vote(answers, [False] * len(answers))
+    counts: dict[str, int] = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    index = answers.index(winner) if winner is not None else 0
+    return Vote(winner, index, counts, sum(a is None for a in answers))

@@ -1,0 +1,112 @@
+"""A tiny OpenAI-compatible engine for proxy tests and the serve benchmark, and a uvicorn-in-a-thread runner.
+
+The fake answers /v1/chat/completions and /v1/completions with scripted texts
+(cycled per sample), honours `n` or ignores it like llama.cpp's servers,
+can sleep or fail on demand, and records every request body it saw.
+`ThreadServer` also wraps the real llama.cpp server's logging shim in the tests.
+Test infrastructure only: never imported by the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+
+def make_fake_upstream(
+    texts: list[str] | None = None,
+    supports_n: bool = True,
+    delay_s: float = 0.0,
+    fail_status: int | None = None,
+    fail_on_request: int | None = None,
+) -> FastAPI:
+    """The fake engine; `app.state.seen` lists the request bodies, `app.state.fail_status` can be changed live.
+
+    `fail_on_request` (1-based) makes that one request answer HTTP 500, to test a partial failure.
+    """
+    app = FastAPI()
+    app.state.seen = []
+    app.state.fail_status = fail_status
+    app.state.delay_s = delay_s
+    cycle = itertools.cycle(texts or ["The answer is 42."])
+
+    async def answer(kind: str, request: Request) -> Response:
+        body = await request.json()
+        app.state.seen.append(body)
+        if app.state.delay_s:
+            await asyncio.sleep(app.state.delay_s)
+        if app.state.fail_status or len(app.state.seen) == fail_on_request:
+            status = app.state.fail_status or 500
+            return JSONResponse({"error": {"message": "scripted failure"}}, status_code=status)
+        n = int(body.get("n") or 1) if supports_n else 1
+        choices = []
+        for i in range(n):
+            text = next(cycle)
+            item = {"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text}
+            choices.append({"index": i, **item, "finish_reason": "stop"})
+        usage = {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}
+        return JSONResponse(
+            {"id": "fake", "object": "x", "model": body.get("model"), "choices": choices, "usage": usage}
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await answer("chat", request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await answer("text", request)
+
+    return app
+
+
+class ThreadServer:
+    """Run an ASGI app with uvicorn on 127.0.0.1 (a free port) in a daemon thread: `with ThreadServer(app) as s`."""
+
+    def __init__(self, app: Any, port: int = 0) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    """Poll `url` until it answers (any status) or raise after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(url, timeout=2.0)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

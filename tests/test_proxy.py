@@ -1,0 +1,273 @@
+"""The OpenAI-compatible proxy (serve/proxy.py) against a fake engine: decisions, votes, errors, budget mode.
+
+The proxy and the fake both run under real uvicorn on loopback and are called
+with the official `openai` client. tests/test_proxy_llamacpp.py runs the same
+proxy in front of a real llama.cpp server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import httpx
+import openai
+import pytest
+
+from policy.bundle import load_bundle
+from policy.errors import UsageError
+from serve.budget import BudgetController
+from serve.decide import Decider, parse_options, vote_texts
+from serve.proxy import create_app
+from serve.upstream import parse_upstreams
+from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream
+from tests.policy_fixtures import MODELS, build_synthetic_bundle, synthetic_questions
+
+QUESTION = "Start with 12, then plus 30, then minus 5. What is the result?"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    return load_bundle(build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b"))
+
+
+class Stack:
+    """A fake upstream serving both bundle models, and the proxy in front of it."""
+
+    def __init__(self, policy, upstream_kw=None, **proxy_kw):
+        self.fake = make_fake_upstream(**(upstream_kw or {}))
+        self.up = ThreadServer(self.fake).__enter__()
+        specs = [f"{m}={self.up.url}/v1" for m in MODELS]
+        self.proxy = ThreadServer(create_app(policy, parse_upstreams(specs), **proxy_kw)).__enter__()
+        self.client = openai.OpenAI(base_url=f"{self.proxy.url}/v1", api_key="none", max_retries=0)
+
+    @property
+    def seen(self):
+        return self.fake.state.seen
+
+    def chat(self, content=QUESTION, model="ttc", **kw):
+        raw = self.client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": content}], **kw
+        )
+        return raw.parse(), raw.headers
+
+    def close(self):
+        self.proxy.stop()
+        self.up.stop()
+
+
+@pytest.fixture
+def stack(policy):
+    stacks = []
+
+    def make(**kw):
+        stacks.append(Stack(policy, **kw))
+        return stacks[-1]
+
+    yield make
+    for s in stacks:
+        s.close()
+
+
+def test_decision_is_applied_upstream_sees_the_arms_settings(stack):
+    s = stack()
+    resp, headers = s.chat()
+    ttc = resp.model_extra["ttc"]
+    assert len(resp.choices) == 1
+    assert s.seen[0]["n"] == ttc["n"] and s.seen[0]["max_tokens"] == ttc["max_tokens"]
+    assert s.seen[0]["temperature"] == ttc["temperature"] and s.seen[0]["model"] == ttc["model"]
+    assert "ttc" not in s.seen[0]
+    assert headers["x-ttc-arm"] == ttc["arm"] and ttc["arm"].startswith(ttc["model"])
+    assert ttc["energy_source"] == "estimated" and ttc["predicted_j"] > 0 and 0 <= ttc["p"] <= 1
+    assert float(headers["x-ttc-predicted-j"]) == pytest.approx(ttc["predicted_j"], rel=1e-3)
+
+
+def test_majority_vote_wins_and_its_sample_text_is_returned(stack):
+    texts = ["So it is 9. The answer is 9.", "The answer is 7.", "I get 7"]
+    s = stack(upstream_kw={"texts": texts})
+    resp, headers = s.chat(extra_body={"ttc": {"lam": 0.0}})  # λ = 0: the most accurate arm, many votes
+    ttc = resp.model_extra["ttc"]
+    n = ttc["n"]
+    assert n >= 3, "the synthetic policy at λ=0 should vote over several samples"
+    sent = [texts[i % 3] for i in range(n)]
+    expected = Counter({"9": sum(t.endswith("9.") for t in sent), "7": n - sum(t.endswith("9.") for t in sent)})
+    assert ttc["votes"] == dict(expected) and json.loads(headers["x-ttc-votes"]) == dict(expected)
+    assert ttc["answer"] == "7" and resp.choices[0].message.content == "The answer is 7."
+    assert ttc["samples"] == n
+
+
+def test_engine_without_n_gets_concurrent_single_requests(stack):
+    s = stack(upstream_kw={"supports_n": False})
+    resp, _ = s.chat(extra_body={"ttc": {"lam": 0.0}})
+    n = resp.model_extra["ttc"]["n"]
+    assert [b["n"] for b in s.seen] == [n] + [1] * (n - 1)  # asked once with n, then topped up
+    before = len(s.seen)
+    resp, _ = s.chat(extra_body={"ttc": {"lam": 0.0}})
+    assert [b["n"] for b in s.seen[before:]] == [1] * n  # remembered: straight to single requests
+    assert resp.model_extra["ttc"]["samples"] == n and resp.model_extra["ttc"]["upstream_requests"] == n
+
+
+def test_client_n_and_max_tokens_are_upper_bounds(stack):
+    s = stack()
+    resp, _ = s.chat(n=2, max_tokens=40, extra_body={"ttc": {"lam": 0.0}})
+    ttc = resp.model_extra["ttc"]
+    assert ttc["n"] <= 2 and ttc["max_tokens"] <= 40 and not ttc["clipped"]
+    assert s.seen[-1]["n"] <= 2 and s.seen[-1]["max_tokens"] <= 40
+    resp, _ = s.chat(max_tokens=10)  # below every arm's cap: the pick is clipped, and says so
+    ttc = resp.model_extra["ttc"]
+    assert ttc["clipped"] and ttc["max_tokens"] == 10 and s.seen[-1]["max_tokens"] == 10
+
+
+def test_task_and_price_pass_through_the_header(stack):
+    s = stack()
+    cheap, _ = s.chat(extra_headers={"x-ttc": json.dumps({"lam": 10.0, "task": "gsm8k"})})
+    rich, _ = s.chat(extra_headers={"x-ttc": json.dumps({"lam": 0.0, "task": "gsm8k"})})
+    assert cheap.model_extra["ttc"]["lam"] == 10.0
+    assert cheap.model_extra["ttc"]["predicted_j"] < rich.model_extra["ttc"]["predicted_j"]
+
+
+def test_passthrough_forwards_the_request_unchanged(stack):
+    s = stack()
+    resp, headers = s.chat(
+        n=3, max_tokens=7, temperature=0.3, model="tiny-360m", extra_body={"ttc": {"mode": "passthrough"}}
+    )
+    assert len(resp.choices) == 3 and headers["x-ttc-mode"] == "passthrough"
+    sent = s.seen[-1]
+    assert (sent["n"], sent["max_tokens"], sent["temperature"], sent["model"]) == (3, 7, 0.3, "tiny-360m")
+    assert "ttc" not in sent
+
+
+def test_passthrough_streams(stack):
+    s = stack()
+    with httpx.stream(
+        "POST",
+        f"{s.proxy.url}/v1/completions",
+        json={"model": "tiny-135m", "prompt": "hi", "stream": True, "ttc": {"mode": "passthrough"}},
+    ) as r:
+        assert r.status_code == 200 and b"The answer is 42." in r.read()
+
+
+def test_completions_endpoint_votes_too(stack):
+    s = stack()
+    resp = s.client.completions.create(model="ttc", prompt=QUESTION)
+    assert resp.choices[0].text == "The answer is 42." and resp.model_extra["ttc"]["answer"] == "42"
+
+
+def test_upstream_down_gives_502_and_no_answer(policy):
+    dead = ThreadServer(make_fake_upstream()).__enter__()
+    url = dead.url
+    dead.stop()  # the port is closed now
+    app = create_app(policy, parse_upstreams([f"{m}={url}/v1" for m in MODELS]))
+    with ThreadServer(app) as proxy:
+        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="ttc", messages=[{"role": "user", "content": QUESTION}])
+    assert err.value.status_code == 502 and "unreachable" in err.value.message
+
+
+def test_slow_upstream_gives_504(stack):
+    s = stack(upstream_kw={"delay_s": 1.5}, timeout_s=0.3)
+    with pytest.raises(openai.APIStatusError) as err:
+        s.chat()
+    assert err.value.status_code == 504 and "did not answer within" in err.value.message
+
+
+def test_one_failed_sample_fails_the_whole_vote(stack):
+    s = stack(upstream_kw={"supports_n": False, "fail_on_request": 2})
+    with pytest.raises(openai.APIStatusError) as err:
+        s.chat(extra_body={"ttc": {"lam": 0.0}})
+    assert err.value.status_code == 502 and "no answer was voted" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"model": "ttc"}).encode(),
+        json.dumps({"model": "ttc", "messages": [{"role": "user", "content": "x"}], "n": 0}).encode(),
+        json.dumps({"model": "ttc", "messages": [{"role": "user", "content": "x"}], "ttc": {"lamb": 1}}).encode(),
+        json.dumps({"model": "ttc", "messages": [{"role": "user", "content": "x"}], "stream": True}).encode(),
+        json.dumps(
+            {"model": "nope", "messages": [{"role": "user", "content": "x"}], "ttc": {"mode": "passthrough"}}
+        ).encode(),
+    ],
+)
+def test_malformed_requests_get_400_in_the_openai_format(stack, body):
+    s = stack()
+    r = httpx.post(f"{s.proxy.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    assert s.seen == []  # nothing reached the engine
+
+
+def test_oversized_body_gets_413(stack):
+    s = stack(max_body_bytes=10_000)
+    big = {"model": "ttc", "messages": [{"role": "user", "content": "x" * 20_000}]}
+    r = httpx.post(f"{s.proxy.url}/v1/chat/completions", json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large" and s.seen == []
+
+
+def test_models_health_and_metrics_report_decisions_and_budget_state(stack):
+    s = stack(budget_j=5.0)
+    assert {m.id for m in s.client.models.list()} == {"ttc", *MODELS}
+    assert httpx.get(f"{s.proxy.url}/health").json()["status"] == "ok"
+    resp, _ = s.chat()
+    arm = resp.model_extra["ttc"]["arm"]
+    text = httpx.get(f"{s.proxy.url}/metrics").text
+    assert f'ttc_decisions_total{{arm="{arm}"}} 1.0' in text
+    assert "ttc_budget_target_joules 5.0" in text and "ttc_budget_lambda" in text
+    assert 'ttc_upstream_latency_seconds_count{model="' in text
+
+
+def test_budget_controller_holds_the_window_mean_near_the_target(policy):
+    questions, tasks, _ = synthetic_questions(400, seed=7)
+    decider = Decider(policy, MODELS)
+    p, e = policy.predict(questions, tasks)
+    cheapest, dearest = float(e.min(axis=1).mean()), float(e.max(axis=1).mean())
+    target = cheapest + 0.3 * (dearest - cheapest)
+    ctl = BudgetController(target, window=64)
+    spent = []
+    for q, t in zip(questions, tasks, strict=True):
+        choice = decider.choose(q, t, ctl.price(), None, None)
+        ctl.observe_slopes(choice.slopes)
+        ctl.record(choice.predicted_j)
+        spent.append(choice.predicted_j)
+    late = sum(spent[200:]) / 200
+    assert late == pytest.approx(target, rel=0.2)
+    assert ctl.state().slope_min <= ctl.lam <= ctl.state().slope_max
+
+
+def test_budget_controller_raises_the_price_when_over_budget():
+    ctl = BudgetController(10.0, window=4, gain=0.5)
+    ctl.observe_slopes([0.001, 0.1])
+    lam0 = ctl.lam
+    ctl.record(40.0)
+    assert ctl.lam > lam0
+    for _ in range(50):
+        ctl.record(1.0)
+    assert ctl.lam == pytest.approx(0.001)  # clipped at the smallest slope, no wind-up below it
+
+
+def test_vote_ties_go_to_the_first_answer_and_unanswered_samples_do_not_vote():
+    v = vote_texts(["no idea", "The answer is 3.", "The answer is 5."], "number")
+    assert (v.answer, v.winner_index, v.counts, v.no_answer) == ("3", 1, {"3": 1, "5": 1}, 1)
+
+
+@pytest.mark.parametrize(
+    "specs", [[], ["tiny-135m"], ["tiny-135m=ftp://x"], ["tiny-135m=http://a/v1", "tiny-135m=http://b/v1"]]
+)
+def test_bad_upstream_specs_name_the_fix(specs):
+    with pytest.raises(UsageError, match="--upstream"):
+        parse_upstreams(specs)
+
+
+def test_an_upstream_for_a_model_the_bundle_lacks_is_refused(policy):
+    with pytest.raises(UsageError, match="does not use"):
+        create_app(policy, parse_upstreams(["gpt-9=http://127.0.0.1:1/v1"]))
+
+
+def test_unknown_ttc_mode_is_refused():
+    with pytest.raises(UsageError, match="unknown ttc mode"):
+        parse_options({"mode": "yolo"}, None)
