@@ -289,6 +289,32 @@ def run(
 
 
 @app.command()
+def serve(
+    bundle: Annotated[str, typer.Option(help="bundle folder or .zip")],
+    upstream: Annotated[
+        list[str],
+        typer.Option(help="MODEL=URL of an OpenAI-compatible engine (URL ends in /v1); repeat per model"),
+    ],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    lam: Annotated[float | None, typer.Option(help="fixed joule price λ, accuracy per J (default: bundle's)")] = None,
+    budget_j: Annotated[float | None, typer.Option(help="online budget: target mean predicted J per request")] = None,
+    budget_window: Annotated[int, typer.Option(help="online budget: requests in the sliding window")] = 64,
+    timeout_s: Annotated[float, typer.Option(help="seconds to wait for an upstream before answering 504")] = 120.0,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted, bytes (else 413)")] = 1 << 20,
+    backend: Annotated[str, typer.Option(help="lightgbm or onnx")] = "lightgbm",
+) -> None:
+    """Serve the policy as an OpenAI-compatible proxy that sizes, samples and votes each request."""
+    from serve.proxy import serve as serve_proxy
+
+    limits = {"budget_window": budget_window, "timeout_s": timeout_s, "max_body_bytes": max_body_bytes}
+    try:
+        serve_proxy(bundle, upstream, host, port, backend, lam=lam, budget_j=budget_j, **limits)
+    except TTCError as e:
+        _fail(e)
+
+
+@app.command()
 def tasks() -> None:
     """List the registered tasks."""
     from collect.tasks import DEFAULT_TASKS, TASKS
