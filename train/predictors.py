@@ -25,24 +25,16 @@ best trial uses that many trees without a validation set.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from policy.errors import unknown_name
 
-# LightGBM's OpenMP threads spin while they wait for work. On a machine whose
-# cores are busy with something else (a model run beside training), spinning
-# threads starve each other: 200 trees took 234 s with 2 threads against 0.45 s
-# with 1 on this project's 2-core box. Passive waiting fixes it (0.8 s). It must
-# be set before lightgbm first loads libgomp, hence at import; a value the user
-# set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+#: LightGBM objectives the success predictor trains with (soft labels need "cross_entropy")
 SUCCESS_OBJECTIVES = ("cross_entropy", "binary")
-CALIBRATIONS = {"none": None, "isotonic": "isotonic"}
+#: calibrations of the success predictor ("none": the booster's own probabilities)
+CALIBRATIONS = ("none", "isotonic")
 _P_EPS = 1e-6
 
 
@@ -193,7 +185,7 @@ class SuccessPredictor(_LGBMPredictor):
         if self.objective == "binary" and not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("objective 'binary' needs 0/1 labels; use 'cross_entropy' for soft labels")
         self.calibration_ = None
-        if CALIBRATIONS[self.calibration] is None:
+        if self.calibration == "none":
             self.booster_ = self._train(X, y, self.objective, eval_set, early_stopping_rounds)
             return self
         if groups is None:
@@ -245,9 +237,6 @@ class EnergyPredictor(_LGBMPredictor):
         self.booster_ = self._train(X, np.log(y.astype(np.float64)), "regression", ev, early_stopping_rounds)
         return self
 
-    def predict_log_j(self, X) -> np.ndarray:
-        return self._raw(X)
-
     def predict_j(self, X) -> np.ndarray:
         return np.exp(self._raw(X))
 
@@ -265,9 +254,6 @@ class LengthPredictor(_LGBMPredictor):
         ev = None if eval_set is None else (eval_set[0], np.log1p(np.asarray(eval_set[1], dtype=np.float64)))
         self.booster_ = self._train(X, np.log1p(y.astype(np.float64)), "regression", ev, early_stopping_rounds)
         return self
-
-    def predict_log1p_tokens(self, X) -> np.ndarray:
-        return self._raw(X)
 
     def predict_tokens(self, X) -> np.ndarray:
         return np.expm1(self._raw(X))

@@ -1,84 +1,69 @@
-"""Optuna tuning of one predictor, with one nested MLflow run per trial.
+"""Optuna tuning of one predictor: a seeded TPE search on grouped validation folds of the training queries.
 
 The objective is a grouped validation loss on the training queries only (the
 test queries are never seen here): with `cv_folds=1` one holdout of
 `valid_size` of the training queries, with `cv_folds>=2` a GroupKFold over
 query ids. Every fit stops early on its validation fold; the best trial's mean
 stopping round becomes the refit's `n_estimators`. Lower is better for every
-objective: Brier score for success, RMSE of log joules for energy, RMSE of
-log1p tokens for length. Trials train on at most `MAX_TUNING_ROWS` rows of
-whole queries (the ranking of settings needs no more); the refit uses every row.
+objective (the registry entry's `loss`: Brier score for success, RMSE of log
+joules for energy, RMSE of log1p tokens for length). Trials train on at most
+`MAX_TUNING_ROWS` rows of whole queries (the ranking of settings needs no
+more); the refit uses every row.
 
-The search space, objective and target of each predictor live in one registry,
-`PREDICTORS`, which the stage walks. This module never reads the store, never
-touches the test split and never writes models: the stage does.
+Storage (`storage=`, `ttc train --storage`): None keeps the study in memory;
+`sqlite:///path.db` or any SQLAlchemy RDB URL, or `journal:PATH` (Optuna's
+JournalStorage on an append-only file, safe for several processes on one
+machine or a shared file system with working locks). Several `ttc train`
+workers tune ONE study when they share a storage and a study name
+(`ttc train --storage journal:optuna.log --study-name S` in each): the study
+`S-<predictor>` is loaded if it exists, every worker adds its trials to it
+and refits the best trial found by any worker. Each trial records the worker
+that ran it (user attribute `worker`: host and process id). A shared study
+samples with a sampler seeded per worker, so workers do not propose the same
+settings; trial-by-trial reproducibility is then lost, the split and the
+LightGBM seeds are not.
+
+This module never reads the store, never touches the test split, never logs
+to MLflow and never writes models: callers pass `on_trial` to observe each
+trial (the stage logs one nested MLflow run per trial through it).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, clone
 
 from policy.errors import UsageError
-from train.predictors import EnergyPredictor, LengthPredictor, SuccessPredictor
+
+if TYPE_CHECKING:
+    from train.registry import PredictorSpec
 
 MAX_ROUNDS = 300
 EARLY_STOPPING_ROUNDS = 20
 #: rows a tuning trial trains on at most (whole queries); the refit uses every row
 MAX_TUNING_ROWS = 5000
-
-
-def suggest_lgbm(trial) -> dict[str, Any]:
-    """The LightGBM search space shared by all predictors."""
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 0.08, 0.3, log=True),
-        "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
-        "min_child_samples": trial.suggest_int("min_child_samples", 5, 100, log=True),
-        "subsample": trial.suggest_float("subsample", 0.6, 1.0),
-        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.4, 1.0),
-        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
-    }
-
-
-def _brier(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean((np.clip(p, 0, 1) - y) ** 2))
-
-
-def _rmse_log(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.log(pred) - np.log(y)) ** 2)))
-
-
-def _rmse_log1p(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.log1p(np.maximum(pred, 0)) - np.log1p(y)) ** 2)))
+#: the prefix of an Optuna journal file storage
+JOURNAL_PREFIX = "journal:"
 
 
 @dataclass(frozen=True)
-class PredictorSpec:
-    """How one predictor is built, what it learns and how a trial is scored.
+class TrialRecord:
+    """One finished (or pruned) trial, as `tune` reports it to `on_trial`."""
 
-    `target` names the `TrainingData` attribute it fits (`"label"` = the success
-    label column); `loss(y_true, est.predict(X))` is the tuning objective,
-    named `loss_name`.
-    """
-
-    name: str
-    make: Callable[..., BaseEstimator]
-    target: str
-    loss: Callable[[np.ndarray, np.ndarray], float]
-    loss_name: str
-    suggest: Callable[[Any], dict[str, Any]] = field(default=suggest_lgbm)
-
-
-PREDICTORS: dict[str, PredictorSpec] = {
-    "success": PredictorSpec("success", SuccessPredictor, "y_success", _brier, "brier"),
-    "energy": PredictorSpec("energy", EnergyPredictor, "energy_j", _rmse_log, "rmse_log"),
-    "length": PredictorSpec("length", LengthPredictor, "output_tokens", _rmse_log1p, "rmse_log1p"),
-}
+    predictor: str
+    number: int
+    params: dict[str, Any]
+    value: float
+    n_estimators: int
+    pruned: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,18 +74,35 @@ class TuneResult:
     best_n_estimators: int
     n_trials: int
     study_name: str
-    trial_run_ids: tuple[str, ...]
 
 
 def check_storage(storage: str | None) -> str | None:
-    """None (in memory), 'sqlite:///path.db' or any SQLAlchemy RDB URL."""
+    """None (in memory), 'journal:PATH', 'sqlite:///path.db' or any SQLAlchemy RDB URL."""
     if storage is None:
         return None
+    if isinstance(storage, str) and storage.startswith(JOURNAL_PREFIX) and storage[len(JOURNAL_PREFIX) :].strip():
+        return storage
     if not isinstance(storage, str) or "://" not in storage:
         raise UsageError(
-            f"optuna storage must be empty (in memory), 'sqlite:///path.db' or an RDB URL, got {storage!r}"
+            "optuna storage must be empty (in memory), 'journal:PATH', 'sqlite:///path.db' or an RDB URL, "
+            f"got {storage!r}"
         )
     return storage
+
+
+def open_storage(storage: str | None) -> Any:
+    """What `optuna.create_study(storage=...)` takes for a checked storage string."""
+    storage = check_storage(storage)
+    if storage is None or not storage.startswith(JOURNAL_PREFIX):
+        return storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(storage[len(JOURNAL_PREFIX) :]))
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _query_subsample(groups: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
@@ -127,6 +129,33 @@ def _folds(groups: np.ndarray, cv_folds: int, valid_size: float, seed: int) -> l
     return group_folds(groups, cv_folds)
 
 
+def _objective(spec: PredictorSpec, base: BaseEstimator, parts: list, on_trial: Callable | None) -> Callable:
+    """The Optuna objective: the mean validation loss over `parts`, pruned between folds."""
+    import optuna
+
+    def objective(trial) -> float:  # noqa: ANN001 (an optuna.Trial)
+        params = spec.suggest(trial)
+        trial.set_user_attr("worker", worker_id())
+        losses, rounds = [], []
+        for step, (Xt, yt, Xv, yv) in enumerate(parts):
+            est = clone(base).set_params(**params, n_estimators=MAX_ROUNDS)
+            est.fit(Xt, yt, eval_set=(Xv, yv), early_stopping_rounds=EARLY_STOPPING_ROUNDS)
+            losses.append(spec.loss(yv, est.predict(Xv)))
+            rounds.append(est.best_iteration_)
+            trial.report(float(np.mean(losses)), step)
+            if trial.should_prune():
+                if on_trial:
+                    on_trial(TrialRecord(spec.name, trial.number, params, float("nan"), 0, pruned=True))
+                raise optuna.TrialPruned()
+        value, n_estimators = float(np.mean(losses)), int(round(np.mean(rounds)))
+        trial.set_user_attr("n_estimators", n_estimators)
+        if on_trial:
+            on_trial(TrialRecord(spec.name, trial.number, params, value, n_estimators))
+        return value
+
+    return objective
+
+
 def tune(
     spec: PredictorSpec,
     base: BaseEstimator,
@@ -139,25 +168,27 @@ def tune(
     valid_size: float = 0.2,
     storage: str | None = None,
     study_name: str | None = None,
-    metric_prefix: str | None = None,
-    run_tags: dict[str, str] | None = None,
-    log_to_mlflow: bool = True,
-    on_trial: Callable[[int, float], None] | None = None,
+    shared: bool = False,
+    on_trial: Callable[[TrialRecord], None] | None = None,
     max_rows: int | None = MAX_TUNING_ROWS,
 ) -> TuneResult:
-    """Search `spec`'s space for `base` with TPE (seeded); one nested MLflow run per trial.
+    """Search `spec`'s space for `base` with TPE (seeded) on the training rows; see the module docstring.
 
-    With `log_to_mlflow`, an MLflow run must be active: each trial becomes a
-    child of it (tag `mlflow.parentRunId`), holding the trial's params and its
-    validation loss as `<metric_prefix>/valid_<loss_name>`.
+    `shared=True` loads the study `study_name` from `storage` if another worker
+    created it and seeds the sampler per worker. `on_trial` is called with a
+    `TrialRecord` after every trial, in the trial's process.
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = check_storage(storage)
+    storage_obj = open_storage(storage)
     if n_trials < 0:
         raise UsageError(f"n_trials must be >= 0, got {n_trials}")
-    prefix = metric_prefix or spec.name
+    if shared and storage_obj is None:
+        raise UsageError("a shared Optuna study needs a storage: pass --storage journal:PATH or sqlite:///path.db")
+    study_name = study_name or f"ttc-train-{spec.name}"
+    if n_trials == 0:
+        return TuneResult(spec.name, {}, float("nan"), int(base.get_params()["n_estimators"]), 0, study_name)
     groups = np.asarray(groups)
     if max_rows is not None and len(X) > max_rows:
         # Trials see whole queries drawn up to `max_rows` rows: the search's ranking of
@@ -166,38 +197,18 @@ def tune(
         X, y, groups = X.iloc[keep], np.asarray(y)[keep], groups[keep]
     folds = _folds(groups, cv_folds, valid_size, seed)
     parts = [(X.iloc[tr], y[tr], X.iloc[va], y[va]) for tr, va in folds]
-    run_ids: list[str] = []
-
-    def objective(trial) -> float:
-        params = spec.suggest(trial)
-        losses, rounds = [], []
-        for step, (Xt, yt, Xv, yv) in enumerate(parts):
-            est = clone(base).set_params(**params, n_estimators=MAX_ROUNDS)
-            est.fit(Xt, yt, eval_set=(Xv, yv), early_stopping_rounds=EARLY_STOPPING_ROUNDS)
-            losses.append(spec.loss(yv, est.predict(Xv)))
-            rounds.append(est.best_iteration_)
-            trial.report(float(np.mean(losses)), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        value = float(np.mean(losses))
-        trial.set_user_attr("n_estimators", int(round(np.mean(rounds))))
-        if log_to_mlflow:
-            run_ids.append(_log_trial(spec, trial, params, value, int(round(np.mean(rounds))), prefix, run_tags))
-        return value
-
-    study_name = study_name or f"ttc-train-{spec.name}"
-    if n_trials == 0:
-        return TuneResult(spec.name, {}, float("nan"), int(base.get_params()["n_estimators"]), 0, study_name, ())
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if len(parts) > 1 else optuna.pruners.NopPruner()
+    # Workers of one shared study would otherwise all propose the same first settings.
+    sampler_seed = zlib.crc32(f"{seed}:{worker_id()}".encode()) if shared else seed
     study = optuna.create_study(
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
         pruner=pruner,
-        storage=storage,
+        storage=storage_obj,
         study_name=study_name,
+        load_if_exists=shared,
     )
-    callbacks = [lambda st, tr: on_trial(tr.number, tr.value if tr.value is not None else float("nan"))]
-    study.optimize(objective, n_trials=n_trials, callbacks=callbacks if on_trial else None)
+    study.optimize(_objective(spec, base, parts, on_trial), n_trials=n_trials)
     best = study.best_trial
     return TuneResult(
         name=spec.name,
@@ -206,28 +217,4 @@ def tune(
         best_n_estimators=int(best.user_attrs["n_estimators"]),
         n_trials=len(study.trials),
         study_name=study_name,
-        trial_run_ids=tuple(run_ids),
     )
-
-
-def _log_trial(
-    spec: PredictorSpec,
-    trial,
-    params: dict[str, Any],
-    value: float,
-    n_estimators: int,
-    prefix: str,
-    run_tags: dict[str, str] | None,
-) -> str:
-    import mlflow
-
-    parent = mlflow.active_run()
-    if parent is None:
-        raise RuntimeError("tune(log_to_mlflow=True) needs an active MLflow run to nest the trials under")
-    tags = {"predictor": spec.name, "optuna_trial": str(trial.number), **(run_tags or {})}
-    name = f"{spec.name}-trial-{trial.number:03d}"
-    # The parent's experiment, explicitly: a nested run otherwise lands in the *active* experiment.
-    with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags) as run:
-        mlflow.log_params({**params, "n_estimators": n_estimators})
-        mlflow.log_metrics({f"{prefix}/valid_{spec.loss_name}": value})
-        return run.info.run_id
