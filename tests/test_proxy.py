@@ -8,6 +8,9 @@ proxy in front of a real llama.cpp server.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from collections import Counter
 
 import httpx
@@ -20,15 +23,20 @@ from serve.budget import BudgetController
 from serve.decide import Decider, parse_options, vote_texts
 from serve.proxy import create_app
 from serve.upstream import parse_upstreams
-from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream
+from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream, wait_http
 from tests.policy_fixtures import MODELS, build_synthetic_bundle, synthetic_questions
 
 QUESTION = "Start with 12, then plus 30, then minus 5. What is the result?"
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    return load_bundle(build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b"))
+def policy_dir(tmp_path_factory):
+    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def policy(policy_dir):
+    return load_bundle(policy_dir)
 
 
 class Stack:
@@ -271,3 +279,33 @@ def test_an_upstream_for_a_model_the_bundle_lacks_is_refused(policy):
 def test_unknown_ttc_mode_is_refused():
     with pytest.raises(UsageError, match="unknown ttc mode"):
         parse_options({"mode": "yolo"}, None)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ttc_serve_command_answers_through_the_proxy(policy_dir):
+    fake = make_fake_upstream(texts=["The answer is 37."])
+    with ThreadServer(fake) as up:
+        port = _free_port()
+        ups = [arg for m in MODELS for arg in ("--upstream", f"{m}={up.url}/v1")]
+        cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(policy_dir), "--port", str(port), *ups]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", timeout_s=60)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+            resp = client.chat.completions.create(model="ttc", messages=[{"role": "user", "content": QUESTION}])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    assert resp.model_extra["ttc"]["answer"] == "37" and fake.state.seen
+
+
+def test_ttc_serve_with_a_bad_upstream_exits_2_naming_the_fix(policy_dir):
+    cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(policy_dir), "--upstream", "tiny-135m"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "MODEL=URL" in r.stderr

@@ -110,3 +110,26 @@ def wait_http(url: str, timeout_s: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def make_recording_shim(target_base: str) -> FastAPI:
+    """A logging shim in front of a real engine: forwards POST /v1/* and records (request body, choices returned).
+
+    `app.state.log` holds one {"body", "choices"} per forwarded request, so a test sees exactly
+    what the engine was asked for and how many samples it gave back.
+    """
+    app = FastAPI()
+    app.state.log = []
+    client = httpx.AsyncClient(timeout=600)
+
+    @app.post("/v1/{path:path}")
+    async def forward(path: str, request: Request) -> Response:
+        body = await request.json()
+        r = await client.post(f"{target_base.rstrip('/')}/{path}", json=body)
+        entry = {"body": body, "status": r.status_code, "choices": None}
+        if r.status_code == 200:
+            entry["choices"] = len(r.json().get("choices", []))
+        app.state.log.append(entry)
+        return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
+
+    return app
