@@ -1,149 +1,213 @@
 """`ttc eval`: score every allocator on held-out queries and write the report, logged to one MLflow run.
 
-Flow: read the store and the bundle -> choose held-out queries (given ids,
-held-out tasks, or train_stage's own split rebuilt from the same seed) -> the
-ArmOutcome rows of `store.views.arm_outcomes` as (query x arm) matrices over
-the policy's arms -> refuse to put measured and estimated joules side by side
-(`check_comparable`) -> every allocator's curve (eval/allocators.py) ->
-headline numbers with bootstrap intervals and the paper's findings per task
-(eval/metrics.py, eval/report.py) -> eval_report.json, eval_report.md, plots,
-per-query assignments -> one MLflow run holding all of them.
+Flow: read the store (store.loader) and the bundle -> the held-out queries
+(eval/inputs.py: given ids, held-out tasks, train's split file, or
+cross-fitting folds with one policy trained per fold, eval/crossfit.py) ->
+the ArmOutcome rows of `store.views.arm_outcomes` as (query x arm) matrices
+over the policy's arms -> refuse to put measured and estimated joules side by
+side (`check_comparable`) -> every allocator's curve (eval/allocators/) ->
+the headline with paired bootstrap intervals, per fold and per task
+(eval/headline.py, eval/report.py) -> eval_report.json, eval_report.md,
+plots, per-query assignments (eval/outputs.py) -> one MLflow run.
 
-Realised accuracy and joules always come from the held-out queries' recorded
-outcomes, never from the predictors. mlflow and matplotlib are imported inside
-the stage only.
+`evaluate` is the work (config in, `Evaluation` out; it writes only the fold
+bundles into a work folder); `eval_stage` adds the files, MLflow and the
+returned `EvalReport`. Realised accuracy and joules always come from the
+held-out queries' recorded outcomes, never from the predictors. mlflow and
+matplotlib are imported inside the stage only.
 """
 
 from __future__ import annotations
 
-import math
+import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from collect.energy import METERS, check_comparable, make_meter
-from eval.allocators import ALLOCATORS, EvalContext, Outcomes, run_allocators
-from eval.metrics import Interval
-from eval.report import EvalReport, axis_label, build_report, energy_label, write_outputs
+from eval.allocators import ALLOCATORS, EvalContext, Fold, Outcomes, run_allocators
+from eval.crossfit import FOLD_TRIALS, train_fold_policies
+from eval.inputs import (
+    HeldOut,
+    check_bundle_store,
+    check_split_kind,
+    cross_fitted,
+    load_policy,
+    model_sizes,
+    single_split,
+)
+from eval.plots import axis_label, energy_label
+from eval.report import EvalReport, build_report
 from policy.errors import UsageError, unknown_name
 from store.views import arm_outcomes, queries
 
-SPLITS = ("query", "task")
-#: Allocators that run the policy on the held-out queries and are charged its metered cost.
-_METERED = ("learned", "difficulty_bins", "random")
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate; validated on construction."""
+
+    split: str = "query"
+    n_boot: int = 1000
+    seed: int = 0
+    allow_mixed_energy: bool = False
+    allocators: tuple[str, ...] | None = None
+    backend: str = "lightgbm"
+    overhead_meter: str = "estimate"
+    folds: int = 1
+    fold_trials: int = FOLD_TRIALS
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        check_split_kind(self.split)
+        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 0:
+            raise UsageError(f"n_boot must be an integer >= 0 (0 = no intervals), got {self.n_boot!r}")
+        if self.overhead_meter not in METERS:
+            raise unknown_name("overhead meter", self.overhead_meter, METERS)
+        if self.folds < 1 or self.fold_trials < 0:
+            raise UsageError(f"folds must be >= 1 and fold_trials >= 0, got {self.folds} and {self.fold_trials}")
+        if self.allocators is not None:
+            if isinstance(self.allocators, str):
+                raise UsageError("allocators must be a list of names, not one string")
+            for name in self.allocators:
+                if name not in ALLOCATORS:
+                    raise unknown_name("allocator", name, ALLOCATORS)
+            if not self.allocators:
+                raise UsageError(f"no allocator named; choose from {', '.join(ALLOCATORS)}")
+            object.__setattr__(self, "allocators", tuple(self.allocators))
+
+    @property
+    def cross_fitting(self) -> bool:
+        return self.folds > 1
 
 
-def _load_samples(store: str | Path | pd.DataFrame) -> pd.DataFrame:
-    if isinstance(store, pd.DataFrame):
-        samples = store
-    else:
-        from store.shards import read_samples
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """The work's result: the context and curves, the JSON-ready report, and how long it took."""
 
-        samples = read_samples(store)
-    if samples.empty:
-        raise UsageError(f"the store {store if not isinstance(store, pd.DataFrame) else ''} holds no samples")
-    return samples
+    ctx: EvalContext
+    curves: dict[str, Any]
+    report: dict[str, Any]
+    held: HeldOut
+    timings_s: dict[str, float] = field(default_factory=dict)
 
-
-def _load_policy(bundle: Any, backend: str) -> Any:
-    from policy.bundle import Policy, load_bundle
-
-    if isinstance(bundle, Policy):
-        return bundle
-    return load_bundle(bundle, backend)
+    @property
+    def headline(self) -> Any:
+        """The `Headline` over all held-out queries (None when learned or fixed did not run)."""
+        return self.report["headline"]
 
 
-def _ids(values: Sequence[str] | None, what: str, known: set[str]) -> list[str] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        raise UsageError(f"{what} must be a list of query ids, not one string")
-    ids = list(dict.fromkeys(str(v) for v in values))
-    if not ids:
-        raise UsageError(f"{what} is empty; pass None to use the default split")
-    unknown = [q for q in ids if q not in known]
-    if unknown:
+def _energy(samples: pd.DataFrame, policies: Sequence[Any], held: HeldOut, cfg: EvalConfig) -> dict[str, Any]:
+    """Which joules meet in this report (store, policies' training joules, the overhead meter); refuses a mix."""
+    used = samples[samples["query_id"].astype(str).isin(set(held.test_query_ids) | set(held.train_query_ids))]
+    sources = set(used["energy_source"].astype(str)) | {p.energy_source for p in policies}
+    meters = set(used["meter"].astype(str))
+    if any(ALLOCATORS[n].runs_policy for n in (cfg.allocators or ALLOCATORS)):
+        m = make_meter(cfg.overhead_meter)
+        sources.add(m.source)
+        meters.add(m.name)
+        m.close()
+    check_comparable(sources, allow_mixed=cfg.allow_mixed_energy)
+    source = next(iter(sources)) if len(sources) == 1 else "mixed"
+    meter = "+".join(sorted(meters))
+    return {
+        "source": source,
+        "meter": meter,
+        "label": energy_label(source, meter),
+        "axis_label": axis_label(source, meter),
+        "sources_used": sorted(sources),
+        "policy_trained_on": sorted({p.energy_source for p in policies}),
+        "allow_mixed": bool(cfg.allow_mixed_energy),
+    }
+
+
+def _outcomes(samples: pd.DataFrame, arm_ids: Sequence[str], seed: int) -> Outcomes:
+    rows = arm_outcomes(samples, seed=seed)
+    missing = sorted(set(arm_ids) - set(rows["arm_id"]))
+    if missing:
         raise UsageError(
-            f"{len(unknown)} of {len(ids)} {what} are not in the store (first: {unknown[0]!r}); "
-            "pass ids from the train run of this same store"
+            f"the store cannot realise {len(missing)} of the policy's arms (first: {missing[0]}); "
+            "evaluate on a store collected with the policy's grid"
         )
-    return ids
+    return Outcomes.from_arm_rows(rows, arm_ids, queries(samples))
 
 
-def _resolve_split(
-    samples: pd.DataFrame,
-    split: str,
-    test_query_ids: Sequence[str] | None,
-    holdout_tasks: Sequence[str] | None,
-    train_query_ids: Sequence[str] | None,
-    test_size: float,
-    seed: int,
-) -> tuple[pd.DataFrame | None, list[str], list[str], list[str]]:
-    """(ArmOutcome rows if the split needed them, test ids, train ids, held-out tasks)."""
-    known = set(samples["query_id"].astype(str))
-    test = _ids(test_query_ids, "test query ids", known)
-    tasks = sorted(set(holdout_tasks)) if holdout_tasks else []
-    if tasks and split != "task":
-        raise UsageError("holdout_tasks only applies to split='task'")
-    store_tasks = set(samples["task"].astype(str))
-    for t in tasks:
-        if t not in store_tasks:
-            raise unknown_name("task", t, store_tasks)
-    if test is None and tasks:
-        test = sorted(set(samples.loc[samples["task"].astype(str).isin(tasks), "query_id"].astype(str)))
-    if test is not None:
-        rows = None  # computed by the caller once the energy sources are known to be comparable
-        default_train = sorted(known - set(test))
-    else:
-        # Rebuild train_stage's split: same rows, same seed, same test_size give the same held-out queries.
-        from train.dataset import build_dataset, make_split
-
-        data = build_dataset(samples, feature_set="text", seed=seed)
-        sp = make_split(data, split, test_size=test_size, seed=seed, holdout_tasks=None)
-        rows, test, default_train, tasks = (
-            data.rows,
-            list(sp.test_query_ids),
-            list(sp.train_query_ids),
-            list(sp.holdout_tasks),
-        )
-    train = _ids(train_query_ids, "train query ids", known)
-    if train is None:
-        train = default_train
-    overlap = set(train) & set(test)
-    if overlap:
-        raise UsageError(
-            f"{len(overlap)} query ids are both train and test (first: {sorted(overlap)[0]!r}); "
-            "held-out queries must be unseen by the policy"
-        )
-    return rows, test, train, tasks
+def _folds(full: Outcomes, held: HeldOut, policies: Sequence[Any]) -> tuple[Outcomes, list[Fold]]:
+    complete = {str(q) for q in full.query_ids}
+    all_ids = [str(q) for q in full.query_ids]
+    folds = []
+    for spec, policy in zip(held.folds, policies, strict=True):
+        test = [q for q in spec.test_query_ids if q in complete]
+        if not test:
+            raise UsageError(f"no held-out query of {spec.name!r} has an outcome for every arm; nothing to evaluate")
+        train = [q for q in held.train_ids_of(spec, all_ids) if q in complete]
+        folds.append(Fold(spec.name, full.subset(test), full.subset(train) if train else None, policy))
+    return full.subset([q for f in folds for q in f.test.query_ids]), folds
 
 
-def _model_sizes(samples: pd.DataFrame, models: Sequence[str]) -> tuple[str, str | None]:
-    """(small, big): the models of the grid by mean joules per sample; big is None with one model."""
-    per = samples[samples["model"].isin(models)].groupby("model")["energy_j"].mean().sort_values()
-    if per.empty:
-        raise UsageError(f"the store holds no samples of the policy's models {list(models)}")
-    if len(per) == 1:
-        return str(per.index[0]), None
-    return str(per.index[0]), str(per.index[-1])
-
-
-def _interval(h: dict | None, key: str) -> Interval | None:
-    if not h or key not in h or h[key] is None or h[key]["point"] is None:
-        return None
-    v = h[key]
-    nan = math.nan
-    return Interval(
-        v["point"],
-        nan if v["low"] is None else v["low"],
-        nan if v["high"] is None else v["high"],
-        v["n_boot"],
-        v["n_valid"],
-        v["confidence"],
+def evaluate(
+    samples: pd.DataFrame, policy: Any, held: HeldOut, cfg: EvalConfig, work_dir: Path, meta: dict[str, Any]
+) -> Evaluation:
+    """The work: fold policies (cross-fitting), outcome matrices, every allocator's curve, the report dict."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    policies = [policy] * len(held.folds)
+    if held.cross_fitted:
+        feature_set = policy.feature_set.name if policy is not None else "text"
+        policies = train_fold_policies(
+            samples, held.folds, work_dir, feature_set=feature_set, n_trials=cfg.fold_trials,
+            seed=cfg.seed, num_threads=cfg.num_threads, rule=policy.rule if policy is not None else None,
+            backend=cfg.backend,
+        )  # fmt: skip
+        timings["train_folds_s"] = time.perf_counter() - t0
+    energy = _energy(samples, policies, held, cfg)
+    full = _outcomes(samples, policies[0].arm_ids, cfg.seed)
+    test, folds = _folds(full, held, policies)
+    small, big = model_sizes(samples, sorted({a.model for a in policies[0].arms}))
+    keep = {str(q) for q in full.query_ids}
+    ctx = EvalContext(
+        test=test,
+        samples=samples[samples["query_id"].astype(str).isin(keep)],
+        big_model=big,
+        seed=cfg.seed,
+        overhead_meter=cfg.overhead_meter,
+        folds=folds,
     )
+    curves, skipped = run_allocators(ctx, list(cfg.allocators) if cfg.allocators else None)
+    timings["allocators_s"] = time.perf_counter() - t0 - sum(timings.values())
+    meta = {**meta, "split": _split_meta(held, folds, cfg), "energy": energy, "arms": list(policies[0].arm_ids)}
+    meta["models"] = {"small": small, "big": big}
+    meta["learned_overhead"] = _overhead(ctx, curves)
+    named = [(f.name, [str(q) for q in f.test.query_ids]) for f in folds]
+    report = build_report(ctx, curves, skipped, full, meta, cfg.n_boot, cfg.seed, named)
+    timings["report_s"] = time.perf_counter() - t0 - sum(timings.values())
+    return Evaluation(ctx, curves, report, held, timings)
+
+
+def _split_meta(held: HeldOut, folds: Sequence[Fold], cfg: EvalConfig) -> dict[str, Any]:
+    n_test = sum(f.test.n_queries for f in folds)
+    return {
+        "kind": held.kind,
+        "source": held.source,
+        "cross_fitted": held.cross_fitted,
+        "n_folds": len(folds),
+        "fold_trials": cfg.fold_trials if held.cross_fitted else None,
+        "holdout_tasks": list(held.holdout_tasks),
+        "n_test_queries": n_test,
+        "n_train_queries": (folds[0].train.n_queries if folds[0].train is not None else 0),
+        "n_test_dropped_incomplete": len(held.test_query_ids) - n_test,
+        "checks": dict(held.checks),
+    }
+
+
+def _overhead(ctx: EvalContext, curves: dict[str, Any]) -> dict[str, Any] | None:
+    if not ctx.has_predictions("test"):
+        return None
+    charged = [n for n, c in curves.items() if c.charged_overhead]
+    return {**ctx.predictions("test").overhead.summary(), "charged_to": charged}
 
 
 def eval_stage(
@@ -161,159 +225,71 @@ def eval_stage(
     allow_mixed_energy: bool = False,
     allocators: Sequence[str] | None = None,
     *,
-    test_size: float = 0.2,
     backend: str = "lightgbm",
     overhead_meter: str = "estimate",
+    split_file: str | Path | None = None,
+    folds: int = 1,
+    fold_trials: int = FOLD_TRIALS,
 ) -> EvalReport:
     """Evaluate every allocator (or the named ones) on held-out queries; see the module docstring.
 
     `store` is a store folder (or a samples DataFrame); `bundle` a bundle path
-    or a loaded `Policy`. Held-out queries: `test_query_ids` (e.g.
-    `TrainResult.test_query_ids`), else the queries of `holdout_tasks` (split
-    "task"), else train_stage's split rebuilt from `seed` and `test_size`.
-    Training queries (for difficulty_bins) default to every other query.
-    `n_boot` bootstrap resamples of the queries (0: point estimates only);
-    `overhead_meter` meters the policy's own features and predictions (a
-    `collect.energy.METERS` name). Raises `UsageError` for bad input and
-    `MixedEnergyError` when measured and estimated joules would meet and
-    `allow_mixed_energy` is false.
+    or a loaded `Policy` (optional when cross-fitting: then it only lends its
+    feature set and rule). Held-out queries: `test_query_ids`, else the
+    queries of `holdout_tasks` (split "task"), else the split in `split_file`
+    (a `ttc train` folder or its split.json), else, with `folds` >= 2,
+    cross-fitting: K query folds (split "query") or one fold per task (split
+    "task"), a policy trained per fold with `fold_trials` Optuna trials.
+    `n_boot` bootstrap resamples of the queries (0: point estimates only).
+    Raises `UsageError` for bad input and `MixedEnergyError` when measured and
+    estimated joules would meet and `allow_mixed_energy` is false.
     """
-    if split not in SPLITS:
-        raise unknown_name("split", split, SPLITS)
-    if not isinstance(n_boot, int) or n_boot < 0:
-        raise UsageError(f"n_boot must be an integer >= 0 (0 = no intervals), got {n_boot!r}")
-    if overhead_meter not in METERS:
-        raise unknown_name("overhead meter", overhead_meter, METERS)
-    if allocators is not None:
-        if isinstance(allocators, str):
-            raise UsageError("allocators must be a list of names, not one string")
-        for name in allocators:
-            if name not in ALLOCATORS:
-                raise unknown_name("allocator", name, ALLOCATORS)
-        if not allocators:
-            raise UsageError(f"no allocator named; choose from {', '.join(ALLOCATORS)}")
+    cfg = EvalConfig(
+        split, n_boot, seed, allow_mixed_energy, allocators, backend, overhead_meter, folds, fold_trials
+    )  # fmt: skip
+    from store.loader import load_samples
 
-    samples = _load_samples(store)
-    policy = _load_policy(bundle, backend)
-    rows, test_ids, train_ids, tasks = _resolve_split(
-        samples, split, test_query_ids, holdout_tasks, train_query_ids, test_size, seed
-    )
-    # Which joules meet in this report: the store's, the policy's training joules, and the policy's own cost.
-    names = list(allocators) if allocators is not None else list(ALLOCATORS)
-    used = samples[samples["query_id"].astype(str).isin(set(test_ids) | set(train_ids))]
-    sources = set(used["energy_source"].astype(str)) | {policy.energy_source}
-    meters = set(used["meter"].astype(str))
-    if any(n in _METERED for n in names):
-        m = make_meter(overhead_meter)
-        sources.add(m.source)
-        meters.add(m.name)
-        m.close()
-    check_comparable(sources, allow_mixed=allow_mixed_energy)
-    source = next(iter(sources)) if len(sources) == 1 else "mixed"
-    meter = "+".join(sorted(meters))
-
-    if rows is None:
-        rows = arm_outcomes(samples, seed=seed)
-    missing = sorted(set(policy.arm_ids) - set(rows["arm_id"]))
-    if missing:
-        raise UsageError(
-            f"the store cannot realise {len(missing)} of the policy's arms (first: {missing[0]}); "
-            "evaluate on a store collected with the policy's grid"
-        )
-
-    full = Outcomes.from_arm_rows(rows, policy.arm_ids, queries(samples))
-    complete = set(full.query_ids)
-    test_ok = [q for q in test_ids if q in complete]
-    train_ok = [q for q in train_ids if q in complete]
-    if not test_ok:
-        raise UsageError("no held-out query has an outcome for every arm of the policy; nothing to evaluate")
-    small, big = _model_sizes(samples, sorted({a.model for a in policy.arms}))
-    keep = set(test_ok) | set(train_ok)
-    ctx = EvalContext(
-        test=full.subset(test_ok),
-        train=full.subset(train_ok) if train_ok else None,
-        samples=samples[samples["query_id"].astype(str).isin(keep)],
-        policy=policy,
-        big_model=big,
-        seed=seed,
-        overhead_meter=overhead_meter,
-    )
-    curves, skipped = run_allocators(ctx, allocators)
-    overhead = None
-    if ctx.has_predictions("test"):
-        o = ctx.predictions("test").overhead
-        overhead = {
-            "features_per_query_j": o.features_j,
-            "predict_per_query_j": o.predict_j,
-            "probe_per_query_j": float(np.mean(o.probe_j)),
-            "per_query_j": float(np.mean(o.per_query_j)),
-            "duration_s": o.duration_s,
-            "meter": o.meter,
-            "source": o.source,
-            "charged_to": [n for n in ("learned", "difficulty_bins") if n in curves],
-        }
+    samples = load_samples(store)
+    policy = load_policy(bundle, backend) if bundle is not None else None
+    if policy is None and not cfg.cross_fitting:
+        raise UsageError("evaluating one split needs a policy bundle (--bundle); or cross-fit with --folds K")
+    if cfg.cross_fitting:
+        if test_query_ids is not None or holdout_tasks:
+            raise UsageError("--folds chooses the held-out queries itself; drop the test ids and held-out tasks")
+        held = cross_fitted(samples, split, folds, seed)
+    else:
+        held = single_split(samples, split, test_query_ids, holdout_tasks, train_query_ids, split_file)
+    checks = {**held.checks}
+    checks["bundle_vs_store"] = check_bundle_store(policy, samples) if policy is not None else "no bundle given"
     meta = {
         "store": str(store) if not isinstance(store, pd.DataFrame) else "<DataFrame>",
         "bundle": str(bundle) if isinstance(bundle, str | Path) else repr(policy),
-        "split": {
-            "kind": split,
-            "holdout_tasks": tasks,
-            "test_query_ids_given": test_query_ids is not None,
-            "n_test_queries": len(test_ok),
-            "n_train_queries": len(train_ok),
-            "n_test_dropped_incomplete": len(test_ids) - len(test_ok),
-        },
-        "energy": {
-            "source": source,
-            "meter": meter,
-            "label": energy_label(source, meter),
-            "axis_label": axis_label(source, meter),
-            "sources_used": sorted(sources),
-            "policy_trained_on": policy.energy_source,
-            "allow_mixed": bool(allow_mixed_energy),
-        },
-        "arms": list(policy.arm_ids),
-        "models": {"small": small, "big": big},
-        "learned_overhead": overhead,
     }
-    report = build_report(ctx, curves, skipped, full, meta, n_boot, seed)
+    with tempfile.TemporaryDirectory(prefix="ttc-eval-folds-") as work:
+        ev = evaluate(samples, policy, HeldOut(**{**held.__dict__, "checks": checks}), cfg, Path(work), meta)
+    return _record(ev, cfg, Path(out_dir), tracking_uri, experiment)
 
+
+def _record(ev: Evaluation, cfg: EvalConfig, out_dir: Path, tracking_uri: str | None, experiment: str) -> EvalReport:
+    """The side effects: files, one MLflow run holding them, and the returned `EvalReport`."""
     import mlflow
 
+    from eval.outputs import write_outputs
     from store.tracking import setup_tracking
 
+    report, sp, energy = ev.report, ev.report["split"], ev.report["energy"]
     uri = setup_tracking(tracking_uri, experiment)
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-    out_dir = Path(out_dir)
-    tags = {"stage": "eval", "energy_source": source, "energy_meter": meter, "split": split}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval-{split}", tags=tags) as run:
+    tags = {"stage": "eval", "energy_source": energy["source"], "energy_meter": energy["meter"], "split": sp["kind"]}
+    name = f"eval-{sp['kind']}" + (f"-{sp['n_folds']}folds" if sp["cross_fitted"] else "")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
         report["mlflow"] = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
-        paths = write_outputs(report, curves, [str(q) for q in ctx.test.query_ids], out_dir)
-        mlflow.log_params(
-            {
-                "store": meta["store"],
-                "bundle": meta["bundle"][:500],
-                "split": split,
-                "holdout_tasks": ",".join(tasks) or "-",
-                "n_test_queries": len(test_ok),
-                "n_train_queries": len(train_ok),
-                "n_boot": n_boot,
-                "seed": seed,
-                "allocators": ",".join(curves),
-                "energy_source": source,
-                "energy_meter": meter,
-                "allow_mixed_energy": allow_mixed_energy,
-                "overhead_meter": overhead_meter,
-                "small_model": small,
-                "big_model": big or "-",
-            }
-        )
-        mlflow.log_metrics(_mlflow_metrics(report, curves, source))
+        paths, _ = write_outputs(report, ev.curves, [str(q) for q in ev.ctx.test.query_ids], out_dir)
+        mlflow.log_params(_params(report, cfg))
+        mlflow.log_metrics(_metrics(ev))
         for p in paths.values():
             mlflow.log_artifact(str(p), artifact_path="eval")
         run_id = run.info.run_id
-
-    h = report.get("headline")
     return EvalReport(
         out_dir=out_dir,
         json_path=paths["json"],
@@ -324,40 +300,45 @@ def eval_stage(
         run_id=run_id,
         experiment_id=experiment_id,
         tracking_uri=uri,
-        split=split,
-        n_test_queries=len(test_ok),
-        energy_source=source,
-        energy_meter=meter,
-        allocators=tuple(curves),
-        energy_saved_at_equal_accuracy=_interval(h, f"energy_saved_at_equal_accuracy_{source}"),
-        accuracy_gain_at_equal_energy=_interval(h, f"accuracy_gain_at_equal_energy_{source}"),
-        oracle_share_of_saving=_interval(h, f"oracle_share_of_energy_saving_{source}"),
-        energy_saved_vs_model_scaling=_interval(h, f"energy_saved_vs_model_scaling_{source}"),
-        learned_energy_per_correct_j=_interval(h, f"learned_energy_per_correct_{source}_j"),
-        best_fixed_energy_per_correct_j=_interval(h, f"best_fixed_energy_per_correct_{source}_j"),
+        split=sp["kind"],
+        n_folds=sp["n_folds"],
+        n_test_queries=sp["n_test_queries"],
+        energy_source=energy["source"],
+        energy_meter=energy["meter"],
+        allocators=tuple(ev.curves),
+        headline=ev.headline,
     )
 
 
-def _mlflow_metrics(report: dict, curves: dict, source: str) -> dict[str, float]:
-    """Headline numbers (point, low, high) under `energy_<source>/`, and each allocator's best accuracy."""
-    out: dict[str, float] = {}
-    h = report.get("headline") or {}
-    names = {
-        f"energy_saved_at_equal_accuracy_{source}": "saved_frac_at_equal_accuracy",
-        f"accuracy_gain_at_equal_energy_{source}": "accuracy_gain_at_equal_energy",
-        f"oracle_share_of_energy_saving_{source}": "oracle_share_of_saving",
-        f"energy_saved_vs_model_scaling_{source}": "saved_frac_vs_model_scaling",
-        f"learned_energy_per_correct_{source}_j": "learned_j_per_correct",
-        f"best_fixed_energy_per_correct_{source}_j": "best_fixed_j_per_correct",
+def _params(report: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    sp, energy, models = report["split"], report["energy"], report["models"]
+    return {
+        "store": report["store"],
+        "bundle": report["bundle"][:500],
+        "split": sp["kind"],
+        "split_source": sp["source"][:500],
+        "n_folds": sp["n_folds"],
+        "fold_trials": cfg.fold_trials if sp["cross_fitted"] else "-",
+        "holdout_tasks": ",".join(sp["holdout_tasks"])[:500] or "-",
+        "n_test_queries": sp["n_test_queries"],
+        "n_train_queries": sp["n_train_queries"],
+        "n_boot": cfg.n_boot,
+        "seed": cfg.seed,
+        "allocators": ",".join(report["allocators_run"]),
+        "energy_source": energy["source"],
+        "energy_meter": energy["meter"],
+        "allow_mixed_energy": cfg.allow_mixed_energy,
+        "overhead_meter": cfg.overhead_meter,
+        "small_model": models["small"],
+        "big_model": models["big"] or "-",
     }
-    for key, metric in names.items():
-        v = h.get(key)
-        if not v:
-            continue
-        for part in ("point", "low", "high"):
-            if v.get(part) is not None:
-                out[f"energy_{source}/{metric}" + ("" if part == "point" else f"_{part}")] = float(v[part])
-    for name, c in curves.items():
+
+
+def _metrics(ev: Evaluation) -> dict[str, float]:
+    """The headline's metrics (names derived from its fields), each allocator's best accuracy, the timings."""
+    out = ev.headline.mlflow_metrics() if ev.headline is not None else {}
+    for name, c in ev.curves.items():
         out[f"{name}/best_accuracy"] = float(max(p.accuracy for p in c.points))
         out[f"{name}/n_points"] = float(len(c.points))
+    out.update({f"time/{k}": v for k, v in ev.timings_s.items()})
     return out

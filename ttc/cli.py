@@ -192,43 +192,50 @@ def allocate(
 @app.command(name="eval")
 def eval_(
     store: Annotated[str, typer.Option(help="sample store folder")] = "runs/default/store",
-    bundle: Annotated[str, typer.Option(help="bundle folder or .zip")] = "runs/default/policy",
+    bundle: Annotated[
+        str, typer.Option(help="bundle folder or .zip (with --folds: optional, lends its feature set and rule)")
+    ] = "runs/default/policy",
     out: Annotated[str, typer.Option(help="report folder")] = "runs/default/eval",
-    train_dir: Annotated[str | None, typer.Option(help="`ttc train` output: take its held-out query ids")] = None,
-    split: Annotated[str, typer.Option(help="query or task")] = "query",
+    train_dir: Annotated[
+        str, typer.Option(help="`ttc train` output: its split.json names the held-out queries (unused with --folds)")
+    ] = "runs/default/train",
+    split: Annotated[
+        str, typer.Option(help="held-out split: query or task; with --folds, task = leave one task out")
+    ] = "query",
     holdout_task: Annotated[list[str] | None, typer.Option(help="held-out task with --split task")] = None,
+    folds: Annotated[
+        int, typer.Option(help="cross-fit: K query folds, a policy trained per fold; 1 = use the train split")
+    ] = 1,
+    fold_trials: Annotated[int, typer.Option(help="Optuna trials per predictor when training each fold")] = 5,
     allocator: Annotated[list[str] | None, typer.Option(help="allocators to compare (default all)")] = None,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
-    seed: Annotated[int, typer.Option(help="seed of the split and the bootstrap")] = 0,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals; 0 = none")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the folds and the bootstrap")] = 0,
     allow_mixed_energy: Annotated[bool, typer.Option(help="allow comparing measured with estimated joules")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
 ) -> None:
-    """Compare the learned allocator with fixed, model-scaling, random, binned, early-stopping and oracle."""
+    """Compare the learned allocator with fixed, model scaling, random, binned, early stopping, the published
+    stopping rules (adaptive_consistency, esc) and the oracle; cross-fitted with --folds."""
     import json
 
     from eval.stage import eval_stage
 
     try:
-        test_ids = train_ids = None
-        if train_dir:
-            split_file = Path(train_dir) / "split.json"
-            if not split_file.is_file():
-                raise TTCError(f"{split_file} not found; give the folder `ttc train --out` wrote")
-            ids = json.loads(split_file.read_text())
-            test_ids, train_ids = ids["test_query_ids"], ids["train_query_ids"]
+        cross = folds > 1
+        use_split_file = not cross and not holdout_task
         r = eval_stage(
             store,
-            bundle,
+            bundle if not cross or Path(bundle).exists() else None,
             out,
-            test_query_ids=test_ids,
             split=split,
             holdout_tasks=holdout_task or None,
-            train_query_ids=train_ids,
+            split_file=train_dir if use_split_file else None,
             n_boot=n_boot,
             seed=seed,
             tracking_uri=tracking_uri,
             allow_mixed_energy=allow_mixed_energy,
             allocators=allocator or None,
+            folds=folds,
+            fold_trials=fold_trials,
         )
     except TTCError as e:
         _fail(e)

@@ -21,6 +21,9 @@ name in `ALLOCATORS`, which the CLI's choices come from:
 - early_stopping: draw samples one at a time in their collected order at one
   (model, L, temperature) and stop when the first k agree or the majority of
   n_max is settled; simulated from the raw samples.
+- adaptive_consistency, esc: the published stopping rules (Aggarwal et al.
+  2023's Beta criterion; Li et al. 2024's unanimous windows), replayed the same
+  way and charged the samples they drew (eval/allocators/peers.py).
 - oracle: in hindsight, each query's cheapest correct arm (its cheapest arm if
   none is correct): the top point of the hindsight price sweep, whose points
   bound every one-arm-per-query assignment from above.
@@ -28,7 +31,8 @@ name in `ALLOCATORS`, which the CLI's choices come from:
 Every allocator chooses among the same grid: the policy's arms. One module per
 family: base (containers, context, base class), learned (learned,
 difficulty_bins), grid (fixed, model_scaling, oracle), random_arms (random),
-stopping (early_stopping). Nothing here reads files or logs.
+stopping (the sequential base, early_stopping), peers
+(adaptive_consistency, esc), context (EvalContext, folds). Nothing here reads files or logs.
 """
 
 from __future__ import annotations
@@ -38,26 +42,29 @@ from collections.abc import Callable, Sequence
 from eval.allocators.base import (
     Allocator,
     Curve,
-    EvalContext,
     OperatingPoint,
     Outcomes,
-    PolicyOverhead,
-    Predictions,
     hull_slopes,
     lambda_grid,
     scaling_reference_arm,
 )
+from eval.allocators.context import EvalContext, Fold, PolicyOverhead, Predictions
 from eval.allocators.grid import FixedAllocator, ModelScalingAllocator, OracleAllocator
 from eval.allocators.learned import DifficultyBinsAllocator, LearnedAllocator
+from eval.allocators.peers import AdaptiveConsistencyAllocator, ESCAllocator, ac_samples, beta_confidence, esc_window
 from eval.allocators.random_arms import RandomAllocator, max_entropy_mix
 from eval.allocators.stopping import EarlyStoppingAllocator, stop_after
 from policy.errors import UsageError, unknown_name
 
 __all__ = [
     "ALLOCATORS",
+    "ac_samples",
+    "beta_confidence",
+    "esc_window",
     "Allocator",
     "Curve",
     "EvalContext",
+    "Fold",
     "OperatingPoint",
     "Outcomes",
     "PolicyOverhead",
@@ -79,6 +86,8 @@ ALLOCATORS: dict[str, Callable[[], Allocator]] = {
     RandomAllocator.name: RandomAllocator,
     DifficultyBinsAllocator.name: DifficultyBinsAllocator,
     EarlyStoppingAllocator.name: EarlyStoppingAllocator,
+    AdaptiveConsistencyAllocator.name: AdaptiveConsistencyAllocator,
+    ESCAllocator.name: ESCAllocator,
     OracleAllocator.name: OracleAllocator,
 }
 

@@ -1,10 +1,10 @@
-"""The allocators' shared parts: outcome matrices, operating points, curves, the metering context, the base class.
+"""The allocators' shared parts: outcome matrices, operating points, curves, the base class, small helpers.
 
 `Outcomes` holds the realised outcomes of every grid arm on a set of queries
 (from `store.views.arm_outcomes`); an allocator turns the context's held-out
 queries into a `Curve` of `OperatingPoint`s, scored on those realised
-outcomes, never on predictions. `EvalContext` is everything an allocator
-reads; it runs the policy once per query set under the overhead meter.
+outcomes, never on predictions (eval/allocators/context.py holds
+`EvalContext`, what an allocator reads).
 
 This module never reads files, never logs, and never re-derives arm outcomes
 from samples.
@@ -15,15 +15,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from eval.metrics import CurveData, pareto_frontier
+from eval.metrics import CurveData, convex_frontier
 from policy.allocate import upper_hull
 from policy.arms import Arm
 from policy.errors import UsageError
+
+if TYPE_CHECKING:
+    from eval.allocators.context import EvalContext
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,8 +35,9 @@ class Outcomes:
     """Realised outcomes of every grid arm on a set of queries: (n_queries, n_arms) matrices.
 
     Built from the `ArmOutcome` rows of `store.views.arm_outcomes`; `correct`
-    is the arm's majority vote, `energy_j` its summed joules, `answered` whether
-    the vote had any answer at all.
+    is the arm's majority vote as 0/1 integers (accuracies are compared as
+    exact counts), `energy_j` its summed joules, `answered` whether the vote
+    had any answer at all. Matrices are stored C-contiguous.
     """
 
     query_ids: np.ndarray
@@ -43,6 +48,10 @@ class Outcomes:
     energy_j: np.ndarray
     output_tokens: np.ndarray
     answered: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name, dtype in (("correct", np.int64), ("energy_j", np.float64), ("output_tokens", np.float64)):
+            object.__setattr__(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
 
     @property
     def n_queries(self) -> int:
@@ -83,7 +92,7 @@ class Outcomes:
             tasks=q.loc[qids, "task"].astype(str).to_numpy(dtype=object) if len(qids) else np.zeros(0, dtype=object),
             questions=[str(s) for s in q.loc[qids, "question"]] if len(qids) else [],
             arm_ids=arm_ids,
-            correct=mat("correct", np.float64),
+            correct=mat("correct", np.int64),
             energy_j=mat("energy_j", np.float64),
             output_tokens=mat("output_tokens", np.float64),
             answered=answered.pivot(index="query_id", columns="arm_id", values="_a")
@@ -97,8 +106,11 @@ class OperatingPoint:
     """One setting of an allocator, realised on the held-out queries.
 
     `correct` and `energy_j` are per query (energy includes any overhead the
-    allocator is charged); `arm_ids` is the chosen arm per query (for early
-    stopping, the arm id of the samples it used; for random, seed 0's draw).
+    allocator is charged); `correct` counts correct answers out of `draws`
+    (1, or the number of seeded draws a point averages, as random does), so
+    `hits` and `accuracy_exact` are exact. `arm_ids` is the chosen arm per
+    query (for early stopping, the arm id of the samples it used; for random,
+    seed 0's draw).
     """
 
     label: str
@@ -107,10 +119,24 @@ class OperatingPoint:
     energy_j: np.ndarray
     arm_ids: tuple[str, ...]
     samples_used: np.ndarray | None = None
+    draws: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "correct", np.ascontiguousarray(self.correct, dtype=np.int64))
+        object.__setattr__(self, "energy_j", np.ascontiguousarray(self.energy_j, dtype=np.float64))
+
+    @property
+    def hits(self) -> int:
+        """Correct answers summed over queries (and draws)."""
+        return int(self.correct.sum())
+
+    @property
+    def accuracy_exact(self) -> Fraction:
+        return Fraction(self.hits, len(self.correct) * self.draws)
 
     @property
     def accuracy(self) -> float:
-        return float(np.mean(self.correct))
+        return float(self.accuracy_exact)
 
     @property
     def mean_energy_j(self) -> float:
@@ -126,11 +152,17 @@ class Curve:
     #: True when each point assigns one grid arm per query (the oracle bounds these)
     one_arm_per_query: bool = True
     notes: dict[str, Any] = field(default_factory=dict)
+    #: True when the points' joules include the policy's metered cost (the allocator's `charged_overhead`)
+    charged_overhead: bool = False
 
     def data(self) -> CurveData:
+        draws = {p.draws for p in self.points}
+        if len(draws) != 1:
+            raise UsageError(f"curve {self.allocator!r} mixes points of different draws {sorted(draws)}")
         return CurveData(
-            np.stack([p.correct for p in self.points]).astype(np.float64),
-            np.stack([p.energy_j for p in self.points]).astype(np.float64),
+            np.stack([p.correct for p in self.points]),
+            np.stack([p.energy_j for p in self.points]),
+            draws.pop(),
         )
 
     @property
@@ -141,134 +173,25 @@ class Curve:
     def accuracy(self) -> np.ndarray:
         return np.asarray([p.accuracy for p in self.points])
 
+    @property
+    def hits(self) -> list[Fraction]:
+        return [p.accuracy_exact for p in self.points]
+
     def frontier(self) -> np.ndarray:
-        return pareto_frontier(self.energy_j, self.accuracy)
+        """Indices of the points on the convex frontier (eval.metrics.convex_frontier), cheapest first."""
+        return convex_frontier(self.energy_j, self.hits)
 
-
-@dataclass(frozen=True, eq=False)
-class PolicyOverhead:
-    """Joules per query the policy spends before any arm runs, and where they came from."""
-
-    features_j: float
-    predict_j: float
-    probe_j: np.ndarray
-    duration_s: float
-    meter: str
-    source: str
-
-    @property
-    def per_query_j(self) -> np.ndarray:
-        return self.features_j + self.predict_j + self.probe_j
-
-
-@dataclass(frozen=True, eq=False)
-class Predictions:
-    p: np.ndarray
-    e: np.ndarray
-    overhead: PolicyOverhead
-
-
-class EvalContext:
-    """Everything the allocators read: held-out (and training) outcomes, the policy, the raw samples.
-
-    `predictions(which)` runs the policy once per query set and caches it (for
-    the test set, under the overhead meter); `curve(name)` runs and caches an
-    allocator, so random can match the learned curve's joules.
-    """
-
-    def __init__(
-        self,
-        test: Outcomes,
-        train: Outcomes | None = None,
-        samples: pd.DataFrame | None = None,
-        policy: Any = None,
-        big_model: str | None = None,
-        seed: int = 0,
-        overhead_meter: str = "estimate",
-    ) -> None:
-        if test.n_queries == 0:
-            raise UsageError("no held-out query has an outcome for every arm of the policy; nothing to evaluate")
-        self.test = test
-        self.train = train
-        self.samples = samples
-        self.policy = policy
-        self.big_model = big_model
-        self.seed = seed
-        self.overhead_meter = overhead_meter
-        self.arms = [Arm.parse(a) for a in test.arm_ids]
-        self._predictions: dict[str, Predictions] = {}
-        self._curves: dict[str, Curve] = {}
-
-    @property
-    def arm_ids(self) -> list[str]:
-        return self.test.arm_ids
-
-    def _probe(self, outcomes: Outcomes) -> tuple[np.ndarray | None, np.ndarray]:
-        n = outcomes.n_queries
-        if self.policy is None or not self.policy.needs_probe:
-            return None, np.zeros(n)
-        if self.samples is None:
-            raise UsageError("this policy uses probe features: evaluation needs the store's samples with probe columns")
-        from policy.features import PROBE_NAMES
-
-        need = [*PROBE_NAMES, "probe_energy_j"]
-        missing = [c for c in need if c not in self.samples.columns]
-        if missing:
-            raise UsageError(
-                f"this policy uses probe features but the store lacks {', '.join(missing)}; "
-                "collect with probes (their joules are charged to the policy) or evaluate a 'text' policy"
-            )
-        per_q = self.samples.groupby("query_id")[need].mean().reindex(outcomes.query_ids)
-        if per_q.isna().to_numpy().any():
-            raise UsageError("some evaluated queries have no probe values in the store; re-collect their probes")
-        return per_q[list(PROBE_NAMES)].to_numpy(np.float32), per_q["probe_energy_j"].to_numpy(np.float64)
-
-    def predictions(self, which: str = "test") -> Predictions:
-        """The policy's (p, e) for the test or train queries; the test run is metered for the overhead."""
-        if self.policy is None:
-            raise UsageError("this allocator needs a policy bundle")
-        if which not in self._predictions:
-            from collect.energy import make_meter
-
-            outcomes = self.test if which == "test" else self.train
-            if outcomes is None:
-                raise UsageError("this allocator needs training queries (train_query_ids)")
-            probe, probe_j = self._probe(outcomes)
-            meter = make_meter(self.overhead_meter)
-            n = max(outcomes.n_queries, 1)
-            meter.begin_window("features")
-            x = self.policy.query_features(outcomes.questions, list(outcomes.tasks), probe)
-            m_feat = meter.end_window("features")
-            meter.begin_window("predict")
-            p, e = self.policy.predict_features(x)
-            m_pred = meter.end_window("predict")
-            overhead = PolicyOverhead(
-                features_j=m_feat.energy_j / n,
-                predict_j=m_pred.energy_j / n,
-                probe_j=probe_j,
-                duration_s=m_feat.duration_s + m_pred.duration_s,
-                meter=meter.name,
-                source=meter.source,
-            )
-            self._predictions[which] = Predictions(p, e, overhead)
-        return self._predictions[which]
-
-    def has_predictions(self, which: str = "test") -> bool:
-        return which in self._predictions
-
-    def curve(self, name: str) -> Curve:
-        if name not in self._curves:
-            from eval.allocators import make_allocator  # the registry imports this module
-
-            self._curves[name] = make_allocator(name).curve(self)
-        return self._curves[name]
+    def frontier_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(energy, accuracy) of the convex frontier, cheapest first: what every comparison interpolates on."""
+        idx = self.frontier()
+        return self.energy_j[idx], self.accuracy[idx]
 
 
 # ---------------------------------------------------------------- helpers
 
 
 def _point(
-    ctx: EvalContext, label: str, params: dict[str, Any], arm_idx: np.ndarray, extra_j: np.ndarray | float = 0.0
+    ctx: Any, label: str, params: dict[str, Any], arm_idx: np.ndarray, extra_j: np.ndarray | float = 0.0
 ) -> OperatingPoint:
     rows = np.arange(ctx.test.n_queries)
     return OperatingPoint(
@@ -331,6 +254,10 @@ class Allocator(ABC):
     needs_train: bool = False
     needs_samples: bool = False
     needs_two_models: bool = False
+    #: whether its points are charged the policy's metered cost (features, predictions, probe)
+    charged_overhead: bool = False
+    #: whether it runs the policy on the held-out queries (so the overhead meter's joules enter the report)
+    runs_policy: bool = False
 
     @abstractmethod
     def curve(self, ctx: EvalContext) -> Curve:
@@ -340,7 +267,7 @@ class Allocator(ABC):
         """Why this allocator cannot run in `ctx` (None when it can)."""
         if self.needs_policy and ctx.policy is None:
             return "needs a policy bundle"
-        if self.needs_train and (ctx.train is None or ctx.train.n_queries == 0):
+        if self.needs_train and not ctx.has_train:
             return "needs training queries with outcomes for every arm"
         if self.needs_samples and ctx.samples is None:
             return "needs the raw samples table"

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.allocators.base import Allocator, Curve, EvalContext, _dedupe, _point, hull_slopes, lambda_grid
+from eval.allocators.base import Allocator, Curve, _dedupe, _point, hull_slopes, lambda_grid
+from eval.allocators.context import EvalContext
 from policy.errors import UsageError
 
 
@@ -19,6 +20,8 @@ class LearnedAllocator(Allocator):
     name = "learned"
     description = "the policy's predictions, allocate() swept over prices and budgets; charged its feature cost"
     needs_policy = True
+    charged_overhead = True
+    runs_policy = True
 
     def __init__(self, n_lambdas: int = 24, n_budgets: int = 12) -> None:
         self.n_lambdas = n_lambdas
@@ -48,15 +51,7 @@ class LearnedAllocator(Allocator):
             predicted = float(e[rows, idx].mean())
             params = {"mode": "budget", "budget_j": b, "predicted_energy_j": predicted}
             points.append(_point(ctx, f"budget {b:.3g} J", params, idx, overhead))
-        o = pred.overhead
-        notes = {
-            "overhead_features_per_query_j": o.features_j,
-            "overhead_predict_per_query_j": o.predict_j,
-            "overhead_probe_per_query_j": float(np.mean(o.probe_j)),
-            "overhead_duration_s": o.duration_s,
-            "overhead_meter": o.meter,
-            "overhead_source": o.source,
-        }
+        notes = {f"overhead_{k}": v for k, v in pred.overhead.summary().items()}
         return Curve(self.name, points, notes=notes)
 
 
@@ -64,33 +59,47 @@ class DifficultyBinsAllocator(Allocator):
     name = "difficulty_bins"
     description = "quantile bins of predicted difficulty (p of the cheapest arm), best arm per bin on training queries"
     needs_policy = True
+    charged_overhead = True
+    runs_policy = True
     needs_train = True
 
     def __init__(self, n_bins: int = 4) -> None:
         self.n_bins = n_bins
 
-    def curve(self, ctx: EvalContext) -> Curve:
-        if self.n_bins < 1:
-            raise UsageError(f"difficulty_bins needs n_bins >= 1, got {self.n_bins}")
-        tr, te = ctx.predictions("train"), ctx.predictions("test")
+    def _fold_bins(self, ctx: EvalContext, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Fold k: (bin of each held-out query, per-bin accuracy, per-bin joules) from its training queries."""
+        tr, te = ctx.fold_predictions(k, "train"), ctx.fold_predictions(k, "test")
+        train = ctx.folds[k].train
         cheapest = int(np.argmin(tr.e.mean(axis=0)))
         d_tr, d_te = tr.p[:, cheapest], te.p[:, cheapest]
         edges = np.unique(np.quantile(d_tr, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
         bin_tr, bin_te = np.searchsorted(edges, d_tr, side="right"), np.searchsorted(edges, d_te, side="right")
         n_bins = len(edges) + 1
-        acc = np.stack([ctx.train.correct[bin_tr == b].mean(axis=0) for b in range(n_bins)])
-        joules = np.stack([ctx.train.energy_j[bin_tr == b].mean(axis=0) for b in range(n_bins)])
-        # The exact breakpoints: every slope of every bin's hull (ties go to the cheaper arm).
-        lams = np.unique(np.concatenate([[0.0], hull_slopes(acc, joules)]))[::-1]
+        acc = np.stack([train.correct[bin_tr == b].mean(axis=0) for b in range(n_bins)])
+        joules = np.stack([train.energy_j[bin_tr == b].mean(axis=0) for b in range(n_bins)])
+        notes = {"n_bins": n_bins, "difficulty_arm": ctx.arm_ids[cheapest], "bin_edges_p": edges.tolist()}
+        return bin_te, acc, joules, notes
+
+    def curve(self, ctx: EvalContext) -> Curve:
+        if self.n_bins < 1:
+            raise UsageError(f"difficulty_bins needs n_bins >= 1, got {self.n_bins}")
+        folds = [self._fold_bins(ctx, k) for k in range(len(ctx.folds))]
+        rows = [ctx.fold_rows(k) for k in range(len(ctx.folds))]
+        # The exact breakpoints: every slope of every bin's hull in every fold (ties go to the cheaper arm).
+        slopes = [hull_slopes(acc, joules) for _, acc, joules, _ in folds]
+        lams = np.unique(np.concatenate([[0.0], *slopes]))[::-1]
         settings = []
         for lam in lams:
-            score = acc - lam * joules
-            best = np.asarray([np.lexsort((joules[b], -score[b]))[0] for b in range(n_bins)])
-            settings.append((best[bin_te], float(lam)))
-        overhead = te.overhead.per_query_j
+            idx = np.zeros(ctx.test.n_queries, dtype=np.int64)
+            for (bin_te, acc, joules, _), r in zip(folds, rows, strict=True):
+                score = acc - lam * joules
+                best = np.asarray([np.lexsort((joules[b], -score[b]))[0] for b in range(len(acc))])
+                idx[r] = best[bin_te]
+            settings.append((idx, float(lam)))
+        overhead = ctx.predictions("test").overhead.per_query_j
         points = [
-            _point(ctx, f"bins lam={lam:.3g}", {"lam": lam, "n_bins": n_bins}, idx, overhead)
+            _point(ctx, f"bins lam={lam:.3g}", {"lam": lam, "n_bins": self.n_bins}, idx, overhead)
             for idx, lam in _dedupe(settings)
         ]
-        notes = {"n_bins": n_bins, "difficulty_arm": ctx.arm_ids[cheapest], "bin_edges_p": edges.tolist()}
+        notes = folds[0][3] if len(folds) == 1 else {"folds": [f[3] for f in folds]}
         return Curve(self.name, points, notes=notes)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.allocators.base import Allocator, Curve, EvalContext, OperatingPoint
+from eval.allocators.base import Allocator, Curve, OperatingPoint
+from eval.allocators.context import EvalContext
 
 
 def max_entropy_mix(arm_energy_j: np.ndarray, target_j: float) -> np.ndarray:
@@ -43,6 +44,11 @@ class RandomAllocator(Allocator):
     name = "random"
     description = "query-blind random arms at each learned point's mean joules, averaged over seeds"
 
+    #: matched to the learned points' joules, which include the policy's cost; its own points are not charged
+    charged_overhead = False
+    #: with a policy, it runs the learned allocator to match its joules
+    runs_policy = True
+
     def __init__(self, n_seeds: int = 20, n_points: int = 12) -> None:
         self.n_seeds = n_seeds
         self.n_points = n_points
@@ -59,7 +65,7 @@ class RandomAllocator(Allocator):
         points = []
         for k, (target, label) in enumerate(targets):
             pi = max_entropy_mix(arm_e, target)
-            correct, energy = np.zeros(n), np.zeros(n)
+            correct, energy = np.zeros(n, dtype=np.int64), np.zeros(n)
             first: np.ndarray | None = None
             for s in range(self.n_seeds):
                 idx = np.random.default_rng([ctx.seed, k, s]).choice(na, size=n, p=pi)
@@ -71,9 +77,10 @@ class RandomAllocator(Allocator):
                 OperatingPoint(
                     label=f"random at {target:.3g} J",
                     params=params,
-                    correct=correct / self.n_seeds,
+                    correct=correct,
                     energy_j=energy / self.n_seeds,
                     arm_ids=tuple(ctx.arm_ids[i] for i in first),
+                    draws=self.n_seeds,
                 )
             )
         notes = {"matched_to": "learned" if ctx.policy is not None else "grid"}

@@ -1,0 +1,218 @@
+"""`EvalContext`: everything the allocators read, with the policy (or one policy per cross-fitting fold) metered.
+
+A context holds the held-out queries' outcomes (`test`) and one or more
+`Fold`s: each fold names a part of the held-out queries, the queries its
+policy was trained on, and that policy. Without cross-fitting there is one
+fold: the held-out split and the bundle. With cross-fitting every query is
+held out by exactly one fold, and its predictions come from the policy that
+never saw it; `predictions("test")` pools them in `test` order.
+
+The policy's own cost (features, predictions, probe) is metered per fold with
+the overhead meter and charged per query. Never reads files, never logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eval.allocators.base import Curve, Outcomes
+from policy.arms import Arm
+from policy.errors import UsageError
+
+
+@dataclass(frozen=True, eq=False)
+class Fold:
+    """One cross-fitting fold: its held-out queries' outcomes, its training queries' outcomes, its policy."""
+
+    name: str
+    test: Outcomes
+    train: Outcomes | None
+    policy: Any
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyOverhead:
+    """Joules per query the policy spends before any arm runs (per-query arrays), and where they came from."""
+
+    features_j: np.ndarray
+    predict_j: np.ndarray
+    probe_j: np.ndarray
+    duration_s: float
+    meter: str
+    source: str
+
+    @property
+    def per_query_j(self) -> np.ndarray:
+        return self.features_j + self.predict_j + self.probe_j
+
+    def summary(self) -> dict[str, Any]:
+        """Mean joules per query of each part, the metering time, and the meter."""
+        return {
+            "features_per_query_j": float(np.mean(self.features_j)),
+            "predict_per_query_j": float(np.mean(self.predict_j)),
+            "probe_per_query_j": float(np.mean(self.probe_j)),
+            "per_query_j": float(np.mean(self.per_query_j)),
+            "duration_s": self.duration_s,
+            "meter": self.meter,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    p: np.ndarray
+    e: np.ndarray
+    overhead: PolicyOverhead
+
+
+def _pool(parts: Sequence[tuple[np.ndarray, Predictions]], n: int) -> Predictions:
+    """Fold predictions placed at their rows of the pooled query order."""
+    first = parts[0][1]
+    p = np.zeros((n, first.p.shape[1]), dtype=first.p.dtype)
+    e = np.zeros((n, first.e.shape[1]), dtype=first.e.dtype)
+    feats, preds, probes = np.zeros(n), np.zeros(n), np.zeros(n)
+    for rows, pr in parts:
+        p[rows], e[rows] = pr.p, pr.e
+        feats[rows], preds[rows], probes[rows] = pr.overhead.features_j, pr.overhead.predict_j, pr.overhead.probe_j
+    o = first.overhead
+    duration = sum(pr.overhead.duration_s for _, pr in parts)
+    return Predictions(p, e, PolicyOverhead(feats, preds, probes, duration, o.meter, o.source))
+
+
+class EvalContext:
+    """Held-out outcomes, the folds (policies and their training queries), the raw samples, cached curves.
+
+    `predictions(which)` runs each fold's policy once per query set and caches
+    it (for held-out queries, under the overhead meter); `curve(name)` runs and
+    caches an allocator, so random can match the learned curve's joules.
+    Passing `policy` (and `train`) without `folds` makes the single fold.
+    """
+
+    def __init__(
+        self,
+        test: Outcomes,
+        train: Outcomes | None = None,
+        samples: pd.DataFrame | None = None,
+        policy: Any = None,
+        big_model: str | None = None,
+        seed: int = 0,
+        overhead_meter: str = "estimate",
+        folds: Sequence[Fold] | None = None,
+    ) -> None:
+        if test.n_queries == 0:
+            raise UsageError("no held-out query has an outcome for every arm of the policy; nothing to evaluate")
+        self.test = test
+        self.folds = list(folds) if folds is not None else [Fold("all", test, train, policy)]
+        self._check_folds()
+        self.policy = self.folds[0].policy
+        self.train = train if folds is None else None  # with folds, each fold holds its own
+        self.samples = samples
+        self.big_model = big_model
+        self.seed = seed
+        self.overhead_meter = overhead_meter
+        self.arms = [Arm.parse(a) for a in test.arm_ids]
+        self._predictions: dict[tuple[int, str], Predictions] = {}
+        self._curves: dict[str, Curve] = {}
+
+    def _check_folds(self) -> None:
+        seen: list[str] = [str(q) for f in self.folds for q in f.test.query_ids]
+        if len(seen) != len(set(seen)) or set(seen) != {str(q) for q in self.test.query_ids}:
+            raise UsageError("the folds must hold out every evaluated query exactly once")
+        ids = {tuple(f.policy.arm_ids) for f in self.folds if f.policy is not None}
+        if len(ids) > 1:
+            raise UsageError("the folds' policies choose among different arms; train every fold on one store")
+        for f in self.folds:
+            if f.train is not None and set(map(str, f.train.query_ids)) & set(map(str, f.test.query_ids)):
+                raise UsageError(f"fold {f.name!r} trains on some of its held-out queries")
+
+    @property
+    def has_train(self) -> bool:
+        """Whether every fold has training queries with outcomes for every arm."""
+        return all(f.train is not None and f.train.n_queries > 0 for f in self.folds)
+
+    @property
+    def arm_ids(self) -> list[str]:
+        return self.test.arm_ids
+
+    def fold_rows(self, k: int) -> np.ndarray:
+        """Rows of `test` that fold k holds out, in the fold's own order."""
+        return pd.Index(self.test.query_ids).get_indexer(list(self.folds[k].test.query_ids))
+
+    def _probe(self, policy: Any, outcomes: Outcomes) -> tuple[np.ndarray | None, np.ndarray]:
+        n = outcomes.n_queries
+        if not policy.needs_probe:
+            return None, np.zeros(n)
+        if self.samples is None:
+            raise UsageError("this policy uses probe features: evaluation needs the store's samples with probe columns")
+        from policy.features import PROBE_NAMES
+
+        need = [*PROBE_NAMES, "probe_energy_j"]
+        missing = [c for c in need if c not in self.samples.columns]
+        if missing:
+            raise UsageError(
+                f"this policy uses probe features but the store lacks {', '.join(missing)}; "
+                "collect with probes (their joules are charged to the policy) or evaluate a 'text' policy"
+            )
+        per_q = self.samples.groupby("query_id")[need].mean().reindex(outcomes.query_ids)
+        if per_q.isna().to_numpy().any():
+            raise UsageError("some evaluated queries have no probe values in the store; re-collect their probes")
+        return per_q[list(PROBE_NAMES)].to_numpy(np.float32), per_q["probe_energy_j"].to_numpy(np.float64)
+
+    def fold_predictions(self, k: int, which: str = "test") -> Predictions:
+        """Fold k's policy on its held-out ("test") or training ("train") queries, metered."""
+        fold = self.folds[k]
+        if fold.policy is None:
+            raise UsageError("this allocator needs a policy bundle")
+        if (k, which) not in self._predictions:
+            from collect.energy import make_meter
+
+            outcomes = fold.test if which == "test" else fold.train
+            if outcomes is None:
+                raise UsageError("this allocator needs training queries (train_query_ids)")
+            probe, probe_j = self._probe(fold.policy, outcomes)
+            meter = make_meter(self.overhead_meter)
+            n = max(outcomes.n_queries, 1)
+            meter.begin_window("features")
+            x = fold.policy.query_features(outcomes.questions, list(outcomes.tasks), probe)
+            m_feat = meter.end_window("features")
+            meter.begin_window("predict")
+            p, e = fold.policy.predict_features(x)
+            m_pred = meter.end_window("predict")
+            ones = np.ones(outcomes.n_queries)
+            overhead = PolicyOverhead(
+                features_j=ones * m_feat.energy_j / n,
+                predict_j=ones * m_pred.energy_j / n,
+                probe_j=probe_j,
+                duration_s=m_feat.duration_s + m_pred.duration_s,
+                meter=meter.name,
+                source=meter.source,
+            )
+            self._predictions[(k, which)] = Predictions(p, e, overhead)
+        return self._predictions[(k, which)]
+
+    def predictions(self, which: str = "test") -> Predictions:
+        """Held-out predictions pooled over folds in `test` order ("test"), or the single fold's "train" ones."""
+        if which == "train":
+            if len(self.folds) != 1:
+                raise UsageError("training predictions are per fold; use fold_predictions(k, 'train')")
+            return self.fold_predictions(0, "train")
+        if (-1, which) not in self._predictions:
+            parts = [(self.fold_rows(k), self.fold_predictions(k, which)) for k in range(len(self.folds))]
+            self._predictions[(-1, which)] = _pool(parts, self.test.n_queries)
+        return self._predictions[(-1, which)]
+
+    def has_predictions(self, which: str = "test") -> bool:
+        return (-1, which) in self._predictions
+
+    def curve(self, name: str) -> Curve:
+        if name not in self._curves:
+            from eval.allocators import make_allocator  # the registry imports this module
+
+            alloc = make_allocator(name)
+            self._curves[name] = replace(alloc.curve(self), charged_overhead=alloc.charged_overhead)
+        return self._curves[name]

@@ -1,0 +1,248 @@
+"""eval_report.md and the report's other files: written from the JSON report dict, one function per section.
+
+Reads only the report dict `eval.report.build_report` made (keys as the
+README documents them); never recomputes a number, never reads a store or
+logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eval.allocators import Curve
+from eval.plots import axis_label, plot_length, plot_pareto
+from eval.report import tagged, to_document
+
+JSON_NAME = "eval_report.json"
+MARKDOWN_NAME = "eval_report.md"
+PARETO_PNG = "eval_pareto.png"
+LENGTH_PNG = "eval_length.png"
+ASSIGNMENTS_NAME = "eval_assignments.parquet"
+
+#: Headline rows: (figure, words, shown as a percentage).
+_HEADLINE_ROWS = (
+    ("energy_saved_at_equal_accuracy", "energy saved at equal accuracy vs the best fixed arm", True),
+    ("accuracy_gain_at_equal_energy", "accuracy gained at equal energy", True),
+    ("oracle_share_of_energy_saving", "share of the oracle's saving achieved", True),
+    ("energy_saved_vs_model_scaling", "energy saved vs model scaling at its accuracy", True),
+    ("learned_energy_per_correct_j", "joules per correct answer, learned", False),
+    ("best_fixed_energy_per_correct_j", "joules per correct answer, best fixed arm", False),
+)
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, Mapping) and "point" in v:
+        if v["point"] is None:
+            return "n/a"
+        if v["low"] is None:
+            return _fmt(v["point"], pct)
+        return f"{_fmt(v['point'], pct)} [{_fmt(v['low'], pct)}, {_fmt(v['high'], pct)}]"
+    if isinstance(v, float):
+        return f"{100 * v:.1f}%" if pct else f"{v:.4g}"
+    return str(v)
+
+
+def _intro(report: Mapping[str, Any]) -> list[str]:
+    sp, cf = report["split"], report.get("cross_fitting")
+    how = (
+        f"cross-fitted over {sp['n_folds']} folds ({sp['kind']}): every query held out once"
+        if sp.get("n_folds", 1) > 1
+        else f"split **{sp['kind']}**"
+    )
+    return [
+        "# ttc-allocator evaluation",
+        "",
+        f"Store `{report['store']}`, bundle `{report['bundle']}`; {how}, {sp['n_test_queries']} held-out queries. "
+        f"Energy: **{report['energy']['label']}** (every joule figure below is {report['energy']['source']}). "
+        f"Intervals: 95% bootstrap over queries, B = {report['bootstrap']['n_boot']}. "
+        f"Frontiers: upper-left convex hulls of (energy, accuracy).{' Per-fold spread below.' if cf else ''}",
+        "",
+    ]
+
+
+def _headline(h: Mapping[str, Any] | None, label: str) -> list[str]:
+    if not h:
+        return []
+    out = ["## Headline", "", f"Best fixed arm: {h['best_fixed_arm']}; model scaling reference: "]
+    out[-1] += f"{h.get('model_scaling_reference_arm') or 'n/a'}. Joules: {label}."
+    out += ["", "| number | value [95% interval] |", "|---|---|"]
+    out += [f"| {words} | {_fmt(h.get(key), pct)} |" for key, words, pct in _HEADLINE_ROWS]
+    for peer, c in (h.get("peers") or {}).items():
+        out.append(
+            f"| learned minus {peer}: energy saved at equal accuracy (paired) | "
+            f"{_fmt(c['learned_minus_peer_energy_saved'], True)} |"
+        )
+        out.append(
+            f"| learned minus {peer}: accuracy at equal energy (paired) | "
+            f"{_fmt(c['learned_minus_peer_accuracy_at_equal_energy'], True)} |"
+        )
+    return [*out, ""]
+
+
+def _folds(cf: Mapping[str, Any] | None) -> list[str]:
+    if not cf:
+        return []
+    out = ["## Per fold", "", "| fold | queries | best fixed arm | energy saved at equal accuracy | accuracy gain |"]
+    out.append("|---|---|---|---|---|")
+    for f in cf["folds"]:
+        h = f["headline"] or {}
+        out.append(
+            f"| {f['fold']} | {f['n_queries']} | {h.get('best_fixed_arm', 'n/a')} | "
+            f"{_fmt(h.get('energy_saved_at_equal_accuracy'), True)} | "
+            f"{_fmt(h.get('accuracy_gain_at_equal_energy'), True)} |"
+        )
+    s = cf["spread"].get("energy_saved_at_equal_accuracy")
+    if s:
+        out += ["", f"Spread of the saving over folds: {_fmt(s['min'], True)} to {_fmt(s['max'], True)}, "]
+        out[-1] += f"sd {_fmt(s['sd'], True)} ({s['n_folds_defined']} folds where it is defined)."
+    return [*out, ""]
+
+
+def _allocators(report: Mapping[str, Any], src: str, label: str) -> list[str]:
+    out = [f"![Frontiers]({PARETO_PNG})", "", "## Allocators", ""]
+    out += [f"| allocator | points | best accuracy | its mean energy (J, {label}) | charged policy cost |"]
+    out.append("|---|---|---|---|---|")
+    for name, c in report["curves"].items():
+        e_key = tagged("mean_energy_j", src)
+        best = max(c["points"], key=lambda p: (p["n_correct"] / p["n_answers"], -p[e_key]))
+        out.append(
+            f"| {name} | {c['n_points']} | {_fmt(best['accuracy'])} | {_fmt(best[e_key])} | "
+            f"{'yes' if c['charged_overhead'] else 'no'} |"
+        )
+    out += [f"| {name} | skipped: {why} | | | |" for name, why in report["allocators_skipped"].items()]
+    return [*out, ""]
+
+
+def _finding1(report: Mapping[str, Any], src: str) -> list[str]:
+    out = ["## The paper's findings on this data", "", "### 1. Test-time compute vs model scaling, per task", ""]
+    out += [
+        "| task | kind | small best arm within big arm's joules | accuracy gain at equal energy | "
+        "energy saved at equal accuracy | verdict | paper expects | agrees |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task, e in report["per_task"].items():
+        t = e.get("ttc_vs_scaling")
+        if t is not None:
+            out.append(
+                f"| {task} | {e['kind']} | {t['small_best_arm_within_big_energy']} | "
+                f"{_fmt(t[tagged('accuracy_gain_at_big_energy', src)], True)} | "
+                f"{_fmt(t[tagged('energy_saved_at_big_accuracy', src)], True)} | {t['verdict']} | "
+                f"{t['paper_expects'] or 'n/a'} | {_fmt(t['agrees_with_paper'])} |"
+            )
+    if report["models"]["big"] is None:
+        out.append("| not checked: the grid has one model | | | | | | | |")
+    f1 = report["findings"]["1_ttc_vs_model_scaling"]
+    out += [
+        "",
+        f"Agreeing with the paper: {', '.join(f1['tasks_agreeing_with_paper']) or 'none'}. "
+        f"Disagreeing: {', '.join(f1['tasks_disagreeing_with_paper']) or 'none'}. "
+        f"Inconclusive (tie within the intervals, or unknown kind): {', '.join(f1['tasks_inconclusive']) or 'none'}.",
+        "",
+    ]
+    return out
+
+
+def _finding2(report: Mapping[str, Any], src: str, label: str) -> list[str]:
+    out = ["### 2. Output length (n=1 arms, all tasks)", "", f"![Output length]({LENGTH_PNG})", ""]
+    out += [f"| model | decoding | L | accuracy | mean energy (J, {label}) | mean output tokens | no answer |"]
+    out.append("|---|---|---|---|---|---|---|")
+    for r in report["length_overall"]:
+        out.append(
+            f"| {r['model']} | {r['decoding']} | {r['max_new_tokens']} | {_fmt(r['accuracy'])} | "
+            f"{_fmt(r[tagged('mean_energy_j', src)])} | {_fmt(r['mean_output_tokens'])} | "
+            f"{_fmt(r['no_answer_rate'], True)} |"
+        )
+    return [*out, ""]
+
+
+def _finding3(report: Mapping[str, Any]) -> list[str]:
+    out = ["### 3. Query-aware allocation, per task", ""]
+    out += ["| task | held-out queries | energy saved at equal accuracy | accuracy gain at equal energy |"]
+    out.append("|---|---|---|---|")
+    for task, e in report["per_task"].items():
+        s = e.get("allocation_saving") or {}
+        out.append(
+            f"| {task} | {e['n_test_queries']} | {_fmt(s.get('energy_saved_at_equal_accuracy'), True)} | "
+            f"{_fmt(s.get('accuracy_gain_at_equal_energy'), True)} |"
+        )
+    return [*out, ""]
+
+
+def _notes(report: Mapping[str, Any], src: str) -> list[str]:
+    ov = report.get("learned_overhead")
+    out = ["## Notes", ""]
+    if ov:
+        out.append(
+            f"- {', '.join(ov['charged_to']) or 'No allocator'} are charged {_fmt(ov.get(tagged('per_query_j', src)))}"
+            f" J per query for features, predictions and probe ({ov['source']}: {ov['meter']} meter)."
+        )
+    out += [
+        "- The oracle is not charged any policy cost; it bounds every one-arm-per-query allocator from above.",
+        "- Random arms are matched to each learned point's mean joules (policy cost included).",
+        "- early_stopping, adaptive_consistency and esc replay the collected samples in their order and are "
+        "charged the joules of the samples they drew.",
+        "- Findings 1 and 2 use every query with outcomes for all arms; the headline and finding 3 use the "
+        "held-out queries (all of them when cross-fitted).",
+        "",
+    ]
+    return out
+
+
+def write_markdown(report: Mapping[str, Any], path: Path) -> Path:
+    src, label = report["energy"]["source"], report["energy"]["label"]
+    lines = _intro(report) + _headline(report.get("headline"), label) + _folds(report.get("cross_fitting"))
+    lines += _allocators(report, src, label) + _finding1(report, src) + _finding2(report, src, label)
+    lines += _finding3(report) + _notes(report, src)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def write_assignments(curves: Mapping[str, Curve], query_ids: Sequence[str], path: Path, source: str) -> Path:
+    """Per (allocator, point, query): the chosen arm, its realised correctness (of `draws`) and joules."""
+    energy_col = tagged("energy_j", source)
+    frames = [
+        pd.DataFrame(
+            {
+                "allocator": name,
+                "point": i,
+                "label": p.label,
+                "query_id": list(query_ids),
+                "arm_id": list(p.arm_ids),
+                "correct": p.correct,
+                "draws": p.draws,
+                energy_col: p.energy_j,
+            }
+        )
+        for name, c in curves.items()
+        for i, p in enumerate(c.points)
+    ]
+    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
+    return path
+
+
+def write_outputs(
+    report: dict[str, Any], curves: Mapping[str, Curve], query_ids: Sequence[str], out_dir: Path
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Plots, assignments, JSON and Markdown into `out_dir`; returns their paths by kind and the JSON document."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src, meter = report["energy"]["source"], report["energy"]["meter"]
+    report["files"] = {}
+    doc = to_document(report)
+    paths = {
+        "pareto_png": plot_pareto(curves, out_dir / PARETO_PNG, axis_label(src, meter)),
+        "length_png": plot_length(doc["length_overall"], doc["per_task"], out_dir / LENGTH_PNG, src, meter),
+        "assignments": write_assignments(curves, query_ids, out_dir / ASSIGNMENTS_NAME, src),
+        "json": out_dir / JSON_NAME,
+        "markdown": out_dir / MARKDOWN_NAME,
+    }
+    report["files"] = doc["files"] = {k: p.name for k, p in paths.items()}
+    paths["json"].write_text(json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
+    write_markdown(doc, paths["markdown"])
+    return paths, doc
