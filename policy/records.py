@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Version of the Sample layout in the store. Bump it when a field changes meaning.
-SAMPLE_SCHEMA_VERSION = 1
+#: 2: prefill joules charged to each prompt's first sample (was: spread over the batch); the fields of
+#: `SAMPLE_FIELDS_ADDED_V2` added.
+SAMPLE_SCHEMA_VERSION = 2
 
 MEASURED = "measured"
 ESTIMATED = "estimated"
@@ -57,6 +59,14 @@ class Sample:
     lists are aligned with `levels`. Energy is this sample's attributed share of
     the window that covered its batched generate call (`attribution` names the
     rule); the window totals are kept beside it.
+
+    Fields after `collect_run` came with schema 2 and have defaults, so samples
+    of older stores still build: the batch regime (`dtype`, `batch_rows`: the
+    sequences per generate call every arm of the collection shared) and the
+    answer's per-token confidence under the model's own (temperature 1)
+    distribution, in nats, rounded to float16: the chosen token's log-probability,
+    the most likely token's, and the entropy, one entry per output token, with
+    their summaries (None where the lists are empty).
     """
 
     query_id: str
@@ -95,13 +105,35 @@ class Sample:
     level_duration_s: list[float]
     collect_run: str = ""
     schema_version: int = SAMPLE_SCHEMA_VERSION
+    dtype: str = ""
+    batch_rows: int = 0
+    token_logprob: list[float] = field(default_factory=list)
+    token_top1_logprob: list[float] = field(default_factory=list)
+    token_entropy: list[float] = field(default_factory=list)
+    mean_logprob: float | None = None
+    min_logprob: float | None = None
+    mean_entropy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+#: Sample fields a store written before schema 2 lacks; readers of them must expect them missing.
+SAMPLE_FIELDS_ADDED_V2 = (
+    "dtype",
+    "batch_rows",
+    "token_logprob",
+    "token_top1_logprob",
+    "token_entropy",
+    "mean_logprob",
+    "min_logprob",
+    "mean_entropy",
+)
+
+
 def sample_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(Sample)]
+    """The columns every store holds (schema 1 and later); see `SAMPLE_FIELDS_ADDED_V2` for the rest."""
+    return [f.name for f in dataclasses.fields(Sample) if f.name not in SAMPLE_FIELDS_ADDED_V2]
 
 
 @dataclass(frozen=True)

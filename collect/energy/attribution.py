@@ -1,19 +1,32 @@
 """Splitting one batched window's energy among the samples it produced.
 
-Rule "prefill_even+decode_by_tokens": the prefill part of the window (its share
-of the window's time) is split evenly across the batch; the rest is split in
-proportion to each sample's output tokens. A prefix of L tokens of a sample
-costs its prefill share plus the decode share scaled by min(L, tokens)/tokens.
+Rule "prefill_first_sample+decode_by_tokens": a window covers one generate
+call of P prompts with n samples each (sequence i*n+j is prompt i's sample j).
+Each prompt is prefilled once, so the prefill part of the window (its share of
+the window's time) is split evenly across the P prompts and charged to each
+prompt's *first* sample: an arm that votes the first k samples then pays for
+its prompt's prefill exactly once, whatever k, and a greedy sample (n=1) pays
+the same prefill as the first sampled one. The rest of the window (decoding)
+is split in proportion to each sample's output tokens. A prefix of L tokens of
+a sample costs its prefill share plus its decode share scaled by
+min(L, tokens)/tokens.
 
-Batched samples are cheaper per sample than the same samples alone; the energy
-recorded reflects the batching that was used. Never reads a meter itself.
+The probe (collect/probe.py) is read from that same prefill, so its joules are
+the first sample's `prefill_energy_j`: free for an arm on the same model,
+one prefill for an arm on another.
+
+Batched samples are cheaper per token than the same samples alone; every call
+of a collection has the same number of rows (its batch regime, recorded in
+each sample), so the arms' joules are comparable. Never reads a meter itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-RULE = "prefill_even+decode_by_tokens"
+from policy.errors import UsageError
+
+RULE = "prefill_first_sample+decode_by_tokens"
 
 
 @dataclass(frozen=True)
@@ -32,19 +45,24 @@ class Share:
 
 
 def attribute(
-    window_energy_j: float, window_duration_s: float, prefill_s: float, output_tokens: list[int]
+    window_energy_j: float, window_duration_s: float, prefill_s: float, output_tokens: list[int], n: int = 1
 ) -> list[Share]:
-    """Each sample's share of a window; shares sum to the window's energy and duration."""
+    """Each sample's share of a window of `len(output_tokens) // n` prompts; shares sum to the window's totals."""
     b = len(output_tokens)
     if b == 0:
         return []
+    if n < 1 or b % n:
+        raise UsageError(f"a window of {b} samples cannot hold n={n} samples per prompt; pass the call's n")
+    prompts = b // n
     prefill_s = min(max(prefill_s, 0.0), window_duration_s)
     frac_prefill = prefill_s / window_duration_s if window_duration_s > 0 else 0.0
-    e_pre, d_pre = window_energy_j * frac_prefill / b, prefill_s / b
-    e_dec, d_dec = window_energy_j - e_pre * b, window_duration_s - prefill_s
+    e_pre, d_pre = window_energy_j * frac_prefill / prompts, prefill_s / prompts
+    e_dec, d_dec = window_energy_j - e_pre * prompts, window_duration_s - prefill_s
     total = sum(output_tokens)
     shares = []
-    for t in output_tokens:
+    for k, t in enumerate(output_tokens):
         w = t / total if total > 0 else 1.0 / b
-        shares.append(Share(e_pre + e_dec * w, e_pre, d_pre + d_dec * w, d_pre))
+        first = k % n == 0
+        pe, pd = (e_pre, d_pre) if first else (0.0, 0.0)
+        shares.append(Share(pe + e_dec * w, pe, pd + d_dec * w, pd))
     return shares

@@ -1,0 +1,173 @@
+"""Batched sampling with one prefill per prompt, and the signals that come free with it.
+
+`generate` runs each distinct prompt through the model once (the prefill),
+reads the probe from that pass (the final layer's state at the last prompt
+token and its mean over the prompt), repeats the prompt's KV cache for its n
+samples, and decodes all rows step by step. At every step it keeps, per row,
+the chosen token's log-probability, the most likely token's, and the entropy
+of the model's temperature-1 distribution: the first-sample confidence signals.
+
+Sampling follows `transformers`' generate with `top_k=0, top_p=1`: logits over
+the temperature, softmax, one `torch.multinomial` draw over all rows per step
+(finished rows draw too and are padded), so with one seed a generation capped
+at L is the prefix of one capped higher. Greedy is the argmax. A row ends at a
+token of `lm.end_ids` (an EOS counts as an output token, a pad does not) or,
+for plain prompts, once its text contains a stop string.
+
+This module never measures energy, grades answers or writes files.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collect.models import LoadedModel
+
+
+def generate(lm: LoadedModel, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int) -> Any:
+    """n samples of each prompt; sequence i*n+j is prompt i's sample j (a `collect.models.Generation`)."""
+    import torch
+
+    from collect.models import Generation
+
+    enc = lm.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=lm.prompt_style == "plain")
+    ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
+    width = ids.shape[1]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        logits, cache, probe_last, probe_mean = _prefill(lm, ids, mask)
+        prefill_s = time.perf_counter() - start
+        cache = _share(lm, cache, n, width + max_new_tokens)
+        full_mask = torch.zeros((len(prompts) * n, width + max_new_tokens), dtype=mask.dtype, device=mask.device)
+        full_mask[:, :width] = mask.repeat_interleave(n, 0)
+        positions = mask.long().sum(-1).repeat_interleave(n, 0)  # the next position of each row
+        torch.manual_seed(seed)
+        tokens, stats = _decode(
+            lm, logits.repeat_interleave(n, 0), cache, full_mask, positions, max_new_tokens, temperature
+        )
+    prompt_tokens = mask.sum(dim=1).tolist()
+    out = _finish(lm, tokens, stats)
+    return Generation(
+        output_ids=out[0],
+        finished=out[1],
+        prompt_tokens=[int(prompt_tokens[i // n]) for i in range(len(out[0]))],
+        prefill_s=prefill_s,
+        token_logprob=out[2],
+        token_top1_logprob=out[3],
+        token_entropy=out[4],
+        probe_last=probe_last,
+        probe_mean=probe_mean,
+        n=n,
+    )
+
+
+def _prefill(lm: LoadedModel, ids: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
+    """One pass over every prompt token: (last-token logits, KV cache, probe_last, probe_mean).
+
+    The base model (without the LM head) is called so that logits are computed
+    for the last position only; positions follow the attention mask, as
+    generate() computes them, so left padding does not shift them.
+    """
+    import numpy as np
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.model.config)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    base = lm.model.base_model
+    h = base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    h = h.last_hidden_state
+    last = h[:, -1]
+    m = mask.unsqueeze(-1).to(torch.float32)
+    mean = (h.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+    logits = lm.model.get_output_embeddings()(last)
+    cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    as16 = lambda t: t.float().cpu().numpy().astype(np.float16)  # noqa: E731
+    return logits, cache, as16(last), as16(mean)
+
+
+def _share(lm: LoadedModel, cache: Any, n: int, max_len: int) -> Any:
+    """The prompt's cache repeated for its n rows, as the KV cache kind `lm.cache` names."""
+    if lm.cache == "dynamic":
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        return cache
+    from transformers import StaticCache
+
+    static = StaticCache(config=lm.model.config, max_cache_len=max_len)
+    for layer, src in zip(static.layers, cache.layers, strict=True):
+        # `update` writes the prompt at positions 0..T-1 exactly as a static prefill would
+        layer.update(src.keys.repeat_interleave(n, 0), src.values.repeat_interleave(n, 0))
+    return static
+
+
+def _decode(
+    lm: LoadedModel, logits: Any, cache: Any, mask: Any, positions: Any, max_new_tokens: int, temperature: float
+) -> tuple[Any, Any]:
+    """Decode every row; returns (tokens (rows, steps), stats (3, rows, steps): chosen, top-1 logprob, entropy)."""
+    import torch
+
+    rows, width = logits.shape[0], mask.shape[1] - max_new_tokens
+    pad = int(lm.tokenizer.pad_token_id)
+    end = torch.tensor(sorted(lm.end_ids), device=logits.device)
+    done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+    tokens, stats = [], []
+    for t in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if temperature > 0:
+            nxt = torch.multinomial(torch.softmax(logits.float() / temperature, dim=-1), 1).squeeze(1)
+        else:
+            nxt = logp.argmax(dim=-1)
+        top1 = logp.max(dim=-1).values
+        chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)
+        entropy = -(logp.exp() * logp).nan_to_num().sum(dim=-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        tokens.append(nxt)
+        stats.append(torch.stack([chosen, top1, entropy]))
+        done = done | torch.isin(nxt, end)
+        if lm.stop_strings:
+            done = done | _stopped(lm, torch.stack(tokens, 1), done)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        mask[:, width + t] = 1
+        step_mask = mask if lm.cache == "static" else mask[:, : width + t + 1]
+        logits = lm._step(nxt.unsqueeze(1), step_mask, positions.unsqueeze(1), cache)
+        positions = positions + 1
+    return torch.stack(tokens, 1), torch.stack(stats, 2)
+
+
+def _stopped(lm: LoadedModel, tokens: Any, done: Any) -> Any:
+    """Rows whose text so far contains a stop string (plain prompts only)."""
+    import torch
+
+    hit = [
+        (not d) and any(s in lm.tokenizer.decode(row) for s in lm.stop_strings)
+        for row, d in zip(tokens.tolist(), done.tolist(), strict=True)
+    ]
+    return torch.tensor(hit, dtype=torch.bool, device=done.device)
+
+
+def _finish(lm: LoadedModel, tokens: Any, stats: Any) -> tuple[list, list, list, list, list]:
+    """Per row: its output ids, whether it stopped, and its per-token statistics (float16-rounded)."""
+    import numpy as np
+
+    ids_all, finished, chosen, top1, entropy = [], [], [], [], []
+    st = stats.cpu().numpy().astype(np.float16).astype(float)
+    for r, seq in enumerate(tokens.tolist()):
+        end = next((i for i, t in enumerate(seq) if t in lm.end_ids), None)
+        stop = end is not None
+        # an EOS was generated (and counts); a pad after a stop string or a pad-as-end token does not
+        ids = seq if end is None else seq[: end + 1] if seq[end] in lm.eos_ids else seq[:end]
+        if not stop and lm.stop_strings:
+            stop = any(s in lm.tokenizer.decode(ids) for s in lm.stop_strings)
+        k = len(ids)
+        ids_all.append(ids)
+        finished.append(stop)
+        chosen.append(st[0, r, :k].tolist())
+        top1.append(st[1, r, :k].tolist())
+        entropy.append(st[2, r, :k].tolist())
+    return ids_all, finished, chosen, top1, entropy
