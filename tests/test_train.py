@@ -471,3 +471,47 @@ def test_stage_refuses_bad_arguments_before_reading(tmp_path, store):
             train_stage(store, tmp_path / "out", progress=False, **kwargs)
     with pytest.raises(UsageError, match="no sample store"):
         train_stage(tmp_path / "nowhere", tmp_path / "out", progress=False)
+
+
+# ---------------------------------------------------------------- workers sharing one Optuna study
+
+
+@pytest.mark.slow
+def test_two_train_workers_tune_one_optuna_study_on_a_fresh_mlflow_database(store, tmp_path):
+    """Two `ttc train` processes at once, on a fresh mlruns/, sharing a journal-file study: both finish,
+    both outputs are complete (no empty or temporary folder), and every study holds both workers' trials."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    from train.registry import PREDICTORS
+    from train.tune import open_storage
+
+    ttc = Path(sys.executable).parent / "ttc"
+    journal = f"journal:{tmp_path / 'optuna.log'}"
+    args = ["train", "--store", str(store), "--trials", "2", "--threads", "1", "--storage", journal]
+    args += ["--study-name", "shared", "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"]
+    workers = [
+        subprocess.Popen(
+            [str(ttc), *args, "--out", str(tmp_path / f"w{i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    for w, out in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, out[-3000:]
+    for i in range(2):
+        assert {"split.json", "success.txt", "energy.txt", "length.txt"} <= {
+            p.name for p in (tmp_path / f"w{i}").iterdir()
+        }
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".w")) == []
+    storage = open_storage(journal)
+    for name in PREDICTORS:
+        trials = optuna.load_study(study_name=f"shared-{name}", storage=storage).trials
+        assert len(trials) == 4, name
+        assert len({t.user_attrs["worker"] for t in trials}) == 2, name

@@ -8,8 +8,9 @@
   and `fit_policy(samples, train_query_ids, cfg, out_dir) -> Path` (a bundle folder);
 - `train.stage`: `train_stage`, the function behind `ttc train`: the work plus MLflow, files, printing.
 
-Importing this package imports nothing heavy: mlflow and optuna load inside the stage.
-It sets one process-wide default, below, because it must precede the first OpenMP load.
+Importing this package imports nothing heavy (mlflow and optuna load inside the stage), so
+the CLI reads its choice lists here. It also sets one process-wide default, below, because it
+must precede the first OpenMP load.
 """
 
 import os
@@ -21,3 +22,7 @@ import os
 # It must be set before libgomp first loads, hence at import; a value the user set wins.
 # This is its one definition: `ttc.cli` imports this package for it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+#: calibrations of the success predictor ("none": the booster's own probabilities;
+#: "isotonic": an isotonic map fitted on held-out training queries)
+CALIBRATIONS = ("none", "isotonic")

@@ -30,8 +30,8 @@ import pandas as pd
 
 from policy.errors import UsageError, unknown_name
 from policy.features import get_feature_set
+from train import CALIBRATIONS
 from train.dataset import SPLITS, Split, TrainingData, build_dataset, make_split
-from train.predictors import CALIBRATIONS
 from train.registry import PREDICTORS, PredictorSpec
 from train.tune import TrialRecord, TuneResult, check_storage, tune
 
@@ -217,7 +217,7 @@ def train_query_rows(data: TrainingData, train_query_ids: Iterable[str]) -> np.n
 def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float], rule: Any = None) -> Path:
     """Write `fitted`'s success and energy models as a policy bundle folder at `out_dir`; returns it."""
     from policy.allocate import DecisionRule
-    from policy.bundle import write_bundle
+    from train.export import write_bundle
 
     data = fitted.data
     # Parity reference: query features (not rows) of up to 64 training queries.

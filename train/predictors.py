@@ -30,11 +30,10 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from policy.errors import unknown_name
+from train import CALIBRATIONS
 
 #: LightGBM objectives the success predictor trains with (soft labels need "cross_entropy")
 SUCCESS_OBJECTIVES = ("cross_entropy", "binary")
-#: calibrations of the success predictor ("none": the booster's own probabilities)
-CALIBRATIONS = ("none", "isotonic")
 _P_EPS = 1e-6
 
 

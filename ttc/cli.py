@@ -7,19 +7,21 @@ inside each command so `ttc --help` is instant.
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
+from typing import Annotated
 
-# OpenMP threads (LightGBM, torch) that spin while waiting starve each other on a
-# busy machine: a training run went from 100 s to 19 min. Passive waiting costs little.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import typer
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
-
-import typer  # noqa: E402
-
-from policy.errors import TTCError  # noqa: E402
+# `train` first: importing it sets OMP_WAIT_POLICY=PASSIVE (its one definition, in
+# train/__init__.py) before LightGBM or torch load OpenMP. The choice lists below are
+# read from the registries, so help and validation never disagree.
+from train import CALIBRATIONS  # isort: skip
+from collect.energy import METERS
+from policy.errors import TTCError
+from policy.features import FEATURE_SETS
+from policy.runtime import BACKENDS
+from train.dataset import SPLITS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn how much test-time compute each query needs.")
 
@@ -50,7 +52,7 @@ def collect(
     ] = None,
     greedy: Annotated[bool | None, typer.Option(help="also collect one greedy sample per query")] = None,
     queries_per_batch: Annotated[int | None, typer.Option(help="queries per generate call")] = None,
-    meter: Annotated[str | None, typer.Option(help="energy meter: estimate, nvml, rapl, auto")] = None,
+    meter: Annotated[str | None, typer.Option(help=f"energy meter: {', '.join(METERS)}")] = None,
     watts_per_core: Annotated[float | None, typer.Option(help="W per busy core for the estimate meter")] = None,
     idle_baseline_s: Annotated[
         float | None, typer.Option(help="seconds of idle sampling before work; 0 = none")
@@ -99,19 +101,26 @@ def collect(
 def train(
     store: Annotated[str, typer.Option(help="sample store folder written by `ttc collect`")] = "runs/default/store",
     out: Annotated[str, typer.Option(help="output folder: models, metrics, figures, bundle/")] = "runs/default/train",
-    feature_set: Annotated[str, typer.Option(help="query feature set: text, text+probe")] = "text",
+    feature_set: Annotated[str, typer.Option(help=f"query feature set: {', '.join(FEATURE_SETS)}")] = "text",
     trials: Annotated[int, typer.Option(help="Optuna trials per predictor")] = 30,
-    split: Annotated[str, typer.Option(help="held-out split: query (default) or task")] = "query",
+    split: Annotated[str, typer.Option(help=f"held-out split: {', '.join(SPLITS)}")] = "query",
     holdout_task: Annotated[list[str] | None, typer.Option(help="task held out with --split task; repeatable")] = None,
     seed: Annotated[int, typer.Option(help="seed of the split, Optuna and LightGBM")] = 0,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage: sqlite:///path.db or an RDB URL")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage: journal:PATH (a file), sqlite:///path.db or an RDB URL; default in memory"),
+    ] = None,
+    study_name: Annotated[
+        str | None,
+        typer.Option(help="Optuna study shared by several `ttc train` workers (needs --storage); default: one per run"),
+    ] = None,
     register_name: Annotated[
         str | None, typer.Option(help="register the models under this name (alias champion)")
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
     threads: Annotated[int, typer.Option(help="LightGBM threads")] = 2,
     calibration: Annotated[
-        str, typer.Option(help="success calibration: none or isotonic (on held-out queries)")
+        str, typer.Option(help=f"success calibration: {', '.join(CALIBRATIONS)} (fitted on held-out training queries)")
     ] = "none",
 ) -> None:
     """Fit LightGBM predictors of success and joules per (query, arm), tuned with Optuna, logged to MLflow."""
@@ -131,6 +140,7 @@ def train(
             storage=storage,
             num_threads=threads,
             calibration=calibration,
+            study_name=study_name,
         )
     except TTCError as e:
         _fail(e)
@@ -177,7 +187,7 @@ def allocate(
     output: Annotated[Path, typer.Option(help="JSONL of decisions to write")] = Path("decisions.jsonl"),
     lam: Annotated[float | None, typer.Option(help="joule price λ (overrides the bundle's rule)")] = None,
     budget_j: Annotated[float | None, typer.Option(help="target mean joules per query over the file")] = None,
-    backend: Annotated[str, typer.Option(help="lightgbm or onnx")] = "lightgbm",
+    backend: Annotated[str, typer.Option(help=f"model backend: {', '.join(BACKENDS)}")] = "lightgbm",
 ) -> None:
     """Pick an arm (model, votes, max tokens) for every query of a JSONL file."""
     from ttc.stages import allocate_stage
@@ -200,7 +210,7 @@ def eval_(
         str, typer.Option(help="`ttc train` output: its split.json names the held-out queries (unused with --folds)")
     ] = "runs/default/train",
     split: Annotated[
-        str, typer.Option(help="held-out split: query or task; with --folds, task = leave one task out")
+        str, typer.Option(help=f"held-out split: {', '.join(SPLITS)}; with --folds, task = leave one task out")
     ] = "query",
     holdout_task: Annotated[list[str] | None, typer.Option(help="held-out task with --split task")] = None,
     folds: Annotated[
@@ -309,7 +319,7 @@ def serve(
     budget_window: Annotated[int, typer.Option(help="online budget: requests in the sliding window")] = 64,
     timeout_s: Annotated[float, typer.Option(help="seconds to wait for an upstream before answering 504")] = 120.0,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted, bytes (else 413)")] = 1 << 20,
-    backend: Annotated[str, typer.Option(help="lightgbm or onnx")] = "lightgbm",
+    backend: Annotated[str, typer.Option(help=f"model backend: {', '.join(BACKENDS)}")] = "lightgbm",
 ) -> None:
     """Serve the policy as an OpenAI-compatible proxy that sizes, samples and votes each request."""
     from serve.proxy import serve as serve_proxy

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policy.errors import UsageError
+from policy.errors import UsageError, unknown_name
 
 REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference"
 #: queries per task in the committed reference collection (data/reference/README.md)
@@ -172,6 +172,125 @@ PRESETS = {
 }
 
 
+@dataclass(frozen=True)
+class PipelineRun:
+    """What `run_stages` produced: each stage's typed result, and which samples came from the reference."""
+
+    out: Path
+    store: Path
+    reference: Path | None
+    reference_runs: frozenset[str]
+    collect: Any  # collect.stage.CollectResult
+    train: Any  # train.stage.TrainResult
+    export: dict[str, Any]
+    eval: Any  # eval.report.EvalReport
+    timings_s: dict[str, float]
+
+
+def _seed_store(store: Path, reference: Path | None, tasks: list[str] | None, say: Any) -> frozenset[str]:
+    """Copy the reference collection into a new `store`; returns the reference's collect-run ids."""
+    from store.shards import SampleStore, read_samples
+
+    if reference is None or not reference.is_dir():
+        return frozenset()
+    ref = read_samples(reference)
+    if tasks:
+        ref = ref[ref["task"].isin(tasks)]
+    if not store.exists():
+        say(f"[1/4] seeding {store} with the reference collection {reference} ({len(ref)} samples)")
+        SampleStore(store).import_store(reference, tasks=tasks)
+    return frozenset(ref["collect_run"])
+
+
+def run_stages(
+    out: Path,
+    p: RunPreset,
+    reference: Path | None,
+    tasks: list[str] | None,
+    models: list[str] | None,
+    tracking_uri: str | None,
+    progress: bool,
+    say: Any,
+) -> PipelineRun:
+    """collect -> train -> export -> eval with preset `p`; `say` receives one line per step."""
+    from collect.config import make_config
+    from collect.stage import collect_stage
+    from eval.stage import eval_stage
+    from train.stage import train_stage
+
+    store, timings, t0 = out / "store", {}, time.perf_counter()
+    reference_runs = _seed_store(store, reference, tasks, say)
+    base_items = REFERENCE_ITEMS_PER_TASK if reference_runs else 0
+    overrides: dict[str, Any] = {"store": str(store), "items_per_task": base_items + p.extra_items_per_task}
+    overrides["tracking_uri"] = tracking_uri
+    overrides |= ({"tasks": tasks} if tasks else {}) | ({"models": models} if models else {})
+    cfg = make_config(None, **overrides).validate()
+    say(f"[1/4] collect: {cfg.items_per_task} queries per task x {len(cfg.tasks)} tasks x {len(cfg.models)} models")
+    c = collect_stage(cfg, progress=progress)
+    timings["collect_s"] = time.perf_counter() - t0
+
+    say("[2/4] train: LightGBM success and energy predictors, Optuna, MLflow")
+    t = time.perf_counter()
+    tr = train_stage(store, out / "train", n_trials=p.n_trials, tracking_uri=tracking_uri, progress=progress)
+    timings["train_s"] = time.perf_counter() - t
+
+    say("[3/4] export: portable bundle (LightGBM text + ONNX + policy.json)")
+    t = time.perf_counter()
+    register_name = "ttc-policy" if p.register else None
+    exp = export_stage(str(out / "train"), out / "policy", register_name=register_name, tracking_uri=tracking_uri)
+    timings["export_s"] = time.perf_counter() - t
+
+    say("[4/4] eval: allocators on held-out queries")
+    t = time.perf_counter()
+    rep = eval_stage(
+        store,
+        exp["bundle"],
+        out / "eval",
+        test_query_ids=tr.test_query_ids,
+        train_query_ids=tr.train_query_ids,
+        n_boot=p.n_boot,
+        tracking_uri=tracking_uri,
+    )
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    return PipelineRun(out, store, reference if reference_runs else None, reference_runs, c, tr, exp, rep, timings)
+
+
+def summarize(run: PipelineRun) -> dict[str, Any]:
+    """The run's summary (run_summary.json): every number says which data it comes from."""
+    from store.shards import read_samples
+
+    samples = read_samples(run.store)
+    from_run = ~samples["collect_run"].isin(run.reference_runs)
+    test = samples[samples["query_id"].isin(run.train.test_query_ids)]
+    held_out_from_reference = test.loc[test["collect_run"].isin(run.reference_runs), "query_id"].nunique()
+    rep = run.eval
+    return {
+        "data": {
+            "store": str(run.store),
+            "samples": len(samples),
+            "queries": int(samples["query_id"].nunique()),
+            "reference_collection": str(run.reference) if run.reference else None,
+            "queries_from_reference": int(samples.loc[~from_run, "query_id"].nunique()),
+            "queries_collected_by_this_or_earlier_runs": int(samples.loc[from_run, "query_id"].nunique()),
+            "new_samples_this_run": run.collect.new_samples,
+            "held_out_queries": len(run.train.test_query_ids),
+            "held_out_queries_from_reference": int(held_out_from_reference),
+            "energy_source": run.collect.energy_source,
+            "energy_meter": run.collect.meter,
+        },
+        "train": {
+            "run_id": run.train.run_id,
+            "out_dir": str(run.train.out_dir),
+            "metrics": {k: v for k, v in run.train.metrics.items() if isinstance(v, float)},
+        },
+        "export": run.export,
+        "eval": json.loads(rep.to_json()),
+        "timings_s": run.timings_s,
+        "mlflow_ui": f"mlflow ui --backend-store-uri {rep.tracking_uri}",
+    }
+
+
 def run_pipeline(
     out: str | Path = "runs/default",
     preset: str = "default",
@@ -190,109 +309,24 @@ def run_pipeline(
     The run's store starts as a copy of the committed reference collection (real
     samples recorded with the same config) and the run itself collects
     `extra_items_per_task` further queries per task with both models. Every
-    number in the summary says which data it comes from.
+    number in the summary says which data it comes from. `run_stages` does the
+    work and returns typed results; this function resolves the preset, passes
+    `echo` the step lines, and writes and returns the summary.
     """
-    from collect.config import make_config
-    from collect.stage import collect_stage
-    from eval.stage import eval_stage
-    from store.shards import read_samples
-    from train.stage import train_stage
-
     if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}, known: {', '.join(PRESETS)}")
+        raise unknown_name("preset", preset, PRESETS)
+    from dataclasses import replace
+
     p = PRESETS[preset]
-    extra = p.extra_items_per_task if extra_items_per_task is None else extra_items_per_task
-    out = Path(out)
-    store = out / "store"
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    reference_runs: set[str] = set()
-    base_items = 0
-    if reference is not None and Path(reference).is_dir():
-        ref = read_samples(reference)
-        if tasks:
-            ref = ref[ref["task"].isin(tasks)]
-        reference_runs = set(ref["collect_run"])
-        base_items = REFERENCE_ITEMS_PER_TASK
-        if not store.exists():
-            from store.shards import SampleStore
-
-            echo(f"[1/4] seeding {store} with the reference collection {reference} ({len(ref)} samples)")
-            SampleStore(store).import_store(reference, tasks=tasks)
-    overrides: dict[str, Any] = {
-        "store": str(store),
-        "items_per_task": base_items + extra,
-        "tracking_uri": tracking_uri,
-    }
-    if tasks:
-        overrides["tasks"] = tasks
-    if models:
-        overrides["models"] = models
-    cfg = make_config(None, **overrides).validate()
-    echo(f"[1/4] collect: {cfg.items_per_task} queries per task x {len(cfg.tasks)} tasks x {len(cfg.models)} models")
-    c = collect_stage(cfg, progress=progress)
-    timings["collect_s"] = time.perf_counter() - t0
-
-    echo("[2/4] train: LightGBM success and energy predictors, Optuna, MLflow")
-    t = time.perf_counter()
-    tr = train_stage(
-        store, out / "train", n_trials=n_trials or p.n_trials, tracking_uri=tracking_uri, progress=progress
-    )
-    timings["train_s"] = time.perf_counter() - t
-
-    echo("[3/4] export: portable bundle (LightGBM text + ONNX + policy.json)")
-    t = time.perf_counter()
-    exp = export_stage(
-        str(out / "train"),
-        out / "policy",
-        register_name="ttc-policy" if p.register else None,
-        tracking_uri=tracking_uri,
-    )
-    timings["export_s"] = time.perf_counter() - t
-
-    echo("[4/4] eval: allocators on held-out queries")
-    t = time.perf_counter()
-    rep = eval_stage(
-        store,
-        exp["bundle"],
-        out / "eval",
-        test_query_ids=tr.test_query_ids,
-        train_query_ids=tr.train_query_ids,
+    p = replace(
+        p,
+        extra_items_per_task=p.extra_items_per_task if extra_items_per_task is None else extra_items_per_task,
+        n_trials=n_trials or p.n_trials,
         n_boot=n_boot or p.n_boot,
-        tracking_uri=tracking_uri,
     )
-    timings["eval_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-
-    samples = read_samples(store)
-    from_run = ~samples["collect_run"].isin(reference_runs)
-    test = samples[samples["query_id"].isin(tr.test_query_ids)]
-    summary = {
-        "data": {
-            "store": str(store),
-            "samples": len(samples),
-            "queries": int(samples["query_id"].nunique()),
-            "reference_collection": str(reference) if reference_runs else None,
-            "queries_from_reference": int(samples.loc[~from_run, "query_id"].nunique()),
-            "queries_collected_by_this_or_earlier_runs": int(samples.loc[from_run, "query_id"].nunique()),
-            "new_samples_this_run": c.new_samples,
-            "held_out_queries": len(tr.test_query_ids),
-            "held_out_queries_from_reference": int(
-                test.loc[test["collect_run"].isin(reference_runs), "query_id"].nunique()
-            ),
-            "energy_source": c.energy_source,
-            "energy_meter": c.meter,
-        },
-        "train": {
-            "run_id": tr.run_id,
-            "out_dir": str(tr.out_dir),
-            "metrics": {k: v for k, v in tr.metrics.items() if isinstance(v, float)},
-        },
-        "export": exp,
-        "eval": json.loads(rep.to_json()),
-        "timings_s": timings,
-        "mlflow_ui": f"mlflow ui --backend-store-uri {rep.tracking_uri}",
-    }
+    out = Path(out)
+    ref = Path(reference) if reference is not None else None
+    run = run_stages(out, p, ref, tasks, models, tracking_uri, progress, echo)
+    summary = summarize(run)
     _atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
