@@ -1,6 +1,6 @@
-"""Benchmark the exported policy: decision latency and the energy a decision costs.
+"""Benchmark the exported policy: decision latency, the energy a decision costs, and `ttc allocate` on a big file.
 
-For each backend (lightgbm, onnx) and batch size (1, 1000) this times
+For each backend (numpy, lightgbm, onnx) and batch size (1, 1000) this times
 `Policy.allocate` end to end, text features included, and prints the latency
 per query (p50, p99). It then meters the decisions with the estimating meter
 (process CPU time x 12 W per busy core, the same estimate as
@@ -13,13 +13,24 @@ from the policy's own predictions. Without `--bundle` a synthetic bundle is
 trained and exported to a temp folder first (tests/policy_fixtures.py).
 Targets: p50 <= 1 ms per query at batch 1; a decision <= 1 % of the cheapest arm.
 
-    python benchmarks/policy.py [--bundle DIR|ZIP] [--store DIR] [--repeats 300]
+Then it writes a JSONL file of `--allocate-queries` synthetic queries (default
+100,000) and runs, each in its own process, the streamed `ttc allocate` path
+(ttc/bundle_stages.allocate_stage: chunks, numpy backend) and the old
+non-streaming path kept below (`_old_allocate`: every query, feature row and
+decision in memory at once, LightGBM backend, as `ttc allocate` did before),
+reporting wall seconds (the whole process, imports included) and peak RSS of
+each, and whether both chose the same arms. Targets: <= 10 s and <= 500 MB.
+
+    python benchmarks/policy.py [--bundle DIR|ZIP] [--store DIR] [--repeats 300] [--allocate-queries 100000]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,13 +107,92 @@ def _decision_energy_j(policy: Policy, questions: list[str], tasks: list, batch:
     return m.energy_j / (batch * calls)
 
 
+def _old_allocate(bundle: str, input_path: str, output_path: str) -> int:
+    """`ttc allocate` before streaming: the whole file, every feature row and decision in memory at once."""
+    from ttc.bundle_stages import read_queries_jsonl
+
+    rows = read_queries_jsonl(input_path)
+    policy = load_bundle(bundle, backend="lightgbm")
+    decisions = policy.allocate(
+        [r["question"] for r in rows], [r["task"] for r in rows], query_ids=[r["id"] for r in rows]
+    )
+    extra = {"energy_source": policy.energy_source, "energy_meter": policy.energy_meter}
+    lines = [json.dumps({**dataclasses.asdict(d), **extra}) for d in decisions]
+    Path(output_path).write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def _child(path: str, bundle: str, input_path: str, output_path: str) -> None:
+    """Run one allocate path in this process and print its stage time and peak RSS as JSON."""
+    from ttc.bundle_stages import allocate_stage
+
+    t0 = time.perf_counter()
+    if path == "old":
+        n = _old_allocate(bundle, input_path, output_path)
+    else:
+        n = allocate_stage(bundle, input_path, output_path, warn=lambda m: None)
+    stage_s = time.perf_counter() - t0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"n": n, "stage_s": stage_s, "peak_rss_mb": rss_mb}))
+
+
+def _write_queries(path: Path, n: int) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from policy_fixtures import synthetic_questions
+
+    questions, tasks, _ = synthetic_questions(n, seed=321)
+    with path.open("w", encoding="utf-8") as f:
+        for i, (q, t) in enumerate(zip(questions, tasks, strict=True)):
+            # task names of the registry, so both paths featurise them alike (allocate maps unknown ones to None)
+            f.write(
+                json.dumps({"id": f"q{i}", "question": q, "task": "rg.chain_sum" if t == "chain_sum" else t}) + "\n"
+            )
+
+
+def _allocate_file(bundle: Path, n: int) -> dict:
+    """Streamed vs old `ttc allocate` on n queries, each path in a fresh process."""
+    work = Path(tempfile.mkdtemp(prefix="ttc-bench-alloc-"))
+    queries = work / "queries.jsonl"
+    _write_queries(queries, n)
+    out: dict = {"n_queries": n, "input_mb": queries.stat().st_size / 1e6}
+    for path in ("streamed", "old"):
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", path, "--bundle", str(bundle), "--input", str(queries)]
+            + ["--output", str(work / f"{path}.jsonl")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        wall = time.perf_counter() - t0
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[path] = {"wall_s": wall, "stage_s": child["stage_s"], "peak_rss_mb": child["peak_rss_mb"]}
+        print(
+            f"allocate {n} queries, {path:8s}: {wall:.2f} s wall (process, imports included; "
+            f"{child['stage_s']:.2f} s in the stage), peak RSS {child['peak_rss_mb']:.0f} MB"
+        )
+    arms = [[json.loads(line)["arm_id"] for line in (work / f"{p}.jsonl").open()] for p in ("streamed", "old")]
+    out["same_decisions"] = arms[0] == arms[1]
+    print(f"streamed and old paths chose the same arm for every query: {out['same_decisions']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", help="policy bundle folder or .zip (default: export a synthetic one to a temp folder)")
     ap.add_argument("--store", help="sample store folder: its questions, and its cheapest arm's joules per query")
     ap.add_argument("--repeats", type=int, default=300, help="timed calls at batch 1 (batch 1000 uses repeats/30)")
     ap.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
+    ap.add_argument(
+        "--allocate-queries", type=int, default=100_000, help="queries in the `ttc allocate` comparison (0: skip it)"
+    )
+    ap.add_argument("--child", choices=["streamed", "old"], help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child, args.bundle, args.input, args.output)
+        return {}
 
     bundle = _bundle(args)
     questions, tasks, cheapest_j, cheap_src = _queries(args)
@@ -132,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{100 * per_j / cheap:.3f} % of the cheapest arm ({cheap:.3g} J median, from {cheap_src})"
             )
         results["backends"][backend] = row
+    if args.allocate_queries > 0:
+        results["allocate_file"] = _allocate_file(bundle, args.allocate_queries)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -1,16 +1,16 @@
-"""ttc-allocator's light bottom layer: arms, query features, the allocation rule, the bundle.
+"""ttc-allocator's light bottom layer: arms, query features, the allocation rule, the bundle reader.
 
-Everything here runs with numpy plus lightgbm or onnxruntime; importing this
-package must never import torch, transformers or mlflow, so that an exported
-policy runs inside other systems without this repository's heavy stack.
-(lightgbm and onnxruntime are imported by the backend a bundle is loaded with;
-policy/pyfunc_model.py and policy/mlflow_log.py import mlflow and are never
-imported from here.)
+Importing this package, loading a bundle and allocating need numpy and the
+standard library only: the default backend evaluates the bundle's plain-data
+trees with numpy (policy/trees.py). The optional "lightgbm" and "onnx"
+backends import their library when a bundle is loaded with them. This package
+must never import torch, transformers or mlflow; writing a bundle (LightGBM,
+ONNX) lives in train/export.py and the MLflow pyfunc in serve/.
 """
 
 from policy.allocate import DecisionRule, allocate, allocate_budget, allocate_price, upper_hull
 from policy.arms import Arm
-from policy.bundle import Policy, load_bundle, write_bundle, zip_bundle
+from policy.bundle import Policy, load_bundle
 from policy.errors import BundleError, TTCError, UsageError
 from policy.records import ArmOutcome, Decision, EnergyMeasurement, Prediction, Sample
 
@@ -31,6 +31,4 @@ __all__ = [
     "allocate_price",
     "load_bundle",
     "upper_hull",
-    "write_bundle",
-    "zip_bundle",
 ]

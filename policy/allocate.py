@@ -31,6 +31,7 @@ imports a predictor library.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -65,12 +66,19 @@ class DecisionRule:
     p_floor: float = DEFAULT_P_FLOOR
 
     def __post_init__(self) -> None:
-        if self.mode not in RULES:
-            raise unknown_name("decision rule mode", self.mode, RULES)
+        if not isinstance(self.mode, str) or self.mode not in RULES:
+            raise unknown_name("decision rule mode", str(self.mode), RULES)
+        for name in ("lam", "budget_j", "p_floor"):
+            v = getattr(self, name)
+            # a string or a bool would compare or print oddly further on: refuse it here, at the edge
+            if not (v is None and name == "budget_j") and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise UsageError(f"{name} must be a number, got {v!r} ({type(v).__name__})")
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise UsageError(f"lam (accuracy per joule) must be finite and >= 0, got {self.lam}")
-        if self.mode == BUDGET and (self.budget_j is None or not self.budget_j > 0):
-            raise UsageError(f"budget mode needs budget_j > 0 (mean joules per query), got {self.budget_j}")
+        if self.budget_j is not None and not (math.isfinite(self.budget_j) and self.budget_j > 0):
+            raise UsageError(f"budget_j (mean joules per query) must be finite and > 0, got {self.budget_j}")
+        if self.mode == BUDGET and self.budget_j is None:
+            raise UsageError("budget mode needs budget_j > 0 (mean joules per query), got None")
         if not 0.0 <= self.p_floor < 1.0:
             raise UsageError(f"p_floor must be in [0, 1), got {self.p_floor}")
 
@@ -80,6 +88,8 @@ class DecisionRule:
     @classmethod
     def from_dict(cls, d: dict) -> DecisionRule:
         known = {"mode", "lam", "budget_j", "p_floor"}
+        if not isinstance(d, dict):
+            raise UsageError(f"a decision rule must be a mapping of {sorted(known)}, got {type(d).__name__}")
         extra = set(d) - known
         if extra:
             raise UsageError(f"unknown decision rule keys {sorted(extra)}, known: {sorted(known)}")
@@ -230,9 +240,11 @@ def allocate_budget(
     n = len(query_ids)
     if (budget_j is None) == (total_budget_j is None):
         raise UsageError("give exactly one of budget_j (mean joules per query) or total_budget_j (joules per batch)")
-    total = float(total_budget_j) if total_budget_j is not None else float(budget_j) * n
-    if not math.isfinite(total) or total < 0:
-        raise UsageError(f"the budget must be finite and >= 0 joules, got {total}")
+    given, what = (total_budget_j, "total_budget_j") if total_budget_j is not None else (budget_j, "budget_j")
+    if isinstance(given, bool) or not isinstance(given, numbers.Real) or not math.isfinite(given) or given < 0:
+        # name the value the caller gave, not the total derived from it
+        raise UsageError(f"{what} must be a finite number of joules >= 0, got {given!r}")
+    total = float(given) if total_budget_j is not None else float(given) * n
     if on_infeasible not in ON_INFEASIBLE:
         raise unknown_name("on_infeasible", on_infeasible, ON_INFEASIBLE)
     DecisionRule(PRICE, 0.0, None, p_floor)  # validates p_floor

@@ -1,9 +1,10 @@
 """Log a policy bundle to MLflow as a pyfunc model, and optionally register it.
 
-mlflow is imported inside `log_policy_model` only: `import policy` must stay
-free of it. The model is logged from code (`policy/pyfunc_model.py`) with the
-bundle folder as its artifact and the `policy` package as its code, so a
-served model needs neither this repository nor pickles.
+mlflow is imported inside `log_policy_model` only. The model is logged from
+code (`serve/pyfunc_model.py`) with the bundle folder as its artifact and the
+`policy` package as its code, so a served model needs neither this repository
+nor pickles; with the default numpy backend it needs no lightgbm or
+onnxruntime either.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def log_policy_model(
     bundle_dir: str | Path,
     registered_name: str | None = None,
     alias: str | None = None,
-    backend: str = "onnx",
+    backend: str = "numpy",
 ) -> str:
     """Log the bundle as an MLflow pyfunc model in the current (or a new) run; returns a model URI.
 
@@ -31,15 +32,14 @@ def log_policy_model(
     "champion") that alias points at the new version and the returned URI is
     `models:/<name>@<alias>`. Uses the tracking URI MLflow is configured with.
     """
-    import lightgbm
     import mlflow
-    import onnxruntime
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+    import policy
     from policy.bundle import load_bundle
-    from policy.pyfunc_model import OUTPUT_COLUMNS
+    from serve.pyfunc_model import OUTPUT_COLUMNS
 
     if alias and not registered_name:
         raise UsageError(f"alias {alias!r} needs a registered_name to point into")
@@ -48,7 +48,7 @@ def log_policy_model(
         raise UsageError(f"{bundle_dir} is not a bundle folder; log the folder that write_bundle wrote, not the .zip")
     policy = load_bundle(bundle_dir, backend=backend)  # refuse a broken bundle before logging it
 
-    package_dir = Path(__file__).resolve().parent
+    policy_dir = Path(policy.__file__).resolve().parent
     signature = ModelSignature(
         inputs=Schema(
             [
@@ -86,19 +86,13 @@ def log_policy_model(
             mlflow.log_metrics(numeric)
         info = mlflow.pyfunc.log_model(
             name="policy",
-            python_model=str(package_dir / "pyfunc_model.py"),
+            python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
             artifacts={"bundle": str(bundle_dir)},
-            code_paths=[str(package_dir)],
+            code_paths=[str(policy_dir)],
             model_config={"backend": backend},
             signature=signature,
             input_example=pd.DataFrame(INPUT_EXAMPLE),
-            pip_requirements=[
-                f"mlflow=={mlflow.__version__}",
-                f"lightgbm=={lightgbm.__version__}",
-                f"onnxruntime=={onnxruntime.__version__}",
-                "numpy",
-                "pandas",
-            ],
+            pip_requirements=_requirements(mlflow.__version__, backend),
             registered_model_name=registered_name,
         )
     finally:
@@ -110,3 +104,14 @@ def log_policy_model(
         mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, str(info.registered_model_version))
         return f"models:/{registered_name}@{alias}"
     return f"models:/{registered_name}/{info.registered_model_version}"
+
+
+def _requirements(mlflow_version: str, backend: str) -> list[str]:
+    """What the served model installs: the numpy backend needs no model library."""
+    import importlib.metadata
+
+    reqs = [f"mlflow=={mlflow_version}", "numpy", "pandas"]
+    library = {"lightgbm": "lightgbm", "onnx": "onnxruntime"}.get(backend)
+    if library:
+        reqs.append(f"{library}=={importlib.metadata.version(library)}")
+    return reqs

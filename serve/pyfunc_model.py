@@ -1,10 +1,9 @@
 """MLflow models-from-code entry: the exported policy as a pyfunc model.
 
 MLflow executes this file when it loads the model (`mlflow.pyfunc.load_model`,
-`mlflow models serve`); `policy/mlflow_log.py` logs it with the bundle folder
-as the artifact "bundle" and the `policy` package as code. It is the only file
-of the package that imports mlflow at module level, and `import policy` must
-never import it.
+`mlflow models serve`); `serve/mlflow_log.py` logs it with the bundle folder
+as the artifact "bundle" and the `policy` package as code. It imports mlflow
+at module level; `import policy` never imports it.
 
 Input: a DataFrame with column `question`, optional `task` and `query_id`.
 Output: one row per input row with the chosen `arm_id`, its predicted
@@ -12,8 +11,8 @@ Output: one row per input row with the chosen `arm_id`, its predicted
 `energy_source` (whether the joules the policy learnt from were measured or
 estimated). Optional params `lam` (a price) or `budget_j` (a mean budget per
 row; in budget mode the request's rows form one batch) replace the stored rule.
-The ONNX backend serves by default; set the model config `backend` to
-"lightgbm" to use the LightGBM text models.
+The numpy backend (plain-data trees) serves by default; the model config
+`backend` may name "onnx" or "lightgbm" for a bundle you trust.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from policy.bundle import load_bundle
 
-        backend = (context.model_config or {}).get("backend", "onnx")
+        backend = (context.model_config or {}).get("backend", "numpy")
         self.policy_ = load_bundle(context.artifacts["bundle"], backend=backend)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -105,7 +105,7 @@ def build_synthetic_bundle(
     seed: int = 0,
     feature_set: str = "text",
 ) -> Path:
-    from policy.bundle import write_bundle
+    from train.export import write_bundle
 
     success, energy = train_boosters(seed=seed, success_objective=success_objective, feature_set=feature_set)
     fs = get_feature_set(feature_set)

@@ -1,4 +1,7 @@
-"""The exported bundle: round trip, ONNX/LightGBM parity, refusal of tampered or mismatched bundles."""
+"""The exported bundle: round trip, numpy/LightGBM/ONNX parity, refusal of tampered or mismatched bundles.
+
+Hostile inputs (crafted trees, zips, links, export data loss) are in tests/test_bundle_hostile.py.
+"""
 
 from __future__ import annotations
 
@@ -22,17 +25,11 @@ from policy_fixtures import (
 )
 
 from policy.allocate import DecisionRule
-from policy.bundle import (
-    BUNDLE_FILES,
-    SCHEMA_VERSION,
-    _float32_safe_thresholds,
-    load_bundle,
-    upgrade_manifest,
-    write_bundle,
-    zip_bundle,
-)
+from policy.bundle import BUNDLE_FILES, SCHEMA_VERSION, load_bundle
 from policy.errors import BundleError, UsageError
-from policy.features import get_feature_set, row_matrix
+from policy.features import arm_block, get_feature_set, row_matrix
+from policy.manifest import Manifest, bundle_digest
+from train.export import _float32_safe_thresholds, write_bundle, write_policy, zip_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,9 +52,14 @@ def fresh_queries() -> tuple[list[str], list[str]]:
     return questions + ["", "hello world", "What is 2 + 2?"], tasks + [None, None, "unknown-task"]
 
 
-def _edit_manifest(bundle: Path, change) -> None:
+def _edit_manifest(bundle: Path, change, rehash: bool = True) -> None:
+    """Change policy.json; with `rehash` also recompute its digest, as someone who re-hashes would."""
     d = json.loads((bundle / "policy.json").read_text())
     change(d)
+    if rehash:
+        files = {n: (bundle / n).read_bytes() for n in d["files"]}
+        m = Manifest(**d)
+        d["digest"] = bundle_digest(m, files)
     (bundle / "policy.json").write_text(json.dumps(d))
 
 
@@ -72,7 +74,7 @@ def test_bundle_holds_exactly_the_documented_files_and_no_pickle(bundle_dir):
         assert not p.read_bytes().startswith(b"\x80"), f"{p.name} looks pickled"
 
 
-@pytest.mark.parametrize("backend", ["lightgbm", "onnx"])
+@pytest.mark.parametrize("backend", ["numpy", "lightgbm", "onnx"])
 def test_loaded_policy_predicts_probabilities_and_positive_joules_per_arm(bundle_dir, fresh_queries, backend):
     questions, tasks = fresh_queries
     policy = load_bundle(bundle_dir, backend=backend)
@@ -92,29 +94,61 @@ def test_predictions_have_the_structure_they_were_trained_on(bundle_dir):
     assert np.all(e[:, n8] > e[:, n1])
 
 
-def test_onnx_and_lightgbm_agree_within_1e5_and_choose_the_same_arms(bundle_dir, fresh_queries):
+@pytest.mark.parametrize("backend, tol", [("numpy", 1e-6), ("onnx", 1e-5)])
+def test_backends_agree_with_lightgbm_and_choose_the_same_arms(bundle_dir, fresh_queries, backend, tol):
     questions, tasks = fresh_queries
-    lg, ox = load_bundle(bundle_dir, "lightgbm"), load_bundle(bundle_dir, "onnx")
-    rows = lg.rows(lg.query_features(questions, tasks))
+    lg, other = load_bundle(bundle_dir, "lightgbm"), load_bundle(bundle_dir, backend)
+    rows = row_matrix(lg.query_features(questions, tasks), lg.arms, lg.models)
     p_l, le_l = lg.backend.predict_rows(rows)
-    p_o, le_o = ox.backend.predict_rows(rows)
-    assert np.max(np.abs(p_l - p_o)) <= 1e-5
-    assert np.max(np.abs(le_l - le_o)) <= 1e-5
+    p_o, le_o = other.backend.predict_rows(rows)
+    assert np.max(np.abs(p_l - p_o)) <= tol
+    assert np.max(np.abs(le_l - le_o)) <= tol
     for kwargs in ({}, {"lam": 0.0005}, {"budget_j": 8.0}, {"budget_j": 20.0}):
-        a, b = lg.allocate(questions, tasks, **kwargs), ox.allocate(questions, tasks, **kwargs)
+        a, b = lg.allocate(questions, tasks, **kwargs), other.allocate(questions, tasks, **kwargs)
         assert [(d.arm_id, d.rule, d.next_arm_id) for d in a] == [(d.arm_id, d.rule, d.next_arm_id) for d in b]
-        assert np.allclose([d.p_success for d in a], [d.p_success for d in b], rtol=0, atol=1e-5)
+        assert np.allclose([d.p_success for d in a], [d.p_success for d in b], rtol=0, atol=tol)
 
 
-def test_parity_file_records_agreement_on_the_reference_rows(bundle_dir):
+def test_numpy_trees_match_lightgbm_within_1e6_on_many_rows_and_through_the_grid_path(bundle_dir):
+    lg, nu = load_bundle(bundle_dir, "lightgbm"), load_bundle(bundle_dir, "numpy")
+    questions, tasks, _ = synthetic_questions(400, seed=12)
+    x = nu.query_features(questions, tasks)
+    rows = row_matrix(x, nu.arms, nu.models)
+    p_l, le_l = lg.backend.predict_rows(rows)
+    p_g, le_g = nu.backend.predict_grid(x, arm_block(nu.arms, nu.models))
+    assert np.max(np.abs(p_g.reshape(-1) - p_l)) <= 1e-6 and np.max(np.abs(le_g.reshape(-1) - le_l)) <= 1e-6
+    p_r, le_r = nu.backend.predict_rows(rows)
+    assert np.max(np.abs(p_r - p_l)) <= 1e-6 and np.max(np.abs(le_r - le_l)) <= 1e-6
+
+
+def test_numpy_trees_follow_lightgbm_on_missing_and_zero_values():
+    """NaN and zero inputs take LightGBM's default directions (models trained with missing values)."""
+    from policy.trees import TreeEnsemble
+    from train.export import trees_json
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[rng.random(x.shape) < 0.2] = 0.0
+    y = np.nan_to_num(x[:, 0]) - 2 * np.isnan(x[:, 1]) + (x[:, 2] == 0)
+    for params in ({}, {"zero_as_missing": True}):
+        b = lgb.train({"objective": "regression", "verbose": -1, "num_leaves": 7, **params}, lgb.Dataset(x, y), 20)
+        model = trees_json(b, "identity")
+        assert {m for t in model["trees"] for m in t["missing_type"]} - {"None"}, "no missing handling exercised"
+        ens = TreeEnsemble.from_json(model, 4)
+        assert np.max(np.abs(ens.predict(x) - b.predict(x))) <= 1e-9
+
+
+def test_parity_file_records_agreement_of_every_backend_on_the_reference_rows(bundle_dir):
     parity = json.loads((bundle_dir / "parity.json").read_text())
-    assert parity["ok"] is True
-    assert parity["max_abs_diff_p"] <= 1e-5 and parity["max_abs_diff_log_energy"] <= 1e-5
-    assert parity["decisions_agree"] == 1.0 and parity["n_queries"] == 64
+    assert parity["ok"] is True and parity["n_queries"] == 64 and parity["reference_backend"] == "lightgbm"
+    assert parity["numpy"]["max_abs_diff_p"] <= 1e-6 and parity["numpy"]["max_abs_diff_log_energy"] <= 1e-6
+    assert parity["onnx"]["max_abs_diff_p"] <= 1e-5 and parity["onnx"]["max_abs_diff_log_energy"] <= 1e-5
+    assert parity["numpy"]["decisions_agree"] == parity["onnx"]["decisions_agree"] == 1.0
 
 
 @pytest.mark.parametrize("objective", ["binary", "cross_entropy"])
-def test_both_success_objectives_convert_to_onnx_with_parity(tmp_path, objective):
+def test_both_success_objectives_export_with_parity(tmp_path, objective):
     out = build_synthetic_bundle(tmp_path / objective, success_objective=objective)
     assert json.loads((out / "policy.json").read_text())["success_objective"] == objective
     assert json.loads((out / "parity.json").read_text())["ok"] is True
@@ -129,10 +163,10 @@ def test_float32_snapped_thresholds_predict_exactly_like_the_original_booster():
     assert np.array_equal(success.predict(rows), snapped.predict(rows))
 
 
-def test_policy_rows_equal_the_feature_module_row_matrix(bundle_dir, fresh_queries):
-    policy = load_bundle(bundle_dir)
-    x = policy.query_features(*fresh_queries)
-    assert np.array_equal(policy.rows(x), row_matrix(x, policy.arms, policy.models))
+def test_stored_tree_thresholds_are_float32_values(bundle_dir):
+    model = json.loads((bundle_dir / "success.trees.json").read_text())
+    thresholds = np.asarray([t for tree in model["trees"] for t in tree["threshold"]])
+    assert len(thresholds) > 0 and np.array_equal(thresholds.astype(np.float32).astype(np.float64), thresholds)
 
 
 def test_zip_and_folder_load_to_the_same_decisions(bundle_dir, fresh_queries, tmp_path):
@@ -142,7 +176,7 @@ def test_zip_and_folder_load_to_the_same_decisions(bundle_dir, fresh_queries, tm
     assert zipped == tmp_path / "b.zip"
     with zipfile.ZipFile(zipped) as zf:
         assert sorted(zf.namelist()) == sorted(BUNDLE_FILES)
-    for backend in ("lightgbm", "onnx"):
+    for backend in ("numpy", "lightgbm", "onnx"):
         assert load_bundle(zipped, backend).allocate(*fresh_queries) == load_bundle(copy, backend).allocate(
             *fresh_queries
         )
@@ -153,7 +187,7 @@ def test_zip_is_byte_reproducible(bundle_copy):
     assert zip_bundle(bundle_copy).read_bytes() == first
 
 
-@pytest.mark.parametrize("name", ["success.txt", "energy.txt", "success.onnx", "energy.onnx", "parity.json"])
+@pytest.mark.parametrize("name", sorted(set(BUNDLE_FILES) - {"policy.json"}))
 def test_a_changed_file_is_refused_with_its_name(bundle_copy, name):
     data = bytearray((bundle_copy / name).read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -167,7 +201,7 @@ def test_a_tampered_zip_member_is_refused(bundle_copy, tmp_path):
         (bundle_copy / "energy.txt").read_text().replace("leaf_value=", "leaf_value=9")
     )
     with pytest.raises(BundleError, match="energy.txt.*sha256"):
-        load_bundle(zip_bundle(bundle_copy), backend="onnx")
+        load_bundle(zip_bundle(bundle_copy))
 
 
 def test_a_missing_model_file_is_refused(bundle_copy):
@@ -206,37 +240,11 @@ def test_a_newer_schema_is_refused_with_an_upgrade_hint(bundle_copy):
         load_bundle(bundle_copy)
 
 
-def _as_v0(d: dict) -> dict:
-    """policy.json as the v0 exporter wrote it."""
-    rule = dict(d["rule"])
-    rule["lambda"] = rule.pop("lam")
-    del rule["p_floor"]
-    return {
-        "arm_ids": d["arms"],
-        "model_names": d["models"],
-        "features": {"name": d["feature_set"]["name"], "version": d["feature_set"]["version"]},
-        "feature_names": d["row_features"],
-        "rule": rule,
-        "energy_meter": d["energy_meter"],
-        "energy_source": d["energy_source"],
-        "metrics": d["metrics"],
-        "sha256": d["files"],
-        "onnx": d["onnx"],
-    }
-
-
-def test_a_v0_bundle_is_upgraded_and_decides_like_the_v1_original(bundle_dir, bundle_copy, fresh_queries):
-    v0 = _as_v0(json.loads((bundle_dir / "policy.json").read_text()))
-    (bundle_copy / "policy.json").write_text(json.dumps(v0))
-    old, new = load_bundle(bundle_copy), load_bundle(bundle_dir)
-    assert old.manifest.schema_version == SCHEMA_VERSION
-    assert old.rule == new.rule
-    assert old.allocate(*fresh_queries) == new.allocate(*fresh_queries)
-
-
-def test_upgrade_of_v0_fills_the_fields_v0_lacked(bundle_dir):
-    up = upgrade_manifest(_as_v0(json.loads((bundle_dir / "policy.json").read_text())))
-    assert up["schema_version"] == 1 and up["rule"]["p_floor"] == 0.05 and "lam" in up["rule"]
+@pytest.mark.parametrize("version", [0, 1])
+def test_a_bundle_of_an_older_schema_is_refused_with_a_message_to_re_export(bundle_copy, version):
+    _edit_manifest(bundle_copy, lambda d: d.update(schema_version=version), rehash=False)
+    with pytest.raises(BundleError, match=f"schema_version {version} predates.*re-export"):
+        load_bundle(bundle_copy)
 
 
 def test_a_path_that_is_not_a_bundle_is_refused(tmp_path):
@@ -251,7 +259,7 @@ def test_a_path_that_is_not_a_bundle_is_refused(tmp_path):
 
 
 def test_an_unknown_backend_names_the_known_ones(bundle_dir):
-    with pytest.raises(UsageError, match="known: lightgbm, onnx"):
+    with pytest.raises(UsageError, match="known: lightgbm, numpy, onnx"):
         load_bundle(bundle_dir, backend="tensorrt")
 
 
@@ -289,7 +297,7 @@ def test_calibration_table_maps_predicted_probabilities(tmp_path, bundle_dir, fr
 
 
 def test_a_probe_policy_says_so_and_requires_probe_values(tmp_path):
-    policy = load_bundle(build_synthetic_bundle(tmp_path / "probe", feature_set="text+probe"), "onnx")
+    policy = load_bundle(build_synthetic_bundle(tmp_path / "probe", feature_set="text+probe"))
     questions, tasks, hard = synthetic_questions(5, seed=1)
     assert policy.needs_probe
     with pytest.raises(UsageError, match="probe="):
@@ -335,24 +343,67 @@ def test_import_policy_imports_no_heavy_library():
     assert _modules_after("import policy") == set()
 
 
+def test_loading_and_allocating_with_the_default_backend_needs_numpy_only(bundle_dir):
+    loaded = _modules_after(
+        f"import policy; p = policy.load_bundle({str(bundle_dir)!r}); p.allocate(['What is 2 + 2?'], ['gsm8k'])"
+    )
+    assert loaded == set()
+
+
 @pytest.mark.parametrize("backend, other", [("onnx", "lightgbm"), ("lightgbm", "onnxruntime")])
-def test_a_backend_imports_only_its_own_library(bundle_dir, backend, other):
+def test_an_optional_backend_imports_only_its_own_library(bundle_dir, backend, other):
     loaded = _modules_after(f"import policy; policy.load_bundle({str(bundle_dir)!r}, backend={backend!r})")
     # (lightgbm itself imports pandas when it is installed, so pandas is not checked here)
     assert other not in loaded and not loaded & {"torch", "transformers", "mlflow"}
     assert ("onnxruntime" if backend == "onnx" else "lightgbm") in loaded
 
 
-def test_benchmark_reports_latency_and_estimated_energy_per_backend_and_batch(bundle_dir, tmp_path):
+def test_with_rule_returns_a_new_checked_policy_and_leaves_the_old_one(bundle_dir, fresh_queries):
+    policy = load_bundle(bundle_dir)
+    budget = policy.with_rule(DecisionRule("budget", budget_j=9.0))
+    assert policy.rule.mode == "price" and budget.rule.mode == "budget"
+    assert budget.allocate(*fresh_queries) == policy.allocate(*fresh_queries, budget_j=9.0)
+    with pytest.raises(UsageError, match="budget_j"):
+        policy.with_rule({"mode": "budget", "budget_j": -1.0})
+    with pytest.raises(UsageError, match="lam must be a number"):
+        policy.with_rule({"mode": "price", "lam": "0.1"})
+
+
+def test_write_policy_writes_the_new_rule_with_a_fresh_digest(bundle_dir, tmp_path, fresh_queries):
+    policy = load_bundle(bundle_dir).with_rule(DecisionRule("price", lam=0.0005))
+    out = write_policy(policy, tmp_path / "new")
+    again = load_bundle(out)
+    assert again.rule == DecisionRule("price", lam=0.0005)
+    assert again.allocate(*fresh_queries) == load_bundle(bundle_dir).allocate(*fresh_queries, lam=0.0005)
+    for name in set(BUNDLE_FILES) - {"policy.json"}:
+        assert (out / name).read_bytes() == (bundle_dir / name).read_bytes()
+
+
+def test_benchmark_reports_latency_per_backend_and_the_streamed_allocate_beside_the_old_path(bundle_dir, tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_policy", ROOT / "benchmarks" / "policy.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = bench.main(["--bundle", str(bundle_dir), "--repeats", "30", "--json", str(tmp_path / "b.json")])
-    assert set(out["backends"]) == {"lightgbm", "onnx"}
+    out = bench.main(
+        [
+            "--bundle",
+            str(bundle_dir),
+            "--repeats",
+            "30",
+            "--allocate-queries",
+            "300",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    assert set(out["backends"]) == {"numpy", "lightgbm", "onnx"}
     for row in out["backends"].values():
         for batch in (1, 1000):
             assert 0 < row[f"batch{batch}_p50_ms"] <= row[f"batch{batch}_p99_ms"]
             assert row[f"batch{batch}_fraction_of_cheapest_arm"] > 0
+    alloc = out["allocate_file"]
+    assert alloc["n_queries"] == 300 and alloc["same_decisions"] is True
+    for path in ("streamed", "old"):
+        assert alloc[path]["wall_s"] > 0 and alloc[path]["peak_rss_mb"] > 0
     assert json.loads((tmp_path / "b.json").read_text()) == out

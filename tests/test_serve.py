@@ -1,5 +1,7 @@
 """The policy as an MLflow model: logged from code, registered as @champion, served over HTTP.
 
+The served model runs the numpy backend: its requirements name no lightgbm or onnxruntime.
+
 Uses a SQLite tracking store and an artifact folder under a temp dir, and a
 real `mlflow models serve` subprocess on a free local port.
 """
@@ -33,7 +35,7 @@ def registry(tmp_path_factory):
     """(tracking uri, bundle dir, champion uri) with the synthetic policy logged and aliased."""
     import mlflow
 
-    from policy.mlflow_log import log_policy_model
+    from serve.mlflow_log import log_policy_model
 
     root = tmp_path_factory.mktemp("mlflow")
     bundle = build_synthetic_bundle(root / "bundle")
@@ -56,7 +58,7 @@ def _requests() -> pd.DataFrame:
 
 
 def _expected(bundle: Path, df: pd.DataFrame, **kwargs) -> list[tuple]:
-    policy = load_bundle(bundle, backend="onnx")
+    policy = load_bundle(bundle)  # the numpy backend, which the logged model serves with by default
     tasks = [None if t is None or t != t else t for t in df["task"]]
     return [(d.arm_id, d.rule, d.p_success, d.energy_j) for d in policy.allocate(list(df["question"]), tasks, **kwargs)]
 
@@ -82,6 +84,16 @@ def test_logged_model_loads_and_decides_like_the_bundle(registry):
     assert set(out["energy_source"]) == {"estimated"}
     _same(_rows(out), _expected(bundle, df))
     _same(_rows(model.predict(df, params={"budget_j": 9.0})), _expected(bundle, df, budget_j=9.0))
+
+
+def test_logged_model_ships_the_policy_package_and_needs_no_model_library(registry):
+    import mlflow
+
+    _, _, model_uri = registry
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    reqs = (local / "requirements.txt").read_text()
+    assert "lightgbm" not in reqs and "onnxruntime" not in reqs and "mlflow==" in reqs
+    assert (local / "code" / "policy" / "trees.py").is_file() and (local / "code" / "policy" / "bundle.py").is_file()
 
 
 def _free_port() -> int:

@@ -9,10 +9,8 @@ Heavy imports stay inside the functions.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,142 +18,27 @@ from typing import Any
 
 from policy.errors import UsageError, unknown_name
 
+# export and allocate live in ttc/bundle_stages.py (bundle safety, streaming); the CLI and run_pipeline import them here
+from ttc.bundle_stages import _resolve_bundle_source, allocate_stage, export_stage, read_queries_jsonl
+
+__all__ = ["_resolve_bundle_source", "allocate_stage", "export_stage", "read_queries_jsonl", "run_pipeline"]
+
 REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference"
 #: queries per task in the committed reference collection (data/reference/README.md)
 REFERENCE_ITEMS_PER_TASK = 16
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling renamed at the end; no stray file on failure."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _resolve_bundle_source(source: str, tracking_uri: str | None = None) -> Path:
-    """A local bundle folder/zip, a training output folder holding bundle/, or an MLflow artifact URI."""
-    if source.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
-        import mlflow
-
-        from store.tracking import resolve_tracking_uri
-
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-        local = Path(mlflow.artifacts.download_artifacts(source))
-        # a registered pyfunc keeps the bundle among its artifacts: find its policy.json
-        found = sorted(local.rglob("policy.json")) if local.is_dir() else []
-        if (local / "policy.json").is_file() or not found:
-            return local
-        return found[0].parent
-    p = Path(source)
-    if (p / "bundle" / "policy.json").is_file():
-        return p / "bundle"
-    if (p / "policy.json").is_file() or (p.is_file() and p.suffix == ".zip"):
-        return p
-    raise UsageError(
-        f"no policy bundle at {source!r}: give a `ttc train` output folder, a bundle folder or .zip, "
-        "or an MLflow artifact URI (runs:/<run_id>/bundle)"
-    )
-
-
-def export_stage(
-    source: str,
-    out: str | Path,
-    mode: str | None = None,
-    lam: float | None = None,
-    budget_j: float | None = None,
-    register_name: str | None = None,
-    alias: str | None = "champion",
-    tracking_uri: str | None = None,
-) -> dict[str, Any]:
-    """Copy a verified bundle to `out` (folder and `out`.zip), optionally with a new decision rule, and register it."""
-    from policy.allocate import DecisionRule
-    from policy.bundle import load_bundle, zip_bundle
-
-    src = _resolve_bundle_source(source, tracking_uri)
-    policy = load_bundle(src)  # verifies hashes and features before anything is written
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    if src.is_file():
-        import zipfile
-
-        with zipfile.ZipFile(src) as z:
-            names = [n for n in z.namelist() if "/" not in n and not n.startswith(".")]
-            out.mkdir(parents=True)
-            for n in names:
-                (out / n).write_bytes(z.read(n))
-    else:
-        shutil.copytree(src, out)
-    if mode or lam is not None or budget_j is not None:
-        manifest = json.loads((out / "policy.json").read_text())
-        rule = dataclasses.replace(
-            policy.rule,
-            **{k: v for k, v in {"mode": mode, "lam": lam, "budget_j": budget_j}.items() if v is not None},
-        )
-        if rule.mode == "budget" and rule.budget_j is None:
-            raise UsageError("budget mode needs --budget-j (target mean joules per query)")
-        manifest["rule"] = DecisionRule.to_dict(rule)
-        _atomic_write_text(out / "policy.json", json.dumps(manifest, indent=2, sort_keys=True))
-    load_bundle(out)
-    zipped = zip_bundle(out)
-    result: dict[str, Any] = {"bundle": str(out), "zip": str(zipped), "energy_source": policy.energy_source}
-    if register_name:
-        import mlflow
-
-        from policy.mlflow_log import log_policy_model
-        from store.tracking import setup_tracking
-
-        setup_tracking(tracking_uri, "ttc-export")
-        with mlflow.start_run(run_name="export"):
-            mlflow.set_tags({"stage": "export", "energy_source": policy.energy_source})
-            result["model_uri"] = log_policy_model(out, registered_name=register_name, alias=alias)
-    return result
-
-
-def read_queries_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    from store.jsonl import read_jsonl
-
-    p = Path(path)
-    rows = []
-    for i, row in read_jsonl(p, '{"question", "task"?, "id"?}'):
-        if not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise UsageError(f'{p} line {i} has no "question" string; each line needs {{"question": "..."}}')
-        rows.append({"id": str(row.get("id", i)), "question": row["question"], "task": row.get("task")})
-    if not rows:
-        raise UsageError(f"{p} holds no queries")
-    return rows
-
-
-def allocate_stage(
-    bundle: str | Path,
-    input_path: str | Path,
-    output_path: str | Path,
-    lam: float | None = None,
-    budget_j: float | None = None,
-    backend: str = "lightgbm",
-) -> int:
-    """Decide an arm for every query of a JSONL file; writes one Decision per line. Returns the count."""
-    from policy.bundle import load_bundle
-
-    rows = read_queries_jsonl(input_path)
-    policy = load_bundle(bundle, backend=backend)
-    if policy.needs_probe:
-        raise UsageError("this policy needs probe features from the answering model; use the Python API with probe=")
-    decisions = policy.allocate(
-        [r["question"] for r in rows],
-        [r["task"] for r in rows],
-        query_ids=[r["id"] for r in rows],
-        lam=lam,
-        budget_j=budget_j,
-    )
-    lines = [
-        json.dumps(
-            {**dataclasses.asdict(d), "energy_source": policy.energy_source, "energy_meter": policy.energy_meter}
-        )
-        for d in decisions
-    ]
-    _atomic_write_text(Path(output_path), "\n".join(lines) + "\n")
-    return len(lines)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

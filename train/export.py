@@ -1,0 +1,397 @@
+"""The bundle writer: trained LightGBM boosters -> plain-data trees, LightGBM text, ONNX, parity, policy.json.
+
+`write_bundle` turns two boosters into a bundle folder, `write_policy` writes a
+loaded `Policy` back out (e.g. with a new rule from `Policy.with_rule`), and
+`zip_bundle` packs a folder. Every writer builds the bundle in a temporary
+sibling folder, loads it back with the numpy backend to prove it reads, and
+only then renames it into place; an existing destination is replaced only when
+it is a bundle of ours, so a failed or misdirected export never deletes data.
+
+The trees are stored as JSON arrays from `Booster.dump_model()`, with every
+numerical threshold first snapped down to the largest float32 not above it
+(`_float32_safe_thresholds`): the policy feeds float32 rows, for which `x <= t`
+and `x <= floor32(t)` agree exactly, and ONNX compares in float32. The numpy,
+LightGBM and ONNX predictions on reference rows are compared and recorded in
+parity.json; a bundle whose backends disagree is not written.
+lightgbm and onnxmltools are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy.allocate import DecisionRule
+from policy.arms import Arm
+from policy.bundle import Policy, load_bundle, sha256
+from policy.bundle_files import BUNDLE_FILES, MANIFEST, PARITY, is_bundle_folder
+from policy.errors import BundleError, UsageError
+from policy.features import FeatureSet, get_feature_set, row_matrix, row_names
+from policy.manifest import Manifest, bundle_digest, check_calibration, resolve_key, sign
+from policy.records import ENERGY_SOURCES
+from policy.runtime import make_backend
+from policy.trees import FORMAT, VERSION
+
+#: numpy and ONNX against LightGBM on the reference rows
+NUMPY_TOL = 1e-6
+ONNX_TOL = 1e-5
+SUCCESS_OBJECTIVES = ("binary", "cross_entropy", "xentropy")
+ENERGY_OBJECTIVES = ("regression", "regression_l2", "regression_l1", "l2", "l1", "mse", "mae", "huber", "quantile")
+ONNX_IO = {"input": "input", "success_output": "probabilities", "success_column": 1}
+ONNX_IO |= {"energy_output": "variable", "energy_column": 0}
+# Used for parity checks when the caller gives no reference rows.
+_REFERENCE_QUESTIONS = (
+    "What is 7 + 5?",
+    "Tom has 3 apples and buys 12 more. How many apples does he have?",
+    "A train travels 120 km in 1.5 hours. What is its average speed in km per hour?",
+    "Compute 1234 * 5678 - 91011.",
+    "If x + 2 = 9, what is x?",
+    "Sara saves 15 dollars each week for 26 weeks, then spends 140. How much is left?",
+    "hello",
+    "",
+)
+
+
+# ---------------------------------------------------------------- model conversion
+
+
+def _float32_safe_thresholds(model_text: str) -> str:
+    """Snap every numerical split threshold down to the largest float32 not above it.
+
+    LightGBM compares a feature with a double threshold, ONNX tree ensembles with
+    a float32 one. For float32 inputs (all the policy ever feeds) `x <= t` and
+    `x <= floor32(t)` agree exactly, so the snapped model predicts the same and
+    converts to ONNX without a row falling on the other side of a split.
+    """
+    lines = model_text.splitlines()
+    # In LightGBM's text format a tree block lists threshold= before decision_type=,
+    # so read every block's decision types first, then rewrite its thresholds.
+    types_by_tree: dict[str, list[int]] = {}
+    tree = ""
+    for line in lines:
+        if line.startswith("Tree="):
+            tree = line
+        elif line.startswith("decision_type="):
+            types_by_tree[tree] = [int(v) for v in line.split("=", 1)[1].split()]
+    out = []
+    tree = ""
+    for line in lines:
+        if line.startswith("tree_sizes="):
+            continue  # byte offsets of the tree blocks, stale once a threshold is rewritten
+        if line.startswith("Tree="):
+            tree = line
+        if line.startswith("threshold=") and tree in types_by_tree:
+            values = line.split("=", 1)[1].split()
+            snapped = []
+            for v, dt in zip(values, types_by_tree[tree], strict=True):
+                if dt & 1:  # categorical split: the threshold is an index, leave it
+                    snapped.append(v)
+                    continue
+                t = float(v)
+                f = np.float32(t)
+                if float(f) > t:
+                    f = np.nextafter(f, np.float32(-np.inf))
+                snapped.append(repr(float(f)))
+            line = "threshold=" + " ".join(snapped)
+        out.append(line)
+    # Reloading and saving restores tree_sizes; thresholds print with 17 digits, so they round-trip.
+    import lightgbm as lgb
+
+    return lgb.Booster(model_str="\n".join(out) + "\n").model_to_string(num_iteration=-1)
+
+
+def trees_json(booster: Any, transform: str) -> dict[str, Any]:
+    """The booster as policy/trees.py's plain-data format (LightGBM's array layout, one object per tree)."""
+    dump = booster.dump_model(num_iteration=-1)
+    if dump.get("num_tree_per_iteration", 1) != 1 or dump.get("average_output"):
+        raise UsageError("only single-output boosted trees (not multiclass, not random forest) can be exported")
+    trees = [_flatten(info) for info in dump["tree_info"]]
+    objective = str(dump.get("objective", ""))
+    m = re.search(r"sigmoid:(\S+)", objective)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "n_features": int(dump["max_feature_idx"]) + 1,
+        "objective": objective.split()[0] if objective else "",
+        "transform": transform,
+        "sigmoid_scale": float(m.group(1)) if m else 1.0,
+        "trees": trees,
+    }
+
+
+def _flatten(info: Mapping[str, Any]) -> dict[str, Any]:
+    """One tree of `dump_model()` (nested) as arrays: internal nodes in preorder, children after parents."""
+    n_leaves = int(info["num_leaves"])
+    cols: dict[str, list] = {k: [] for k in ("split_feature", "threshold", "decision_type", "missing_type")}
+    cols |= {"default_left": [], "left_child": [], "right_child": []}
+    leaf_value = [0.0] * n_leaves
+    stack: list[tuple[Mapping[str, Any], int, str]] = [(info["tree_structure"], -1, "")]
+    while stack:  # iterative, so a deep tree cannot exhaust Python's recursion limit
+        node, parent, side = stack.pop()
+        if "split_index" not in node:
+            ref = -int(node.get("leaf_index", 0)) - 1
+            leaf_value[-ref - 1] = float(node["leaf_value"])
+        else:
+            if node["decision_type"] != "<=":
+                raise UsageError("categorical splits cannot be exported; train on numerical features only")
+            ref = len(cols["split_feature"])
+            for key in ("split_feature", "threshold", "decision_type", "missing_type", "default_left"):
+                cols[key].append(node[key])
+            cols["left_child"].append(0)
+            cols["right_child"].append(0)
+            stack.append((node["right_child"], ref, "right_child"))
+            stack.append((node["left_child"], ref, "left_child"))
+        if parent >= 0:
+            cols[side][parent] = ref
+    cols["threshold"] = [float(t) for t in cols["threshold"]]
+    return {"num_leaves": n_leaves, **cols, "leaf_value": leaf_value}
+
+
+def _objective(booster: Any) -> str:
+    m = re.search(r"^objective=(\S+)", booster.model_to_string(num_iteration=-1), flags=re.M)
+    return m.group(1) if m else str(booster.params.get("objective", ""))
+
+
+def _as_binary(model_text: str) -> str:
+    """A cross-entropy model as a binary one: both map the raw score through 1/(1+exp(-s)).
+
+    onnxmltools converts 'binary' (a classifier with a logistic output) but not
+    'cross_entropy', so the ONNX file is converted from this relabelled twin.
+    """
+    text = re.sub(r"^objective=.*$", "objective=binary sigmoid:1", model_text, flags=re.M)
+    return re.sub(r"^\[objective: .*\]$", "[objective: binary]", text, flags=re.M)
+
+
+def _to_onnx(model_text: str, n_features: int) -> bytes:
+    import lightgbm as lgb
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    booster = lgb.Booster(model_str=model_text)
+    onx = onnxmltools.convert_lightgbm(
+        booster, initial_types=[("input", FloatTensorType([None, n_features]))], zipmap=False
+    )
+    return onx.SerializeToString()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_bundle(
+    out_dir: str | Path,
+    success_booster: Any,
+    energy_booster: Any,
+    arms: Sequence[Arm | str],
+    models: Sequence[str],
+    feature_set: FeatureSet | str,
+    rule: DecisionRule | Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    energy_meter: str,
+    energy_source: str,
+    calibration: Mapping[str, Sequence[float]] | None = None,
+    reference_x: np.ndarray | None = None,
+    key: bytes | str | None = None,
+) -> Path:
+    """Write a bundle folder from two trained `lightgbm.Booster`s; returns its path.
+
+    `success_booster` predicts P(correct) (objective "binary" or
+    "cross_entropy"), `energy_booster` log(joules) (a regression objective),
+    both on rows `row_names(feature_set, models)`. `reference_x` are query
+    feature rows for the parity check (default: a few built-in questions).
+    Raises `BundleError` when numpy or ONNX disagree with LightGBM (beyond
+    `NUMPY_TOL` / `ONNX_TOL`, or in a decision). An existing `out_dir` is
+    replaced only when it is a bundle of ours. With `key` (or TTC_BUNDLE_KEY)
+    the bundle is signed.
+    """
+    import lightgbm as lgb
+
+    fs = get_feature_set(feature_set) if isinstance(feature_set, str) else feature_set
+    arm_ids = [a.arm_id if isinstance(a, Arm) else Arm.parse(str(a)).arm_id for a in arms]
+    rule_obj = rule if isinstance(rule, DecisionRule) else DecisionRule.from_dict(dict(rule))
+    models = [str(m) for m in models]
+    names = row_names(fs, models)
+    if energy_source not in ENERGY_SOURCES:
+        raise UsageError(f"energy_source must be one of {ENERGY_SOURCES}, got {energy_source!r}")
+    if not energy_meter:
+        raise UsageError("name the energy meter the training joules came from (energy_meter=...)")
+    for what, b in (("success", success_booster), ("energy", energy_booster)):
+        if not isinstance(b, lgb.Booster):
+            raise UsageError(f"{what}_booster must be a lightgbm.Booster, got {type(b).__name__}")
+        if b.num_feature() != len(names):
+            raise UsageError(
+                f"{what}_booster takes {b.num_feature()} features but feature set {fs.name!r} with "
+                f"{len(models)} models gives {len(names)} row features"
+            )
+    s_obj, e_obj = _objective(success_booster), _objective(energy_booster)
+    if s_obj.split()[0] not in SUCCESS_OBJECTIVES:
+        raise UsageError(f"success_booster objective {s_obj!r} is not one of {SUCCESS_OBJECTIVES}")
+    if e_obj.split()[0] not in ENERGY_OBJECTIVES:
+        raise UsageError(f"energy_booster objective {e_obj!r} must predict log(joules) directly: {ENERGY_OBJECTIVES}")
+    if calibration is not None:
+        calibration = {"x": [float(v) for v in calibration["x"]], "y": [float(v) for v in calibration["y"]]}
+        check_calibration(calibration, UsageError)
+    try:
+        metrics = json.loads(json.dumps(dict(metrics), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"metrics must be JSON numbers/strings (no NaN): {exc}") from exc
+
+    success_txt = _float32_safe_thresholds(success_booster.model_to_string(num_iteration=-1))
+    energy_txt = _float32_safe_thresholds(energy_booster.model_to_string(num_iteration=-1))
+    onnx_success_txt = success_txt if s_obj.startswith("binary") else _as_binary(success_txt)
+    files = {
+        "success.trees.json": _json_bytes(trees_json(lgb.Booster(model_str=success_txt), "sigmoid")),
+        "energy.trees.json": _json_bytes(trees_json(lgb.Booster(model_str=energy_txt), "identity")),
+        "success.txt": success_txt.encode("utf-8"),
+        "energy.txt": energy_txt.encode("utf-8"),
+        "success.onnx": _to_onnx(onnx_success_txt, len(names)),
+        "energy.onnx": _to_onnx(energy_txt, len(names)),
+    }
+    manifest = Manifest(
+        arms=arm_ids,
+        models=models,
+        feature_set={"name": fs.name, "version": fs.version, "probe": fs.probe},
+        row_features=names,
+        rule=rule_obj.to_dict(),
+        energy_meter=str(energy_meter),
+        energy_source=energy_source,
+        metrics=metrics,
+        files={},
+        onnx=dict(ONNX_IO),
+        success_objective=s_obj.split()[0],
+        calibration=calibration,
+        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    files[PARITY] = _json_bytes(_parity(manifest, files, fs, reference_x))
+    return _publish(Path(out_dir), manifest, files, resolve_key(key), replace=True)
+
+
+def _parity(manifest: Manifest, files: Mapping[str, bytes], fs: FeatureSet, reference_x: np.ndarray | None) -> dict:
+    """numpy and ONNX against LightGBM on reference rows; raises `BundleError` when either is not faithful."""
+    if reference_x is None:
+        probe = np.zeros((len(_REFERENCE_QUESTIONS), 3), dtype=np.float32) if fs.probe else None
+        reference_x = fs.transform(list(_REFERENCE_QUESTIONS), None, probe)
+    reference_x = np.asarray(reference_x, dtype=np.float32)
+    if reference_x.ndim != 2 or reference_x.shape[1] != len(fs.names()):
+        raise UsageError(f"reference_x must be (n_queries, {len(fs.names())}) query features, got {reference_x.shape}")
+    n = len(manifest.row_features)
+    policies = {
+        b: Policy(manifest, make_backend(b, files, manifest.onnx, n), files) for b in ("lightgbm", "numpy", "onnx")
+    }
+    ref = policies["lightgbm"]
+    rows = row_matrix(reference_x, ref.arms, ref.models)
+    p_l, le_l = ref.backend.predict_rows(rows)
+    # "cheapest" so a stored budget the reference rows cannot meet still yields decisions to compare
+    d_l = ref.allocate_predictions(*ref.predict_features(reference_x), on_infeasible="cheapest")
+    out: dict[str, Any] = {"n_queries": int(reference_x.shape[0]), "n_rows": int(rows.shape[0]), "rule": manifest.rule}
+    out["reference_backend"] = "lightgbm"
+    for name, tol in (("numpy", NUMPY_TOL), ("onnx", ONNX_TOL)):
+        pol = policies[name]
+        p, le = pol.backend.predict_rows(rows)
+        dp, de = float(np.max(np.abs(p - p_l))), float(np.max(np.abs(le - le_l)))
+        d = pol.allocate_predictions(*pol.predict_features(reference_x), on_infeasible="cheapest")
+        agree = float(np.mean([a.arm_id == b.arm_id for a, b in zip(d, d_l, strict=True)]))
+        ok = bool(dp <= tol and de <= tol and agree == 1.0 and math.isfinite(dp + de))
+        out[name] = {"max_abs_diff_p": dp, "max_abs_diff_log_energy": de, "decisions_agree": agree, "tolerance": tol}
+        out[name]["ok"] = ok
+        if not ok:
+            raise BundleError(
+                f"{name} and LightGBM disagree on the reference rows (max |dp| {dp:.3g}, max |d log J| {de:.3g}, "
+                f"decisions agree {agree:.3f}); the {name} export is not faithful, do not ship it"
+            )
+    out["ok"] = True
+    return out
+
+
+def write_policy(policy: Policy, out_dir: str | Path, key: bytes | str | None = None, force: bool = False) -> Path:
+    """Write a loaded (or `with_rule`-changed) policy as a bundle folder: same files, fresh digest.
+
+    An existing `out_dir` must be a bundle of ours and `force` true; anything
+    else there is refused and kept.
+    """
+    manifest = Manifest(**{**policy.manifest.to_dict(), "digest": "", "signature": None})
+    return _publish(Path(out_dir), manifest, policy.files, resolve_key(key), replace=force)
+
+
+def _publish(out: Path, manifest: Manifest, files: Mapping[str, bytes], key: bytes | None, replace: bool) -> Path:
+    """Write the bundle into a temporary sibling, prove it loads, then rename it to `out`."""
+    check_destination(out, replace)
+    manifest = Manifest(**{**manifest.to_dict(), "files": {k: sha256(v) for k, v in sorted(files.items())}})
+    digest = bundle_digest(manifest, files)
+    manifest = Manifest(**{**manifest.to_dict(), "digest": digest, "signature": sign(digest, key) if key else None})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+        load_bundle(tmp, key=key)  # what we publish must read back with the default backend
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def check_destination(out: Path, replace: bool) -> None:
+    """Refuse an `out` that holds anything but a bundle of ours, or one of ours when `replace` is false."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"{out} exists and is not a folder; choose another output path")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_bundle_folder(out):
+            raise UsageError(
+                f"{out} is a non-empty folder that is not a policy bundle; it is kept as it is, choose another --out"
+            )
+        if not replace:
+            raise UsageError(f"{out} already holds a policy bundle; pass --force to replace it")
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an old bundle at `out` is moved aside first and deleted only after the rename."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def zip_bundle(bundle_dir: str | Path, dst: str | Path | None = None) -> Path:
+    """Pack a bundle folder into `dst` (default `<folder>.zip` beside it): files at the root, fixed timestamps."""
+    src = Path(bundle_dir)
+    if not is_bundle_folder(src):
+        raise BundleError(f"{src} is not a policy bundle folder (policy.json and bundle files only)")
+    dst = Path(dst) if dst is not None else src.with_name(src.name + ".zip")
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in BUNDLE_FILES:
+                if (src / name).is_file():
+                    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    zf.writestr(info, (src / name).read_bytes())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst

@@ -1,0 +1,287 @@
+"""`ttc export` and `ttc allocate`: a bundle copied safely, and a query file decided in a stream.
+
+Export never deletes what is not ours: the new bundle and its zip are built in
+a temporary sibling, proved to load, and renamed into place at the end; an
+existing destination is replaced only when it is a bundle of ours and `force`
+is given, and an output equal to, inside, or holding the source is refused.
+Every argument is checked before anything is written, so a refused export
+leaves nothing behind.
+
+Allocate reads the JSONL input line by line and decides in chunks
+(policy/stream.py), writing decisions to a temporary file renamed at the end.
+Duplicate query ids are refused (a decision file keyed by id would be
+ambiguous); an unknown task name is warned about once and its queries use the
+feature set's unknown-task columns. mlflow, lightgbm and onnx load only inside
+the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from policy.errors import UsageError
+
+_MLFLOW_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _resolve_bundle_source(source: str, tracking_uri: str | None = None) -> Path:
+    """A local bundle folder/zip, a training output folder holding bundle/, or an MLflow artifact URI."""
+    if source.startswith(_MLFLOW_PREFIXES):
+        return _download(source, tracking_uri)
+    p = Path(source)
+    if (p / "bundle" / "policy.json").is_file():
+        return p / "bundle"
+    if (p / "policy.json").is_file() or (p.is_file() and p.suffix == ".zip"):
+        return p
+    raise UsageError(
+        f"no policy bundle at {source!r}: give a `ttc train` output folder, a bundle folder or .zip, "
+        "or an MLflow artifact URI (runs:/<run_id>/bundle)"
+    )
+
+
+def _download(source: str, tracking_uri: str | None) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from store.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(source))
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"cannot fetch {source!r} from MLflow ({first[:200]}); check the run id / model name and alias, "
+            "or --tracking-uri"
+        ) from exc
+    # a registered pyfunc keeps the bundle among its artifacts: find its policy.json
+    found = sorted(local.rglob("policy.json")) if local.is_dir() else []
+    if (local / "policy.json").is_file() or not found:
+        return local
+    return found[0].parent
+
+
+def _rule_overrides(mode: str | None, lam: float | None, budget_j: float | None) -> dict[str, Any]:
+    """The rule fields to change, checked before anything is read or written."""
+    from policy.allocate import RULES
+    from policy.errors import unknown_name
+
+    if mode is not None and mode not in RULES:
+        raise unknown_name("--mode", mode, RULES)
+    if lam is not None and not (math.isfinite(lam) and lam >= 0):
+        raise UsageError(f"--lam must be a finite price >= 0 (accuracy per joule), got {lam}")
+    if budget_j is not None and not (math.isfinite(budget_j) and budget_j > 0):
+        raise UsageError(f"--budget-j must be a finite number of joules per query > 0, got {budget_j}")
+    changes: dict[str, Any] = {"mode": mode, "lam": lam, "budget_j": budget_j}
+    if mode is None and budget_j is not None and lam is None:
+        changes["mode"] = "budget"  # a budget alone means budget mode
+    elif mode is None and lam is not None and budget_j is None:
+        changes["mode"] = "price"
+    return {k: v for k, v in changes.items() if v is not None}
+
+
+def _check_paths(src: Path, out: Path, force: bool) -> Path:
+    """Refuse an output that is, holds or lies in the source, or that holds something not ours; returns the zip path."""
+    from policy.bundle_files import is_bundle_zip
+    from train.export import check_destination
+
+    src_r, out_r = src.resolve(), out.resolve()
+    zip_path = out.with_name(out.name + ".zip")
+    if out_r == src_r or src_r.is_relative_to(out_r) or out_r.is_relative_to(src_r):
+        raise UsageError(f"--out {out} is, holds or lies inside the source bundle {src}; choose another folder")
+    if zip_path.resolve() == src_r:
+        raise UsageError(f"--out {out} would overwrite the source {src} with {zip_path.name}; choose another folder")
+    check_destination(out, force)
+    if zip_path.is_symlink() or zip_path.exists():
+        if not is_bundle_zip(zip_path):
+            raise UsageError(f"{zip_path} exists and is not a bundle zip of ours; it is kept, choose another --out")
+        if not force:
+            raise UsageError(f"{zip_path} already holds a policy bundle; pass --force to replace it")
+    return zip_path
+
+
+def export_stage(
+    source: str,
+    out: str | Path,
+    mode: str | None = None,
+    lam: float | None = None,
+    budget_j: float | None = None,
+    register_name: str | None = None,
+    alias: str | None = "champion",
+    tracking_uri: str | None = None,
+    force: bool = False,
+    key: bytes | str | None = None,
+) -> dict[str, Any]:
+    """Copy a verified bundle to `out` (folder and `out`.zip), optionally with a new decision rule, and register it."""
+    from policy.allocate import DecisionRule
+    from policy.bundle import load_bundle
+    from policy.manifest import resolve_key
+    from train.export import swap_in, write_policy, zip_bundle
+
+    changes = _rule_overrides(mode, lam, budget_j)
+    secret = resolve_key(key)
+    src = _resolve_bundle_source(source, tracking_uri)
+    out = Path(out)
+    policy = load_bundle(src, key=secret)  # verifies files, digest and features before anything is written
+    rule = DecisionRule.from_dict({**policy.rule.to_dict(), **changes})
+    zip_path = _check_paths(src, out, force)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    try:
+        built = write_policy(policy.with_rule(rule), staging / out.name, key=secret)
+        zipped = zip_bundle(built, staging / zip_path.name)
+        load_bundle(zipped, key=secret)
+        _check_paths(src, out, force)  # again: something may have appeared meanwhile
+        swap_in(built, out)
+        os.replace(zipped, zip_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for p in created:  # deepest first: folders made for this export only, removed only while empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result: dict[str, Any] = {"bundle": str(out), "zip": str(zip_path), "energy_source": policy.energy_source}
+    result["rule"] = rule.to_dict()
+    if register_name:
+        result["model_uri"] = _register(out, register_name, alias, tracking_uri, policy.energy_source)
+    return result
+
+
+def _register(out: Path, register_name: str, alias: str | None, tracking_uri: str | None, source: str) -> str:
+    import mlflow
+    from serve.mlflow_log import log_policy_model
+
+    from store.tracking import setup_tracking
+
+    setup_tracking(tracking_uri, "ttc-export")
+    with mlflow.start_run(run_name="export"):
+        mlflow.set_tags({"stage": "export", "energy_source": source})
+        return log_policy_model(out, registered_name=register_name, alias=alias)
+
+
+# ---------------------------------------------------------------- allocate
+
+
+def iter_queries(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
+    """(id, question, task) per line of a JSONL query file, checked line by line; never holds the file."""
+    from store.jsonl import read_jsonl
+
+    p = Path(path)
+    seen: dict[str, int] = {}
+    lines = read_jsonl(p, '{"question", "task"?, "id"?}')
+    while True:
+        try:
+            item = next(lines, None)
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"{p} is not UTF-8 text (bad byte at offset {exc.start} of a line); save it as UTF-8"
+            ) from exc
+        if item is None:
+            return
+        i, row = item
+        question, task, qid = row.get("question"), row.get("task"), row.get("id", i)
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError(f'{p} line {i} has no "question" string; each line needs {{"question": "..."}}')
+        if task is not None and not isinstance(task, str):
+            raise UsageError(f'{p} line {i}: "task" must be a task name string or absent, got {task!r}')
+        if isinstance(qid, bool) or not isinstance(qid, str | int):
+            raise UsageError(f'{p} line {i}: "id" must be a string or an integer, got {qid!r}')
+        qid = str(qid)
+        if qid in seen:
+            raise UsageError(f"{p} line {i} repeats id {qid!r} of line {seen[qid]}; give every query its own id")
+        seen[qid] = i
+        yield qid, question, task
+
+
+def read_queries_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every query of a JSONL file as {"id", "question", "task"} (the streaming reader is `iter_queries`)."""
+    rows = [{"id": q, "question": text, "task": t} for q, text, t in iter_queries(path)]
+    if not rows:
+        raise UsageError(f"{path} holds no queries")
+    return rows
+
+
+def _known_tasks() -> set[str]:
+    from collect.tasks import TASKS
+
+    return set(TASKS)
+
+
+def _with_known_tasks(
+    queries: Iterator[tuple[str, str, str | None]], known: set[str], warn: Callable[[str], None]
+) -> Iterator[tuple[str, str, str | None]]:
+    """Unknown task names become None (the unknown-task columns), with one warning for the first."""
+    from collect.tasks import JSONL_PREFIX
+
+    warned = False
+    for qid, question, task in queries:
+        if task is not None and task not in known and not task.startswith(JSONL_PREFIX):
+            if not warned:
+                warn(
+                    f"unknown task {task!r} (query {qid!r}); known: {', '.join(sorted(known))}. Its queries and "
+                    "those of any other unknown task use the unknown-task features"
+                )
+                warned = True
+            task = None
+        yield qid, question, task
+
+
+def allocate_stage(
+    bundle: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    lam: float | None = None,
+    budget_j: float | None = None,
+    backend: str = "numpy",
+    key: bytes | str | None = None,
+    warn: Callable[[str], None] = _warn,
+) -> int:
+    """Decide an arm for every query of a JSONL file; writes one Decision per line. Returns the count."""
+    from policy.bundle import load_bundle
+    from policy.records import Decision
+    from policy.stream import allocate_stream
+
+    if lam is not None and budget_j is not None:
+        raise UsageError("give --lam or --budget-j, not both")
+    _rule_overrides(None, lam, budget_j)  # names the value given when it is bad
+    out = Path(output_path)
+    if out.is_dir():
+        raise UsageError(f"--output {out} is a folder; give a file path for the decisions (e.g. {out}/decisions.jsonl)")
+    if not Path(input_path).is_file():
+        raise UsageError(f"--input {input_path} is not a file; give a JSONL file of queries")
+    policy = load_bundle(bundle, backend=backend, key=key)
+    if policy.needs_probe:
+        raise UsageError("this policy needs probe features from the answering model; use the Python API with probe=")
+    queries = _with_known_tasks(iter_queries(input_path), _known_tasks(), warn)
+    fields = [f for f in Decision.__dataclass_fields__]
+    extra = {"energy_source": policy.energy_source, "energy_meter": policy.energy_meter}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for d in allocate_stream(policy, queries, lam=lam, budget_j=budget_j):
+                f.write(json.dumps({**{k: getattr(d, k) for k in fields}, **extra}) + "\n")
+                n += 1
+        if n == 0:
+            raise UsageError(f"{input_path} holds no queries")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
