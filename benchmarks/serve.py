@@ -1,7 +1,8 @@
 """Benchmark `ttc serve`: the proxy's own overhead beyond the upstream's time, on loopback.
 
-Starts a fast fake OpenAI-compatible engine (tests/fakes/openai_upstream.py)
-and `ttc serve` in front of it, each in its own process, then sends a bounded
+Starts a fast fake OpenAI-compatible engine (tests/fakes/openai_upstream.py;
+it answers after `--upstream-delay-ms`, default 20 ms, spent sleeping, so the
+engine itself uses almost no CPU) and `ttc serve` in front of it, each in its own process, then sends a bounded
 load (default 200 requests at concurrency 8, after 20 warm-up requests) with
 an async httpx client, and the same load straight to the engine. It prints,
 p50 and p99 in milliseconds:
@@ -15,7 +16,9 @@ p50 and p99 in milliseconds:
 - `added_ms`: end-to-end p50/p99 through the proxy minus straight to the engine;
 - `proxy_cpu_ms_per_request`: the proxy process's CPU time (user + system,
   /proc) over the load divided by the requests: its cost free of waiting for
-  a core, which on a busy machine dominates the latencies above.
+  a core, which on a busy machine dominates the latencies above; beside it
+  `fake_engine_cpu_ms_per_request`, the same for the fake engine (a bare
+  FastAPI app under uvicorn), the floor of one HTTP hop in Python.
 
 Target: beyond_upstream_ms p50 <= 2 ms. With `--llama-url URL/v1` it also
 sends `--llama-requests` requests through a proxy in front of that real
@@ -55,7 +58,8 @@ QUESTIONS = [
 ]
 FAKE = (
     "import sys, uvicorn; from tests.fakes.openai_upstream import make_fake_upstream; "
-    "uvicorn.run(make_fake_upstream(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', access_log=False)"
+    "app = make_fake_upstream(delay_s=float(sys.argv[2])); "
+    "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', access_log=False)"
 )
 
 
@@ -142,6 +146,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument(
+        "--upstream-delay-ms",
+        type=float,
+        default=20.0,
+        help="the fake engine's answer time (a sleep, no CPU); 0 makes the load CPU-bound on small machines",
+    )
     ap.add_argument("--llama-url", help="base URL (ending in /v1) of a running llama.cpp or other engine")
     ap.add_argument("--llama-requests", type=int, default=12)
     ap.add_argument("--llama-max-tokens", type=int, default=32, help="client cap on tokens per sample")
@@ -159,19 +169,24 @@ def main() -> None:
     models = load_bundle(bundle).models
 
     fake_port = free_port()
-    fake = start([sys.executable, "-c", FAKE, str(fake_port)], f"http://127.0.0.1:{fake_port}/")
+    delay_s = str(args.upstream_delay_ms / 1e3)
+    fake = start([sys.executable, "-c", FAKE, str(fake_port), delay_s], f"http://127.0.0.1:{fake_port}/")
     try:
         fake_url = f"http://127.0.0.1:{fake_port}/v1"
         asyncio.run(load(fake_url, models[0], args.warmup, args.concurrency, None))
+        cpu0 = cpu_s(fake.pid)
         direct = asyncio.run(load(fake_url, models[0], args.requests, args.concurrency, None))
+        engine_cpu_ms = (cpu_s(fake.pid) - cpu0) * 1e3 / args.requests
         via = proxy_run(bundle, fake_url, models, args.warmup, args.requests, args.concurrency, None)
     finally:
         fake.terminate()
         fake.wait(timeout=30)
     direct_e2e = pct([r["e2e_ms"] for r in direct])
     via["direct_e2e_ms"] = direct_e2e
+    via["fake_engine_cpu_ms_per_request"] = round(engine_cpu_ms, 3)
     via["added_ms"] = {k: round(via["e2e_ms"][k] - direct_e2e[k], 3) for k in ("p50", "p99")}
     # the machine's load when measured: latencies on shared cores include waiting for a core
+    via["upstream_delay_ms"] = args.upstream_delay_ms
     report = {"fake_upstream": via, "target_beyond_upstream_p50_ms": 2.0, "loadavg_1min": os.getloadavg()[0]}
     if args.llama_url:
         n, tok = args.llama_requests, args.llama_max_tokens

@@ -5,7 +5,8 @@
   joule for this request), `mode` ("policy" or "passthrough"), `answer` (how
   to extract answers: "number", "name" or "text").
 - `Decider.choose`: the query's features, the bundle's predictions over the
-  arms whose model has an upstream, and the price rule at λ. A client's own
+  arms whose model has an upstream (only the requested model's arms when the
+  request's `model` names one of them), and the price rule at λ. A client's own
   `n` and `max_tokens` are upper bounds: arms above them are not considered;
   when no arm fits, the policy's pick is clipped to them and marked `clipped`
   (its predicted joules then describe the unclipped arm).
@@ -125,11 +126,20 @@ class Decider:
         if not self.cols:
             raise UsageError(f"no --upstream serves a model of the bundle; its models are {', '.join(policy.models)}")
 
-    def choose(self, question: str, task: str | None, lam: float, n_max: int | None, tokens_max: int | None) -> Choice:
+    def choose(
+        self,
+        question: str,
+        task: str | None,
+        lam: float,
+        n_max: int | None,
+        tokens_max: int | None,
+        model: str | None = None,
+    ) -> Choice:
         p, e = self.policy.predict([question], [task])
         arms = self.policy.arms
-        fits = [i for i in self.cols if _fits(arms[i], n_max, tokens_max)]
-        cols = fits or self.cols
+        served = [i for i in self.cols if model is None or arms[i].model == model] or self.cols
+        fits = [i for i in served if _fits(arms[i], n_max, tokens_max)]
+        cols = fits or served
         ids = [self.policy.arm_ids[i] for i in cols]
         p_row, e_row = p[:, cols], e[:, cols]
         d = allocate_price(p_row, e_row, ids, ["request"], lam, self.policy.rule.p_floor)[0]

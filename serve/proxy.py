@@ -24,6 +24,7 @@ prediction, labelled with the bundle's energy source.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -127,7 +128,7 @@ def create_app(
             "status": "ok",
             "policy": policy.describe(),
             "upstreams": {m: u.base_url for m, u in upstreams.items()},
-            "budget": controller.state().__dict__ if controller else None,
+            "budget": dataclasses.asdict(controller.state()) if controller else None,
         }
 
     @app.get("/metrics")
@@ -240,7 +241,9 @@ async def _policy_answer(
     if body.get("stream"):
         raise UsageError('stream=true cannot be voted on; send ttc: {"mode": "passthrough"} to stream')
     extraction = answer_kind(options)
-    choice = state.decider.choose(question, options.task, state.price(options), n_max, tokens_max)
+    # a request naming one served model keeps to it; any other name ("ttc", "gpt-4o") lets the policy pick
+    model = body.get("model") if body.get("model") in state.upstreams.by_model else None
+    choice = state.decider.choose(question, options.task, state.price(options), n_max, tokens_max, model)
     forward = {k: v for k, v in body.items() if k not in _POLICY_OWNED}
     forward.update(model=choice.arm.model, max_tokens=choice.arm.max_new_tokens, temperature=choice.arm.temperature)
     sampled = await state.upstreams.sample(choice.arm.model, kind, forward, choice.arm.n)
@@ -367,7 +370,7 @@ def serve(
     upstream_specs: list[str],
     host: str = "127.0.0.1",
     port: int = 8000,
-    backend: str = "lightgbm",
+    backend: str = "numpy",
     **app_kw: Any,
 ) -> None:
     """Load the bundle, check the upstreams, and serve until interrupted (the `ttc serve` command)."""

@@ -309,3 +309,10 @@ def test_ttc_serve_with_a_bad_upstream_exits_2_naming_the_fix(policy_dir):
     cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(policy_dir), "--upstream", "tiny-135m"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "MODEL=URL" in r.stderr
+
+
+def test_a_request_naming_a_served_model_keeps_to_its_arms(stack):
+    s = stack()
+    for model in MODELS:
+        resp, _ = s.chat(model=model, extra_body={"ttc": {"lam": 0.0}})
+        assert resp.model_extra["ttc"]["model"] == model and s.seen[-1]["model"] == model

@@ -319,7 +319,7 @@ def serve(
     budget_window: Annotated[int, typer.Option(help="online budget: requests in the sliding window")] = 64,
     timeout_s: Annotated[float, typer.Option(help="seconds to wait for an upstream before answering 504")] = 120.0,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted, bytes (else 413)")] = 1 << 20,
-    backend: Annotated[str, typer.Option(help=f"model backend: {', '.join(BACKENDS)}")] = "lightgbm",
+    backend: Annotated[str, typer.Option(help=f"model backend: {', '.join(BACKENDS)}")] = "numpy",
 ) -> None:
     """Serve the policy as an OpenAI-compatible proxy that sizes, samples and votes each request."""
     from serve.proxy import serve as serve_proxy
