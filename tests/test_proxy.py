@@ -20,7 +20,7 @@ import pytest
 from policy.bundle import load_bundle
 from policy.errors import UsageError
 from serve.budget import BudgetController
-from serve.decide import Decider, parse_options, vote_texts
+from serve.decide import Decider, TTCOptions, answer_kind, parse_options, vote_texts
 from serve.proxy import create_app
 from serve.upstream import parse_upstreams
 from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream, wait_http
@@ -316,3 +316,11 @@ def test_a_request_naming_a_served_model_keeps_to_its_arms(stack):
     for model in MODELS:
         resp, _ = s.chat(model=model, extra_body={"ttc": {"lam": 0.0}})
         assert resp.model_extra["ttc"]["model"] == model and s.seen[-1]["model"] == model
+
+
+def test_answer_extraction_follows_the_task_unless_the_request_names_one():
+    assert answer_kind(TTCOptions(task="rg.needle_haystack")) == "name"
+    assert answer_kind(TTCOptions(task="gsm8k")) == "number" and answer_kind(TTCOptions()) == "number"
+    assert answer_kind(TTCOptions(task="rg.needle_haystack", answer="text")) == "text"
+    v = vote_texts(["Mira loathes jogging. The answer is Mira.", "The answer is Tomas.", "Mira."], "name")
+    assert v.answer == "Mira" and v.counts == {"Mira": 2, "Tomas": 1}
