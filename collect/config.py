@@ -9,13 +9,15 @@ is loaded or written.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from policy.arms import Arm, build_grid
-from policy.errors import UsageError
+from policy.errors import UsageError, unknown_name
 
 
 def _default_tasks() -> tuple[str, ...]:
@@ -58,6 +60,7 @@ class CollectConfig:
         return build_grid(list(self.models), ns, list(self.levels), list(self.temperatures), self.greedy)
 
     def validate(self) -> CollectConfig:
+        """Refuse a config that cannot run, before any model is loaded or anything written."""
         from collect.energy import METERS
         from collect.tasks import make_task
 
@@ -68,19 +71,26 @@ class CollectConfig:
         for t in self.tasks:
             make_task(t)  # raises on an unknown task, listing the known ones
         if self.meter not in METERS:
-            from policy.errors import unknown_name
-
             raise unknown_name("meter", self.meter, METERS)
-        if self.items_per_task < 1:
-            raise UsageError(f"items_per_task must be >= 1, got {self.items_per_task}")
-        if self.n_samples < 1:
-            raise UsageError(f"n_samples must be >= 1, got {self.n_samples}")
+        for name in ("items_per_task", "n_samples", "queries_per_batch"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("item_seed", "seed", "threads"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.levels or any(L < 1 for L in self.levels):
             raise UsageError(f"levels (max_new_tokens caps) must be positive integers, got {list(self.levels)}")
-        if self.queries_per_batch < 1:
-            raise UsageError(f"queries_per_batch must be >= 1, got {self.queries_per_batch}")
-        if self.watts_per_core <= 0:
-            raise UsageError(f"watts_per_core must be > 0, got {self.watts_per_core}")
+        if any(not math.isfinite(t) or t <= 0 for t in self.temperatures):
+            raise UsageError(
+                f"temperatures must be > 0 and finite, got {list(self.temperatures)}; greedy is the --greedy switch"
+            )
+        if not math.isfinite(self.watts_per_core) or self.watts_per_core <= 0:
+            raise UsageError(f"watts_per_core must be a finite number > 0, got {self.watts_per_core}")
+        if not math.isfinite(self.idle_baseline_s) or self.idle_baseline_s < 0:
+            raise UsageError(f"idle_baseline_s must be a finite number >= 0 (0 = none), got {self.idle_baseline_s}")
+        if Path(self.store).is_file():
+            raise UsageError(f"store {self.store!r} is a file; give a folder (it is created if missing)")
+        check_device(self.device)
         from collect.models import resolve_dtype
 
         resolve_dtype(self.dtype, self.device)  # raises on an unknown dtype, or float16 on CPU
@@ -91,15 +101,60 @@ class CollectConfig:
         return dataclasses.asdict(self)
 
 
+#: each field's annotation ("int", "tuple[str, ...]", ...): the type its config value must have
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(CollectConfig)}
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here, without loading any model."""
+    if not _DEVICE.fullmatch(device):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count()
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise UsageError(f"device {device!r} is not available ({count} CUDA devices visible); use --device cpu")
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise UsageError("device 'mps' is not available on this machine; use --device cpu")
+
+
+def _number(label: str, value: Any, kind: type) -> Any:
+    """`value` as an int or a finite float; refuses bools, strings, NaN and infinities by name."""
+    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        what = "an integer" if kind is int else "a number"
+        raise UsageError(f"{label} must be {what}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise UsageError(f"{label} must be a finite number, got {value!r}")
+    return kind(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
-    if name in {"models", "tasks", "levels", "temperatures"}:
+    """One config value checked against its field's type (TOML and CLI values alike)."""
+    kind = _FIELD_TYPES[name]
+    if kind.startswith("tuple["):
         if not isinstance(value, list | tuple):
             raise UsageError(f"config key {name!r} must be a list, got {value!r}")
-        value = tuple(value)
-        if name == "levels":
-            value = tuple(sorted({int(v) for v in value}))
-        if name == "temperatures":
-            value = tuple(float(v) for v in value)
+        item = kind[len("tuple[") : kind.index(",")]
+        values = tuple(_coerce_scalar(f"every item of config key {name!r}", v, item) for v in value)
+        return tuple(sorted(set(values))) if name == "levels" else values
+    return _coerce_scalar(f"config key {name!r}", value, kind)
+
+
+def _coerce_scalar(label: str, value: Any, kind: str) -> Any:
+    if kind in ("int", "float"):
+        return _number(label, value, int if kind == "int" else float)
+    expected = {"str": str, "bool": bool}[kind]
+    if not isinstance(value, expected):
+        raise UsageError(f"{label} must be {'text' if kind == 'str' else 'true or false'}, got {value!r}")
     return value
 
 
@@ -124,7 +179,9 @@ def load_config(path: str | Path | None, **overrides: Any) -> CollectConfig:
         if not p.is_file():
             raise UsageError(f"config file {str(p)!r} not found")
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise UsageError(f"config {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
         except tomllib.TOMLDecodeError as e:
             raise UsageError(f"malformed config {str(p)!r}: {e}") from e
         data = raw.get("collect", raw)

@@ -1,7 +1,8 @@
 """Reading a user's JSONL file: one JSON object per line, errors that name the line.
 
 Shared by the user task files (`jsonl:PATH`) and `ttc allocate`'s query files;
-each caller checks its own fields. Standard library only.
+each caller checks its own fields. The file must be UTF-8 (a BOM on the first
+line is tolerated). Standard library only; never writes.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ def read_jsonl(path: str | Path, expected: str) -> Iterator[tuple[int, dict[str,
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"file {str(p)!r} not found; give a JSONL file of {expected} lines")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(p, "rb") as f:  # bytes, so a bad byte is reported with its line instead of a traceback
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(f"{p} line {lineno}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from e
             if not line.strip():
                 continue
             try:

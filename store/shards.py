@@ -6,7 +6,14 @@ max_new_tokens, seed). A shard is written to a temporary name in the same
 folder, fsynced, then renamed into place, so a reader sees either the whole
 shard or nothing: a `kill -9` at any moment loses at most the in-flight batch.
 Groups already on disk are skipped on append, so a resumed run never
-duplicates a record. Readable as a pandas DataFrame and a `datasets.Dataset`.
+duplicates a record. Readable as a pandas DataFrame (through the one loader,
+`store.loader.load_samples`) and a `datasets.Dataset`.
+
+One writer at a time: a handle takes the store's writer lock
+(`store.locks`, an flock the OS releases if the writer dies) on its first
+write or `clean_partial`, and keeps it until `close()` or until the handle is
+garbage collected. A second process that tries to write gets a `UsageError`
+naming the holder; it never interleaves shards with the first.
 
 This module never generates or grades: it only keeps records.
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,9 +33,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from policy.errors import UsageError
-from policy.records import Sample, sample_fields
+from policy.records import Sample
+from store.loader import load_samples, read_shard
+from store.locks import acquire_writer_lock, release_writer_lock
+from store.schema import GROUP_KEY
 
-GROUP_KEY = ["query_id", "model", "temperature", "max_new_tokens", "seed"]
+#: the sample loader under the store's historical name
+read_samples = load_samples
 
 
 def group_key(s: Sample | dict[str, Any]) -> tuple:
@@ -49,6 +61,29 @@ class SampleStore:
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"store path {str(self.root)!r} is a file; give a folder")
         self._done: set[tuple] | None = None
+        self._lock: weakref.finalize | None = None
+
+    def lock(self) -> None:
+        """Take this store's writer lock (once per handle); raises `UsageError` naming another holder.
+
+        Groups read before the lock was taken are read again: another writer may
+        have added some in between.
+        """
+        if self._lock is None or not self._lock.alive:
+            key = acquire_writer_lock(self.root)
+            self._lock = weakref.finalize(self, release_writer_lock, key)
+            self._done = None
+
+    def close(self) -> None:
+        """Release the writer lock now (it is also released when the handle is collected or the process ends)."""
+        if self._lock is not None:
+            self._lock()
+
+    def __enter__(self) -> SampleStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def shards(self) -> list[Path]:
         return sorted(self.root.glob("shard-*.parquet")) if self.root.is_dir() else []
@@ -57,12 +92,13 @@ class SampleStore:
         if self._done is None:
             self._done = set()
             for f in self.shards():
-                t = pq.read_table(f, columns=GROUP_KEY).to_pandas()
+                t = read_shard(f, GROUP_KEY).to_pandas()
                 self._done.update(group_key(r) for r in t.to_dict("records"))
         return self._done
 
     def append(self, samples: Iterable[Sample]) -> Path | None:
         """Write the samples of groups not already stored as one new shard; returns its path."""
+        self.lock()
         done = self.done_groups()
         fresh = [s for s in samples if group_key(s) not in done]
         if not fresh:
@@ -76,13 +112,14 @@ class SampleStore:
         """
         import pyarrow.compute as pc
 
+        self.lock()
         wanted = pa.array(sorted(set(tasks))) if tasks is not None else None
         added = 0
         for f in SampleStore(source).shards():
-            table = pq.read_table(f)
+            table = read_shard(f)
             if wanted is not None:
                 table = table.filter(pc.is_in(table["task"], value_set=wanted))
-            keys = [group_key(r) for r in table.select(GROUP_KEY).to_pylist()]
+            keys = [group_key(r) for r in table.select(list(GROUP_KEY)).to_pylist()]
             keep = [k not in self.done_groups() for k in keys]
             if any(keep):
                 table = table.filter(pa.array(keep))
@@ -108,7 +145,14 @@ class SampleStore:
         return read_samples(self.root)
 
     def clean_partial(self) -> int:
-        """Remove temporary files a killed writer left behind; returns how many."""
+        """Remove temporary files a killed writer left behind; returns how many.
+
+        A write: it takes the writer lock first, so it never deletes a live writer's
+        in-flight shard, and a second collector is refused before it loads a model.
+        """
+        if not self.root.is_dir():
+            return 0
+        self.lock()
         stale = list(self.root.glob(".shard-*.tmp")) if self.root.is_dir() else []
         for f in stale:
             f.unlink(missing_ok=True)
@@ -121,24 +165,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_samples(path: str | Path) -> pd.DataFrame:
-    """All samples of a store folder (or a single Parquet file) as a DataFrame with Sample's columns."""
-    p = Path(path)
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        files = sorted(p.glob("shard-*.parquet")) or sorted(p.glob("*.parquet"))
-    else:
-        raise UsageError(f"no sample store at {str(p)!r}; run `ttc collect --store {p}` first")
-    if not files:
-        return pd.DataFrame(columns=sample_fields())
-    df = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-    missing = set(sample_fields()) - set(df.columns)
-    if missing:
-        raise UsageError(f"store {str(p)!r} lacks sample columns {sorted(missing)}: it was not written by ttc collect")
-    return df
 
 
 def to_dataset(path: str | Path) -> Any:

@@ -5,6 +5,12 @@ resolved against the current folder and its folder created, and experiments
 keep their artifacts beside the database (not in whatever folder the process
 runs from). mlflow is imported inside the functions only, so importing this
 module costs nothing and `policy/` never pulls MLflow in.
+
+A fresh SQLite database is created under a lock beside it (`.mlflow.db.lock`),
+once, by whichever process resolves its URI first: MLflow's schema migrations
+are not safe to run twice at once (two `ttc train` on a fresh mlruns/ failed
+with "duplicate column name: step"). A marker (`.mlflow.db.ready`) lets later
+processes skip the lock. This module never logs runs itself.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from policy.errors import UsageError
+from store.locks import waiting_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -23,12 +30,33 @@ def resolve_tracking_uri(uri: str | None) -> str:
         path = Path(uri[len("sqlite:///") :])
         path = path if path.is_absolute() else Path.cwd() / path
         path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
+        resolved = f"sqlite:///{path.resolve()}"
+        init_sqlite_db(path.resolve(), resolved)
+        return resolved
     if "://" not in uri:  # a bare folder: MLflow's (deprecated) file store
         path = Path(uri).resolve()
         path.mkdir(parents=True, exist_ok=True)
         return path.as_uri()
     return uri
+
+
+def init_sqlite_db(db: Path, uri: str) -> None:
+    """Create MLflow's tables in the SQLite file `db` unless done before, one process at a time."""
+    ready = db.with_name(f".{db.name}.ready")
+
+    def done() -> bool:
+        return ready.is_file() and db.is_file() and db.stat().st_size > 0
+
+    if done():
+        return
+    with waiting_lock(db.with_name(f".{db.name}.lock")):
+        if done():  # another process created it while this one waited
+            return
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        # Constructing the store runs the migrations and creates the default experiment.
+        SqlAlchemyStore(uri, (db.parent / "artifacts").as_uri()).engine.dispose()
+        ready.touch()
 
 
 def experiment_id(client, name: str, tracking_uri: str) -> str:  # noqa: ANN001 (an MlflowClient)
@@ -41,7 +69,14 @@ def experiment_id(client, name: str, tracking_uri: str) -> str:  # noqa: ANN001 
     artifact_location = None
     if tracking_uri.startswith("sqlite:///"):
         artifact_location = (Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as e:  # another process created it between the lookup and here
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def setup_tracking(uri: str | None, experiment: str) -> str:

@@ -21,25 +21,8 @@ import pandas as pd
 
 from policy.arms import Arm
 from policy.errors import UsageError
-from policy.records import ArmOutcome
+from store.schema import ARM_COLUMNS, ARM_DTYPES, VIEW_COLUMNS
 
-ARM_COLUMNS = list(ArmOutcome.__dataclass_fields__)
-#: the Sample columns the arm view reads
-VIEW_COLUMNS = (
-    "model",
-    "temperature",
-    "query_id",
-    "sample_index",
-    "task",
-    "levels",
-    "level_answer",
-    "level_correct",
-    "level_energy_j",
-    "level_duration_s",
-    "level_output_tokens",
-    "meter",
-    "energy_source",
-)
 _SOFT_DRAWS = 64
 
 
@@ -71,7 +54,7 @@ def available_arms(samples: pd.DataFrame) -> list[Arm]:
 
 
 def arm_outcomes(samples: pd.DataFrame, arms: list[Arm] | None = None, seed: int = 0) -> pd.DataFrame:
-    """One row per (query, arm), columns = ArmOutcome fields.
+    """One row per (query, arm): the arm-row schema `store.schema.ARM_COLUMNS` (ArmOutcome's fields).
 
     `correct_soft` resamples n-of-N subsets (N = samples available) `_SOFT_DRAWS`
     times and averages the vote's correctness: a less noisy label than one vote.
@@ -135,7 +118,7 @@ def arm_outcomes(samples: pd.DataFrame, arms: list[Arm] | None = None, seed: int
                     source,
                 )
             )
-    out = pd.DataFrame(rows, columns=ARM_COLUMNS)
+    out = pd.DataFrame(rows, columns=list(ARM_COLUMNS)).astype(ARM_DTYPES)
     if out.empty:
         raise UsageError("none of the requested arms can be derived from this store's samples")
     return out

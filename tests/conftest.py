@@ -35,6 +35,6 @@ def reference_store() -> Path:
 @pytest.fixture(scope="session")
 def reference_samples(reference_store: Path):
     """The reference collection's samples, read once per session. Shared: derive copies, never mutate it."""
-    from store.shards import read_samples
+    from store.loader import load_samples
 
-    return read_samples(reference_store)
+    return load_samples(reference_store)

@@ -13,8 +13,10 @@ Labels, per row:
 - length: `output_tokens` (the predictor learns log1p tokens).
 
 Splits hold out whole queries (every arm of a held-out query is held out), or
-whole tasks. Never split by sample or by row: rows of one query share its
-features and most of its outcome, so a row split leaks the answer.
+whole tasks; `make_split` returns the `store.splits.Split` that train writes
+to split.json (with the seed and the store's fingerprint) and its row indices.
+Never split by sample or by row: rows of one query share its features and most
+of its outcome, so a row split leaks the answer.
 
 Bad stores are refused here, at the edge, with a `UsageError` that names the
 fix. This module never trains, tunes or logs anything.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,48 +33,24 @@ import pandas as pd
 from policy.arms import Arm
 from policy.errors import MixedEnergyError, UsageError, unknown_name
 from policy.features import PROBE_NAMES, FeatureSet, get_feature_set, row_matrix, row_names
-from store.views import VIEW_COLUMNS, arm_outcomes, queries
+from store.loader import load_samples
+from store.schema import TRAIN_SAMPLE_COLUMNS
+from store.splits import SPLIT_KINDS, Split, store_fingerprint
+from store.views import arm_outcomes, queries
 
-#: Sample columns the arm view and the features read.
-REQUIRED_COLUMNS = (*VIEW_COLUMNS, "question", "energy_j")
+__all__ = ["TrainingData", "RowSplit", "build_dataset", "group_folds", "load_samples", "make_split"]
 #: Fewer queries than this cannot fill a test split and tuning folds.
 MIN_QUERIES = 10
 SUCCESS_LABELS = ("correct_soft", "correct")
-
-
-def load_samples(path: str | Path) -> pd.DataFrame:
-    """The store's samples as a DataFrame with the `policy.records.Sample` columns.
-
-    Reads through `store.shards.read_samples` where that module exists, else
-    reads the Parquet shards of the folder directly.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"no sample store at {path}; run `ttc collect` first or pass the store folder")
-    try:
-        from store.shards import read_samples
-    except ModuleNotFoundError as e:
-        if e.name not in ("store.shards", "collect"):
-            raise
-        read_samples = None
-    if read_samples is not None:
-        samples = read_samples(path)
-    else:
-        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-        if not files:
-            raise UsageError(f"the store {path} holds no Parquet shards; run `ttc collect` first")
-        samples = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    if samples.empty:
-        raise UsageError(f"the store {path} holds no samples; run `ttc collect` first")
-    return samples
 
 
 @dataclass(frozen=True, eq=False)
 class TrainingData:
     """(query, arm) rows with their feature matrix; row i of `X` is row i of `rows`.
 
-    `rows` has the `ArmOutcome` columns, sorted by (query_id, arm_id).
-    `label` names the column the success predictor trains on.
+    `rows` has the arm-row columns (`store.schema.ARM_COLUMNS`), sorted by
+    (query_id, arm_id). `label` names the column the success predictor trains
+    on; `store_fingerprint` identifies the samples the rows came from.
     """
 
     rows: pd.DataFrame
@@ -85,6 +62,7 @@ class TrainingData:
     label: str
     energy_source: str
     meter: str
+    store_fingerprint: str | None = None
 
     @property
     def groups(self) -> np.ndarray:
@@ -126,7 +104,7 @@ class TrainingData:
 def _check_samples(samples: pd.DataFrame) -> None:
     if samples.empty:
         raise UsageError("the store holds no samples; run `ttc collect` first")
-    missing = [c for c in REQUIRED_COLUMNS if c not in samples.columns]
+    missing = [c for c in TRAIN_SAMPLE_COLUMNS if c not in samples.columns]
     if missing:
         raise UsageError(f"the store lacks sample columns {', '.join(missing)}; re-collect with this version")
     energy = pd.to_numeric(samples["energy_j"], errors="coerce")
@@ -202,6 +180,7 @@ def build_dataset(
         label="correct_soft" if soft_labels else "correct",
         energy_source=str(rows["energy_source"].iloc[0]),
         meter="+".join(meters),
+        store_fingerprint=store_fingerprint(samples),
     )
 
 
@@ -209,32 +188,46 @@ def build_dataset(
 
 
 @dataclass(frozen=True, eq=False)
-class Split:
-    """Row indices of a train/test split that keeps every query (or task) on one side."""
+class RowSplit:
+    """A `store.splits.Split` (what train writes to split.json) with its row indices into `TrainingData`."""
 
-    kind: str
+    split: Split
     train: np.ndarray
     test: np.ndarray
-    train_query_ids: tuple[str, ...]
-    test_query_ids: tuple[str, ...]
-    holdout_tasks: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.split.kind
+
+    @property
+    def train_query_ids(self) -> tuple[str, ...]:
+        return self.split.train_query_ids
+
+    @property
+    def test_query_ids(self) -> tuple[str, ...]:
+        return self.split.test_query_ids
+
+    @property
+    def holdout_tasks(self) -> tuple[str, ...]:
+        return self.split.holdout_tasks
 
 
-def _make(data: TrainingData, kind: str, test_mask: np.ndarray, tasks: tuple[str, ...] = ()) -> Split:
+def _make(data: TrainingData, kind: str, test_mask: np.ndarray, seed: int, tasks: tuple[str, ...] = ()) -> RowSplit:
     g = data.groups
-    return Split(
+    split = Split(
         kind=kind,
-        train=np.flatnonzero(~test_mask),
-        test=np.flatnonzero(test_mask),
         train_query_ids=tuple(sorted(set(g[~test_mask]))),
         test_query_ids=tuple(sorted(set(g[test_mask]))),
         holdout_tasks=tasks,
+        seed=int(seed),
+        store_fingerprint=data.store_fingerprint,
     )
+    return RowSplit(split=split, train=np.flatnonzero(~test_mask), test=np.flatnonzero(test_mask))
 
 
 def split_by_query(
     data: TrainingData, test_size: float = 0.2, seed: int = 0, holdout_tasks: Sequence[str] | None = None
-) -> Split:
+) -> RowSplit:
     """Hold out a random `test_size` fraction of queries, with all their arms."""
     from sklearn.model_selection import GroupShuffleSplit
 
@@ -244,12 +237,12 @@ def split_by_query(
     _, test = next(gss.split(data.X, groups=data.groups))
     mask = np.zeros(len(data.rows), dtype=bool)
     mask[test] = True
-    return _make(data, "query", mask)
+    return _make(data, "query", mask, seed)
 
 
 def split_by_task(
     data: TrainingData, test_size: float = 0.2, seed: int = 0, holdout_tasks: Sequence[str] | None = None
-) -> Split:
+) -> RowSplit:
     """Hold out whole tasks: the named ones, or seeded random tasks covering about `test_size` of queries."""
     tasks_of_rows = data.rows["task"].astype(str).to_numpy()
     known = sorted(set(tasks_of_rows))
@@ -273,10 +266,10 @@ def split_by_task(
                 break
         chosen = sorted(chosen)
     mask = np.isin(tasks_of_rows, chosen)
-    return _make(data, "task", mask, tuple(chosen))
+    return _make(data, "task", mask, seed, tuple(chosen))
 
 
-SPLITS = {"query": split_by_query, "task": split_by_task}
+SPLITS = dict(zip(SPLIT_KINDS, (split_by_query, split_by_task), strict=True))
 
 
 def make_split(
@@ -285,7 +278,8 @@ def make_split(
     test_size: float = 0.2,
     seed: int = 0,
     holdout_tasks: Sequence[str] | None = None,
-) -> Split:
+) -> RowSplit:
+    """Hold out whole queries (kind "query") or whole tasks ("task"); `.split` is what train writes down."""
     if kind not in SPLITS:
         raise unknown_name("split", kind, SPLITS)
     if not 0 < test_size < 1:
