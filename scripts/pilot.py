@@ -1,0 +1,302 @@
+"""Pilot a candidate task mix: where does test-time compute buy accuracy for a model?
+
+For each candidate config (a registered task name, or a reasoning-gym setting
+with its prompt that is not registered yet, from `CANDIDATES`), draws a few
+queries, generates `--n` samples at `--temperature` (0.7) and one greedy sample per
+query with the collect code's model adapter (collect.models.LoadedModel), grades
+each sample at every cap in `--levels`, and prints one markdown row per config:
+
+- `p1`: per-sample accuracy (the expected accuracy of the n=1 arm);
+- `greedy`: the greedy sample's accuracy;
+- `v4`, `v8` (`v16`): majority-vote accuracy of the first 4, 8 (16) samples,
+  voted as the arm view votes (store.views.vote);
+- `gain`: v8 - p1, the mean accuracy the vote of 8 buys over one sample;
+- `band`: share of queries whose per-sample success rate is in [0.1, 0.9];
+- `never`: share of queries no sample answered right;
+- `p1@L`: per-sample accuracy at each cap (where a longer output buys accuracy).
+
+Every figure is at the largest cap unless named `@L`. A JSON line per config is
+appended to `--out` so tables can be rebuilt. Nothing is written to a store and
+no energy is measured: this only chooses the mix.
+
+    .venv/bin/python scripts/pilot.py --model smollm2-135m --queries 12 --levels 32,64 rg.arith_1d_pm ...
+    .venv/bin/python scripts/pilot.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from collect.tasks import TASKS, Item, ReasoningGymTask, RGSpec, Task, make_task  # noqa: E402
+from collect.tasks.rg import arith_config  # noqa: E402
+from store.views import vote  # noqa: E402
+
+_MUL = "Solve the following multiplication: {}. Give only the result as your final answer."
+_GCD = "Find the Greatest Common Divisor (GCD) of these numbers: {}. Give only the GCD as your final answer."
+_CHAIN = "State the final answer to the following arithmetic problem: {} ="
+
+# Candidate settings and prompts not (yet) registered. "steps" prompts make the
+# model write intermediate results before the answer: the place where a longer
+# output can buy accuracy.
+CANDIDATES: dict[str, RGSpec] = {
+    "c.add3_1d": RGSpec(
+        "basic_arithmetic",
+        arith_config(1, ("+",), terms=3),
+        "number",
+        [
+            ("Calculate 2 + 6 + 3.", "2 + 6 + 3 = 11. The answer is 11."),
+            ("Calculate 7 + 5 + 8.", "7 + 5 + 8 = 20. The answer is 20."),
+        ],
+    ),
+    "c.add3_1d_steps": RGSpec(
+        "basic_arithmetic",
+        arith_config(1, ("+",), terms=3),
+        "number",
+        [
+            ("Calculate 2 + 6 + 3.", "2 + 6 = 8. 8 + 3 = 11. The answer is 11."),
+            ("Calculate 7 + 5 + 8.", "7 + 5 = 12. 12 + 8 = 20. The answer is 20."),
+        ],
+    ),
+    "c.add4_1d_steps": RGSpec(
+        "basic_arithmetic",
+        arith_config(1, ("+",), terms=4),
+        "number",
+        [
+            ("Calculate 2 + 6 + 3 + 9.", "2 + 6 = 8. 8 + 3 = 11. 11 + 9 = 20. The answer is 20."),
+            ("Calculate 7 + 5 + 8 + 4.", "7 + 5 = 12. 12 + 8 = 20. 20 + 4 = 24. The answer is 24."),
+        ],
+    ),
+    "c.pm3_1d_steps": RGSpec(
+        "chain_sum",
+        {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1},
+        "number",
+        [
+            (_CHAIN.format("8 + 6 - 3"), "8 + 6 = 14. 14 - 3 = 11. The answer is 11."),
+            (_CHAIN.format("9 - 2 + 5"), "9 - 2 = 7. 7 + 5 = 12. The answer is 12."),
+        ],
+    ),
+    "c.add_2d2d": RGSpec(
+        "basic_arithmetic",
+        arith_config(2, ("+",)) | {"min_digits": 2},
+        "number",
+        [
+            ("Calculate 23 + 41.", "23 + 41 = 64. The answer is 64."),
+            ("Calculate 58 + 37.", "58 + 37 = 95. The answer is 95."),
+        ],
+    ),
+    "c.add_2d2d_steps": RGSpec(
+        "basic_arithmetic",
+        arith_config(2, ("+",)) | {"min_digits": 2},
+        "number",
+        [
+            ("Calculate 23 + 41.", "20 + 40 = 60. 3 + 1 = 4. 60 + 4 = 64. The answer is 64."),
+            ("Calculate 58 + 37.", "50 + 30 = 80. 8 + 7 = 15. 80 + 15 = 95. The answer is 95."),
+        ],
+    ),
+    "c.mul_2x1": RGSpec(
+        "products",
+        {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
+        "number",
+        [
+            (_MUL.format("23 * 4"), "23 * 4 = 92. The answer is 92."),
+            (_MUL.format("7 * 16"), "7 * 16 = 112. The answer is 112."),
+        ],
+    ),
+    "c.mul_2x1_steps": RGSpec(
+        "products",
+        {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
+        "number",
+        [
+            (_MUL.format("23 * 4"), "20 * 4 = 80. 3 * 4 = 12. 80 + 12 = 92. The answer is 92."),
+            (_MUL.format("7 * 16"), "7 * 10 = 70. 7 * 6 = 42. 70 + 42 = 112. The answer is 112."),
+        ],
+    ),
+    "c.gcd_small": RGSpec(
+        "gcd",
+        {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 20},
+        "number",
+        [
+            (
+                _GCD.format("12, 18"),
+                "12 = 2 * 6 and 18 = 3 * 6. The answer is 6.",
+            ),
+            (
+                _GCD.format("8, 20"),
+                "8 = 2 * 4 and 20 = 5 * 4. The answer is 4.",
+            ),
+        ],
+    ),
+    "c.lcm_small": RGSpec(
+        "lcm",
+        {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 10},
+        "number",
+        [
+            (
+                "Find the Least Common Multiple (LCM) of these numbers: 4, 6",
+                "4 * 3 = 12 and 6 * 2 = 12. The answer is 12.",
+            ),
+            (
+                "Find the Least Common Multiple (LCM) of these numbers: 3, 5",
+                "3 * 5 = 15 and 5 * 3 = 15. The answer is 15.",
+            ),
+        ],
+    ),
+    "c.letter_count_1w": RGSpec(
+        "letter_counting",
+        {"min_words": 1, "max_words": 1},
+        "number",
+        [
+            (
+                'How many times does the letter "e" appear in the text: "seven"?',
+                "s, e, v, e, n: 2 times. The answer is 2.",
+            ),
+            (
+                'How many times does the letter "a" appear in the text: "banana"?',
+                "b, a, n, a, n, a: 3 times. The answer is 3.",
+            ),
+        ],
+    ),
+}
+
+
+def build_task(name: str) -> Task:
+    """A registered task, or a pilot candidate (an unregistered reasoning-gym spec)."""
+    if name in CANDIDATES:
+        return ReasoningGymTask(name, CANDIDATES[name])
+    return make_task(name)
+
+
+def _grade_levels(
+    lm: object, task: Task, item: Item, ids: list[int], levels: list[int]
+) -> list[tuple[str | None, bool]]:
+    out = []
+    for L in levels:
+        g = task.grade(item, lm.decode(ids[:L]))
+        out.append((g.answer, bool(g.correct)))
+    return out
+
+
+def run_config(lm: object, task: Task, args: argparse.Namespace) -> dict:
+    """Generate and grade one config; returns its figures (see the module docstring)."""
+    levels = sorted(args.levels)
+    items = task.items(args.queries, seed=args.item_seed)
+    prompts = [lm.build_prompt(it.question, task.demos) for it in items]
+    per = args.queries_per_batch
+    sampled: list[list[list[tuple[str | None, bool]]]] = []  # [query][sample][level]
+    greedy: list[list[tuple[str | None, bool]]] = []  # [query][level]
+    tokens, t0 = [], time.perf_counter()
+    for i in range(0, len(items), per):
+        gen = lm.generate(prompts[i : i + per], args.n, max(levels), args.temperature, args.seed + i)
+        for q, it in enumerate(items[i : i + per]):
+            ids_q = gen.output_ids[q * args.n : (q + 1) * args.n]
+            tokens += [len(x) for x in ids_q]
+            sampled.append([_grade_levels(lm, task, it, ids, levels) for ids in ids_q])
+            if i + q < args.show:  # a look at what the prompt makes the model write
+                print(f"  {it.question[-60:]!r} gold {it.gold}: {lm.decode(ids_q[0])!r}", flush=True)
+    for i in range(0, len(items), per * 4):
+        gen = lm.generate(prompts[i : i + per * 4], 1, max(levels), 0.0, args.seed)
+        for it, ids in zip(items[i : i + per * 4], gen.output_ids, strict=True):
+            greedy.append(_grade_levels(lm, task, it, ids, levels))
+    wall_s = time.perf_counter() - t0
+    return summarize(task.name, sampled, greedy, levels, tokens, wall_s)
+
+
+def summarize(name, sampled, greedy, levels, tokens, wall_s) -> dict:
+    """Pilot figures from graded samples: [query][sample][level] -> (answer, correct)."""
+    nq, top = len(sampled), len(levels) - 1
+    rates = [sum(s[top][1] for s in q) / len(q) for q in sampled]
+
+    def vote_acc(n: int, lv: int) -> float:
+        return sum(vote([s[lv][0] for s in q[:n]], [s[lv][1] for s in q[:n]])[1] for q in sampled) / nq
+
+    res = {
+        "config": name,
+        "queries": nq,
+        "n": len(sampled[0]),
+        "p1": sum(rates) / nq,
+        "greedy": sum(g[top][1] for g in greedy) / nq,
+        "v4": vote_acc(4, top),
+        "v8": vote_acc(8, top),
+        "band": sum(0.1 <= r <= 0.9 for r in rates) / nq,
+        "never": sum(r == 0 for r in rates) / nq,
+        "mean_tokens": sum(tokens) / len(tokens),
+        "wall_s": wall_s,
+        "p1_at": {
+            L: sum(s[lv][1] for q in sampled for s in q) / sum(len(q) for q in sampled) for lv, L in enumerate(levels)
+        },
+        "v8_at": {L: vote_acc(8, lv) for lv, L in enumerate(levels)},
+    }
+    if res["n"] >= 16:
+        res["v16"] = vote_acc(16, top)
+    res["gain"] = res["v8"] - res["p1"]
+    return res
+
+
+def row(model: str, r: dict) -> str:
+    at = " ".join(f"{r['p1_at'][L]:.2f}" for L in sorted(r["p1_at"]))
+    v16 = f" {r['v16']:.2f} |" if "v16" in r else " – |"
+    return (
+        f"| {r['config']} | {model} | {r['queries']} | {r['p1']:.2f} | {r['greedy']:.2f} | {r['v4']:.2f} | "
+        f"{r['v8']:.2f} |{v16} {r['gain']:+.2f} | {r['band']:.2f} | {r['never']:.2f} | {at} | "
+        f"{r['mean_tokens']:.0f} | {r['wall_s']:.0f} |"
+    )
+
+
+HEADER = (
+    "| config | model | q | p1 | greedy | v4 | v8 | v16 | gain v8-p1 | band | never | p1@caps | tokens | s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("configs", nargs="*", help="registered task names or pilot candidates (see --list)")
+    p.add_argument("--list", action="store_true", help="print the known configs and exit")
+    p.add_argument("--model", default="smollm2-135m", help="built-in model name or path")
+    p.add_argument("--queries", type=int, default=12, help="queries per config")
+    p.add_argument("--n", type=int, default=8, help="samples per query at temperature 0.7")
+    p.add_argument(
+        "--levels",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[32, 64],
+        help="token caps to grade at, comma-separated; the largest is generated",
+    )
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the n samples")
+    p.add_argument("--queries-per-batch", type=int, default=4, help="queries per generate call")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--item-seed", type=int, default=0, help="seed of the query draw (collect's item_seed)")
+    p.add_argument("--seed", type=int, default=1234, help="sampling seed")
+    p.add_argument("--show", type=int, default=0, help="print the first sample of this many queries")
+    p.add_argument("--out", default="/tmp/pilot.jsonl", help="JSON lines file the figures are appended to")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        print("registered:", ", ".join(TASKS))
+        print("candidates:", ", ".join(CANDIDATES))
+        return 0
+    tasks = [build_task(c) for c in args.configs]  # fail on a bad name before loading the model
+    from collect.models import LoadedModel, resolve_model
+
+    lm = LoadedModel(resolve_model(args.model), "cpu", args.threads)
+    print(HEADER, flush=True)
+    for task in tasks:
+        r = run_config(lm, task, args)
+        print(row(f"{args.model} t{args.temperature:g}", r), flush=True)
+        with open(args.out, "a") as f:
+            f.write(
+                json.dumps({"model": args.model, "temperature": args.temperature, "levels": args.levels, **r}) + "\n"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""scripts/pilot.py: the figures that choose the default mix are computed as the arm view would."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from collect.tasks import TASKS, ReasoningGymTask
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pilot.py"
+
+
+@pytest.fixture(scope="module")
+def pilot():
+    spec = importlib.util.spec_from_file_location("pilot", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _q(answers: list[str | None], gold: str) -> list[list[tuple[str | None, bool]]]:
+    """One query's graded samples at two caps: the short cap never has the answer yet."""
+    return [[(None, False), (a, a == gold)] for a in answers]
+
+
+def test_vote_gain_band_and_never_follow_their_definitions(pilot) -> None:
+    sampled = [
+        _q(["7", "3", "7", "5", "7", "1", "2", "4"], "7"),  # 3/8 right, plurality right: the vote fixes it
+        _q(["9"] * 8, "9"),  # always right
+        _q(["1", "2", "3", "4", "5", "6", "8", "0"], "7"),  # never right
+        _q(["2", "2", "2", "6", "6", "6", "6", "2"], "6"),  # 4/8 right, tie broken by first seen: wrong
+    ]
+    greedy = [
+        [(None, False), ("7", True)],
+        [(None, False), ("9", True)],
+        [(None, False), ("1", False)],
+        [(None, False), ("2", False)],
+    ]
+    r = pilot.summarize("t", sampled, greedy, [16, 32], [10] * 32, 1.0)
+    assert r["p1"] == pytest.approx((3 / 8 + 1 + 0 + 4 / 8) / 4)
+    assert r["v8"] == pytest.approx(2 / 4)
+    assert r["gain"] == pytest.approx(r["v8"] - r["p1"])
+    assert r["band"] == pytest.approx(2 / 4) and r["never"] == pytest.approx(1 / 4)
+    assert r["greedy"] == pytest.approx(2 / 4)
+    assert r["p1_at"] == {16: 0.0, 32: pytest.approx(r["p1"])}
+
+
+@pytest.mark.parametrize("name", ["c.add3_1d_steps", "rg.chain_sum"])
+def test_candidates_and_registered_names_both_build(pilot, name: str) -> None:
+    task = pilot.build_task(name)
+    assert task.name == name and task.items(3) == task.items(3)
+
+
+def test_candidates_are_not_registered_under_the_same_name(pilot) -> None:
+    assert not set(pilot.CANDIDATES) & set(TASKS)
+    assert all(isinstance(pilot.build_task(c), ReasoningGymTask) for c in pilot.CANDIDATES)
