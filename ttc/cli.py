@@ -48,20 +48,26 @@ def collect(
         list[int] | None, typer.Option(help="max_new_tokens caps graded; the largest is generated")
     ] = None,
     temperature: Annotated[
-        list[float] | None, typer.Option(help="sampling temperatures (>0); greedy is separate")
+        list[float] | None, typer.Option(help="sampling temperatures (finite, > 0); greedy is separate")
     ] = None,
     greedy: Annotated[bool | None, typer.Option(help="also collect one greedy sample per query")] = None,
     queries_per_batch: Annotated[int | None, typer.Option(help="queries per generate call")] = None,
     meter: Annotated[str | None, typer.Option(help=f"energy meter: {', '.join(METERS)}")] = None,
-    watts_per_core: Annotated[float | None, typer.Option(help="W per busy core for the estimate meter")] = None,
-    idle_baseline_s: Annotated[
-        float | None, typer.Option(help="seconds of idle sampling before work; 0 = none")
+    watts_per_core: Annotated[
+        float | None, typer.Option(help="W per busy core for the estimate meter (finite, > 0)")
     ] = None,
-    store: Annotated[str | None, typer.Option(help="sample store folder (resumes if it exists)")] = None,
+    idle_baseline_s: Annotated[
+        float | None, typer.Option(help="seconds of idle sampling before work (>= 0); 0 = none")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="sample store folder (resumes if it exists; one writer at a time)")
+    ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
     track: Annotated[bool | None, typer.Option(help="log the run to MLflow")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads; 0 = torch's default")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps; checked before any model loads")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (>= 0); 0 = torch's default")] = None,
 ) -> None:
     """Generate samples over the (query, budget) grid into a crash-safe store."""
     from collect.config import load_config
