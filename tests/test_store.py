@@ -212,6 +212,20 @@ def test_the_writer_lock_dies_with_its_holder(reference_store, tmp_path):
         assert len(store.done_groups()) > 0
 
 
+@pytest.mark.slow
+def test_ttc_collect_on_a_store_being_written_exits_2_before_loading_a_model(tmp_path):
+    from store.shards import SampleStore
+
+    holder = SampleStore(tmp_path / "s")
+    holder.lock()  # this test process is the other writer
+    args = ["collect", "--store", str(tmp_path / "s"), "--no-track", "--device", "cpu", "--items-per-task", "1"]
+    r = subprocess.run([sys.executable, "-m", "ttc", *args], env=ENV, capture_output=True, timeout=300, cwd=tmp_path)
+    holder.close()
+    err = r.stderr.decode()
+    assert r.returncode == 2 and f"is being written by pid {os.getpid()}" in err, err[-2000:]
+    assert "loading" not in r.stdout.decode() and not list((tmp_path / "s").glob("shard-*"))
+
+
 def test_handles_of_one_process_share_the_lock_and_release_it_on_close(tmp_path):
     from store.locks import WRITER_LOCK_NAME
     from store.shards import SampleStore
