@@ -81,14 +81,14 @@ def _read_files(files: list[Path], columns: list[str] | None) -> tuple[pd.DataFr
 def load_samples(source: str | Path | pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The samples of a store folder, a Parquet file or a DataFrame, checked (see the module docstring).
 
-    `columns`: the columns to read (default: every `Sample` field); the sample
-    key columns are always read, and copies count as identical when they agree
-    on the columns read.
+    `columns`: the columns to read (default: every `Sample` field; for a
+    DataFrame, whatever it holds); the sample key columns are always required,
+    and copies count as identical when they agree on the columns read.
     """
     wanted = sample_fields() if columns is None else list(dict.fromkeys([*SAMPLE_KEY, *columns]))
     if isinstance(source, pd.DataFrame):
         where, files, sizes = "the samples given", [], [len(source)]
-        missing = [c for c in wanted if c not in source.columns]
+        missing = [c for c in (SAMPLE_KEY if columns is None else wanted) if c not in source.columns]
         if missing:
             raise UsageError(f"the samples given lack columns {missing}; pass rows of a `ttc collect` store")
         df = source if columns is None else source[wanted]
