@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -122,18 +123,29 @@ def _old_allocate(bundle: str, input_path: str, output_path: str) -> int:
     return len(lines)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork and exec,
+    so a child started from this (bigger) benchmark process would report the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(path: str, bundle: str, input_path: str, output_path: str) -> None:
     """Run one allocate path in this process and print its stage time and peak RSS as JSON."""
     from ttc.bundle_stages import allocate_stage
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if path == "old":
         n = _old_allocate(bundle, input_path, output_path)
     else:
         n = allocate_stage(bundle, input_path, output_path, warn=lambda m: None)
-    stage_s = time.perf_counter() - t0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"n": n, "stage_s": stage_s, "peak_rss_mb": rss_mb}))
+    stage_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    rss_mb = _peak_rss_mb()
+    print(json.dumps({"n": n, "stage_s": stage_s, "stage_cpu_s": cpu_s, "peak_rss_mb": rss_mb}))
 
 
 def _write_queries(path: Path, n: int) -> None:
@@ -154,7 +166,7 @@ def _allocate_file(bundle: Path, n: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="ttc-bench-alloc-"))
     queries = work / "queries.jsonl"
     _write_queries(queries, n)
-    out: dict = {"n_queries": n, "input_mb": queries.stat().st_size / 1e6}
+    out: dict = {"n_queries": n, "input_mb": queries.stat().st_size / 1e6, "load_avg_1min": os.getloadavg()[0]}
     for path in ("streamed", "old"):
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -166,10 +178,13 @@ def _allocate_file(bundle: Path, n: int) -> dict:
         )
         wall = time.perf_counter() - t0
         child = json.loads(proc.stdout.strip().splitlines()[-1])
-        out[path] = {"wall_s": wall, "stage_s": child["stage_s"], "peak_rss_mb": child["peak_rss_mb"]}
+        child["wall_s"] = wall
+        out[path] = {k: child[k] for k in ("wall_s", "stage_s", "stage_cpu_s", "peak_rss_mb")}
+        # CPU seconds beside wall seconds: on a shared machine the wall time also counts waiting for a core
         print(
             f"allocate {n} queries, {path:8s}: {wall:.2f} s wall (process, imports included; "
-            f"{child['stage_s']:.2f} s in the stage), peak RSS {child['peak_rss_mb']:.0f} MB"
+            f"{child['stage_s']:.2f} s wall, {child['stage_cpu_s']:.2f} s CPU in the stage), "
+            f"peak RSS {child['peak_rss_mb']:.0f} MB"
         )
     arms = [[json.loads(line)["arm_id"] for line in (work / f"{p}.jsonl").open()] for p in ("streamed", "old")]
     out["same_decisions"] = arms[0] == arms[1]

@@ -198,7 +198,7 @@ class TreeEnsemble:
         x = np.asarray(rows)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise _fail(f"rows must be (n, {self.n_features}), got {x.shape}")
-        return self.forest.leaf_values(x).sum(axis=1)
+        return _sum_in_order(np.ascontiguousarray(self.forest.leaf_values(x).T))
 
     def raw_score_grid(self, query_x: np.ndarray, arm_x: np.ndarray) -> np.ndarray:
         """Raw scores (n_queries, n_arms) of every row [query_x[i], arm_x[j]] without building those rows.
@@ -216,8 +216,9 @@ class TreeEnsemble:
         if cached is None or cached[0] != key:
             cached = (key, *_specialise(self, q.shape[1], a.astype(np.float64)))
             object.__setattr__(self, "_grid_cache", cached)
-        _, forest, share = cached
-        return forest.leaf_values(q) @ share
+        _, forest, units = cached
+        per_tree = np.ascontiguousarray(forest.leaf_values(q).T)
+        return np.stack([_sum_in_order(per_tree[u]) for u in units], axis=1)
 
     def transformed(self, raw: np.ndarray) -> np.ndarray:
         """The model's output from a raw score: the recorded transform (identity or sigmoid)."""
@@ -228,6 +229,15 @@ class TreeEnsemble:
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """The model's output per row, as LightGBM's `Booster.predict`."""
         return self.transformed(self.raw_score(rows))
+
+
+def _sum_in_order(per_tree: np.ndarray) -> np.ndarray:
+    """(n_trees, n) -> (n,): trees added one after another, as LightGBM does, so every path and
+    batch size gives the same bits (numpy's pairwise sum depends on the memory layout)."""
+    acc = np.zeros(per_tree.shape[1], dtype=np.float64)
+    for row in per_tree:
+        acc += row
+    return acc
 
 
 def _goes_left(v: float, threshold: float, missing: int, default_left: bool) -> bool:
@@ -296,8 +306,8 @@ class _Forest:
 def _specialise(ens: TreeEnsemble, n_query: int, arm_x: np.ndarray) -> tuple[_Forest, np.ndarray]:
     """Query-only trees for every (tree, arm) with the arm splits decided, shared where equal.
 
-    Returns the forest of distinct specialised trees and a (n_trees_distinct,
-    n_arms) 0/1 matrix saying which arms add which tree.
+    Returns the forest of distinct specialised trees and an (n_arms, n_trees)
+    index matrix: row j lists, in tree order, the specialised tree arm j uses.
     """
     f = ens.forest
     feat, thr, dl, miss = f.feature.tolist(), f.threshold.tolist(), f.default_left.tolist(), f.missing.tolist()
@@ -306,7 +316,7 @@ def _specialise(ens: TreeEnsemble, n_query: int, arm_x: np.ndarray) -> tuple[_Fo
     roots: list[int] = []
     depth = 0
     units: dict[tuple, int] = {}
-    pairs: list[tuple[int, int]] = []
+    per_arm: list[list[int]] = [[] for _ in range(arm_x.shape[0])]
 
     def resolve(g: int, arm: list[float]) -> int:
         while left[g] != g and feat[g] >= n_query:
@@ -328,10 +338,7 @@ def _specialise(ens: TreeEnsemble, n_query: int, arm_x: np.ndarray) -> tuple[_Fo
             if sig not in units:
                 units[sig] = len(roots)
                 depth = max(depth, _append_tree(cols, roots, order, kids, feat, thr, dl, miss, value))
-            pairs.append((units[sig], j))
-    share = np.zeros((len(roots), arm_x.shape[0]), dtype=np.float64)
-    for u, j in pairs:
-        share[u, j] += 1.0
+            per_arm[j].append(units[sig])
     forest = _Forest(
         np.asarray(cols[0], dtype=np.intp),
         np.asarray(cols[1], dtype=np.float64),
@@ -343,7 +350,7 @@ def _specialise(ens: TreeEnsemble, n_query: int, arm_x: np.ndarray) -> tuple[_Fo
         np.asarray(roots, dtype=np.intp),
         depth,
     )
-    return forest, share
+    return forest, np.asarray(per_arm, dtype=np.intp)
 
 
 def _append_tree(cols, roots, order, kids, feat, thr, dl, miss, value) -> int:

@@ -125,3 +125,19 @@ def build_synthetic_bundle(
         calibration=calibration,
         reference_x=fs.transform(ref_q, ref_t, ref_probe),
     )
+
+
+def rehash_bundle(bundle_dir: str | Path) -> Path:
+    """Recompute every sha256 and the digest of a bundle folder, as someone who edits and re-hashes would."""
+    import hashlib
+    import json
+
+    from policy.manifest import Manifest, bundle_digest
+
+    folder = Path(bundle_dir)
+    d = json.loads((folder / "policy.json").read_text())
+    files = {n: (folder / n).read_bytes() for n in d["files"]}
+    d["files"] = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+    d["digest"] = bundle_digest(Manifest(**d), files)
+    (folder / "policy.json").write_text(json.dumps(d))
+    return folder

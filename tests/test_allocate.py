@@ -246,3 +246,143 @@ def test_a_gain_below_float_noise_never_buys_a_costlier_arm():
     # such a difference must not flip a decision towards spending more joules.
     assert upper_hull([1.0, 2.0], [0.5, 0.5 + P_TOL / 2]) == [0]
     assert upper_hull([1.0, 2.0], [0.5, 0.5 + 2 * P_TOL]) == [0, 1]
+
+
+# ---------------------------------------------------------------- `ttc allocate` on a query file (streamed)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    from policy_fixtures import build_synthetic_bundle
+
+    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "policy")
+
+
+def _write(path, rows) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _queries(n: int = 40) -> list[dict]:
+    from policy_fixtures import synthetic_questions
+
+    questions, tasks, _ = synthetic_questions(n, seed=4)
+    return [
+        {"id": f"q{i}", "question": q, "task": "gsm8k"} for i, (q, t) in enumerate(zip(questions, tasks, strict=True))
+    ]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"lam": 0.001}, {"budget_j": 9.0}])
+def test_streamed_allocation_in_small_chunks_equals_one_whole_batch(bundle_dir, kwargs):
+    from policy.bundle import load_bundle
+    from policy.stream import allocate_stream
+
+    policy = load_bundle(bundle_dir)
+    rows = _queries(40)
+    whole = policy.allocate([r["question"] for r in rows], [r["task"] for r in rows], [r["id"] for r in rows], **kwargs)
+    triples = [(r["id"], r["question"], r["task"]) for r in rows]
+    assert list(allocate_stream(policy, triples, chunk=7, **kwargs)) == whole
+
+
+def test_allocate_stage_writes_one_decision_per_query_in_input_order(bundle_dir, tmp_path):
+    import json
+
+    from ttc.bundle_stages import allocate_stage
+
+    rows = _queries(30)
+    n = allocate_stage(bundle_dir, _write(tmp_path / "q.jsonl", rows), tmp_path / "d.jsonl", budget_j=9.0)
+    out = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert n == 30 and [d["query_id"] for d in out] == [r["id"] for r in rows]
+    assert np.mean([d["energy_j"] for d in out]) <= 9.0 and {d["energy_source"] for d in out} == {"estimated"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "q.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"budget_j": -1.0}, r"--budget-j .* got -1.0"),
+        ({"budget_j": float("nan")}, r"--budget-j .* got nan"),
+        ({"lam": -0.5}, r"--lam .* got -0.5"),
+        ({"lam": 0.1, "budget_j": 5.0}, "not both"),
+    ],
+)
+def test_a_bad_price_or_budget_is_refused_with_the_value_given(bundle_dir, tmp_path, kwargs, match):
+    from ttc.bundle_stages import allocate_stage
+
+    with pytest.raises(UsageError, match=match):
+        allocate_stage(bundle_dir, _write(tmp_path / "q.jsonl", _queries(3)), tmp_path / "d.jsonl", **kwargs)
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_allocate_budget_names_the_mean_budget_given_not_the_total():
+    p, e, arms, qids = _random_instance(0, nq=2)
+    with pytest.raises(UsageError, match=r"budget_j .* got -1.0"):
+        allocate_budget(p, e, arms, qids, budget_j=-1.0)
+
+
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        ([b'{"id": "a", "question": "1+1?"}', b'{"id": "a", "question": "2+2?"}'], "line 2 repeats id 'a' of line 1"),
+        ([b'{"question": "1+1?", "task": 5}'], '"task" must be a task name string'),
+        ([b'{"question": "1+1?", "id": [1]}'], '"id" must be a string or an integer'),
+        ([b'{"question": "caf\xe9?"}'], "not UTF-8 text"),
+        ([b'{"question": ""}'], 'no "question" string'),
+        ([b""], "holds no queries"),
+    ],
+)
+def test_bad_query_files_are_one_line_usage_errors(bundle_dir, tmp_path, lines, match):
+    from ttc.bundle_stages import allocate_stage
+
+    (tmp_path / "q.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(UsageError, match=match) as err:
+        allocate_stage(bundle_dir, tmp_path / "q.jsonl", tmp_path / "d.jsonl")
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
+
+
+def test_an_unknown_task_is_warned_about_once_and_uses_the_unknown_task_features(bundle_dir, tmp_path):
+    import json
+
+    from ttc.bundle_stages import allocate_stage
+
+    rows = _queries(6)
+    for r in rows[:3]:
+        r["task"] = "gsm8"
+    rows[3]["task"] = "another-typo"
+    warnings: list[str] = []
+    allocate_stage(bundle_dir, _write(tmp_path / "q.jsonl", rows), tmp_path / "d.jsonl", warn=warnings.append)
+    assert len(warnings) == 1 and "'gsm8'" in warnings[0] and "gsm8k" in warnings[0]
+    as_none = [{**r, "task": None} if r["task"] != "gsm8k" else r for r in rows]
+    allocate_stage(bundle_dir, _write(tmp_path / "n.jsonl", as_none), tmp_path / "n_out.jsonl", warn=warnings.append)
+    assert len(warnings) == 1
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]  # noqa: E731
+    assert read(tmp_path / "d.jsonl") == read(tmp_path / "n_out.jsonl")
+
+
+def test_an_output_that_is_a_folder_is_refused_and_leaves_no_temp_file(bundle_dir, tmp_path):
+    from ttc.bundle_stages import allocate_stage
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UsageError, match="is a folder"):
+        allocate_stage(bundle_dir, _write(tmp_path / "q.jsonl", _queries(3)), tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out", "q.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--budget-j", "-1"], ["--output", "{tmp}"], ["--input", "{tmp}/missing.jsonl"], ["--backend", "tensorrt"]],
+)
+def test_the_cli_turns_bad_allocate_input_into_exit_2_and_one_line(bundle_dir, tmp_path, args):
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    q = _write(tmp_path / "q.jsonl", _queries(3))
+    base = {"--bundle": str(bundle_dir), "--input": q, "--output": str(tmp_path / "d.jsonl")}
+    base.update({args[0]: args[1].format(tmp=tmp_path)})
+    r = CliRunner().invoke(app, ["allocate", *[x for kv in base.items() for x in kv]])
+    assert r.exit_code == 2, r.output
+    assert r.output.count("error:") == 1 and "Traceback" not in r.output
