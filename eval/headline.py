@@ -70,6 +70,8 @@ class Headline:
     learned_energy_at_best_fixed_accuracy_j: Interval | None = _figure(joules=True)
     best_fixed_energy_j: Interval | None = _figure(joules=True)
     best_fixed_accuracy: Interval | None = _figure()
+    #: the top of the learned frontier: when below best_fixed_accuracy, the equal-accuracy saving is undefined
+    learned_top_accuracy: Interval | None = _figure()
     learned_energy_per_correct_j: Interval | None = _figure(joules=True)
     best_fixed_energy_per_correct_j: Interval | None = _figure(joules=True)
     oracle_energy_saved_at_equal_accuracy: Interval | None = _figure(joules=True)
@@ -160,6 +162,7 @@ def headline_stats(x: HeadlineInputs, best: int, counts: np.ndarray) -> dict[Any
         "learned_energy_at_best_fixed_accuracy_j": learned_e,
         "best_fixed_energy_j": best_e,
         "best_fixed_accuracy": best_a,
+        "learned_top_accuracy": float(la[-1]),
         "learned_energy_per_correct_j": learned_e / best_a if best_a > 0 else math.nan,
         "best_fixed_energy_per_correct_j": best_e / best_a if best_a > 0 else math.nan,
     }
