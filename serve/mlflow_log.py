@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import policy as policy_package
 from policy.errors import UsageError
 
 #: the question/task columns a served policy accepts, with one example row
@@ -34,12 +35,8 @@ def log_policy_model(
     """
     import mlflow
     import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    import policy
     from policy.bundle import load_bundle
-    from serve.pyfunc_model import OUTPUT_COLUMNS
 
     if alias and not registered_name:
         raise UsageError(f"alias {alias!r} needs a registered_name to point into")
@@ -48,23 +45,8 @@ def log_policy_model(
         raise UsageError(f"{bundle_dir} is not a bundle folder; log the folder that write_bundle wrote, not the .zip")
     policy = load_bundle(bundle_dir, backend=backend)  # refuse a broken bundle before logging it
 
-    policy_dir = Path(policy.__file__).resolve().parent
-    signature = ModelSignature(
-        inputs=Schema(
-            [
-                ColSpec("string", "question"),
-                ColSpec("string", "task", required=False),
-                ColSpec("string", "query_id", required=False),
-            ]
-        ),
-        outputs=Schema(
-            [
-                ColSpec("double" if c in ("p_success", "energy_j", "lam") else "string", c, required=c != "next_arm_id")
-                for c in OUTPUT_COLUMNS
-            ]
-        ),
-        params=ParamSchema([ParamSpec("lam", "double", None), ParamSpec("budget_j", "double", None)]),
-    )
+    policy_dir = Path(policy_package.__file__).resolve().parent  # shipped as code: the pyfunc imports it
+    signature = _signature()
     active = mlflow.active_run()
     if active is None:
         mlflow.start_run(run_name="policy-bundle")
@@ -115,3 +97,28 @@ def _requirements(mlflow_version: str, backend: str) -> list[str]:
     if library:
         reqs.append(f"{library}=={importlib.metadata.version(library)}")
     return reqs
+
+
+def _signature():
+    """Inputs question/task/query_id, the decision columns out, and the optional lam / budget_j params."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from serve.pyfunc_model import OUTPUT_COLUMNS
+
+    return ModelSignature(
+        inputs=Schema(
+            [
+                ColSpec("string", "question"),
+                ColSpec("string", "task", required=False),
+                ColSpec("string", "query_id", required=False),
+            ]
+        ),
+        outputs=Schema(
+            [
+                ColSpec("double" if c in ("p_success", "energy_j", "lam") else "string", c, required=c != "next_arm_id")
+                for c in OUTPUT_COLUMNS
+            ]
+        ),
+        params=ParamSchema([ParamSpec("lam", "double", None), ParamSpec("budget_j", "double", None)]),
+    )

@@ -221,27 +221,14 @@ def write_bundle(
     import lightgbm as lgb
 
     fs = get_feature_set(feature_set) if isinstance(feature_set, str) else feature_set
-    arm_ids = [a.arm_id if isinstance(a, Arm) else Arm.parse(str(a)).arm_id for a in arms]
     rule_obj = rule if isinstance(rule, DecisionRule) else DecisionRule.from_dict(dict(rule))
     models = [str(m) for m in models]
     names = row_names(fs, models)
+    s_obj = _check_boosters(success_booster, energy_booster, fs, models, names)
     if energy_source not in ENERGY_SOURCES:
         raise UsageError(f"energy_source must be one of {ENERGY_SOURCES}, got {energy_source!r}")
     if not energy_meter:
         raise UsageError("name the energy meter the training joules came from (energy_meter=...)")
-    for what, b in (("success", success_booster), ("energy", energy_booster)):
-        if not isinstance(b, lgb.Booster):
-            raise UsageError(f"{what}_booster must be a lightgbm.Booster, got {type(b).__name__}")
-        if b.num_feature() != len(names):
-            raise UsageError(
-                f"{what}_booster takes {b.num_feature()} features but feature set {fs.name!r} with "
-                f"{len(models)} models gives {len(names)} row features"
-            )
-    s_obj, e_obj = _objective(success_booster), _objective(energy_booster)
-    if s_obj.split()[0] not in SUCCESS_OBJECTIVES:
-        raise UsageError(f"success_booster objective {s_obj!r} is not one of {SUCCESS_OBJECTIVES}")
-    if e_obj.split()[0] not in ENERGY_OBJECTIVES:
-        raise UsageError(f"energy_booster objective {e_obj!r} must predict log(joules) directly: {ENERGY_OBJECTIVES}")
     if calibration is not None:
         calibration = {"x": [float(v) for v in calibration["x"]], "y": [float(v) for v in calibration["y"]]}
         check_calibration(calibration, UsageError)
@@ -249,6 +236,7 @@ def write_bundle(
         metrics = json.loads(json.dumps(dict(metrics), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"metrics must be JSON numbers/strings (no NaN): {exc}") from exc
+    arm_ids = [a.arm_id if isinstance(a, Arm) else Arm.parse(str(a)).arm_id for a in arms]
 
     success_txt = _float32_safe_thresholds(success_booster.model_to_string(num_iteration=-1))
     energy_txt = _float32_safe_thresholds(energy_booster.model_to_string(num_iteration=-1))
@@ -278,6 +266,26 @@ def write_bundle(
     )
     files[PARITY] = _json_bytes(_parity(manifest, files, fs, reference_x))
     return _publish(Path(out_dir), manifest, files, resolve_key(key), replace=True)
+
+
+def _check_boosters(success: Any, energy: Any, fs: FeatureSet, models: list[str], names: list[str]) -> str:
+    """Both boosters are LightGBM models of the row width and of known objectives; returns the success one's."""
+    import lightgbm as lgb
+
+    for what, b in (("success", success), ("energy", energy)):
+        if not isinstance(b, lgb.Booster):
+            raise UsageError(f"{what}_booster must be a lightgbm.Booster, got {type(b).__name__}")
+        if b.num_feature() != len(names):
+            raise UsageError(
+                f"{what}_booster takes {b.num_feature()} features but feature set {fs.name!r} with "
+                f"{len(models)} models gives {len(names)} row features"
+            )
+    s_obj, e_obj = _objective(success), _objective(energy)
+    if s_obj.split()[0] not in SUCCESS_OBJECTIVES:
+        raise UsageError(f"success_booster objective {s_obj!r} is not one of {SUCCESS_OBJECTIVES}")
+    if e_obj.split()[0] not in ENERGY_OBJECTIVES:
+        raise UsageError(f"energy_booster objective {e_obj!r} must predict log(joules) directly: {ENERGY_OBJECTIVES}")
+    return s_obj
 
 
 def _parity(manifest: Manifest, files: Mapping[str, bytes], fs: FeatureSet, reference_x: np.ndarray | None) -> dict:
