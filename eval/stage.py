@@ -263,7 +263,11 @@ def eval_stage(
     checks["bundle_vs_store"] = check_bundle_store(policy, samples) if policy is not None else "no bundle given"
     meta = {
         "store": str(store) if not isinstance(store, pd.DataFrame) else "<DataFrame>",
-        "bundle": str(bundle) if isinstance(bundle, str | Path) else repr(policy),
+        "bundle": str(bundle)
+        if isinstance(bundle, str | Path)
+        else repr(policy)
+        if policy
+        else "none (a policy per fold)",
     }
     with tempfile.TemporaryDirectory(prefix="ttc-eval-folds-") as work:
         ev = evaluate(samples, policy, HeldOut(**{**held.__dict__, "checks": checks}), cfg, Path(work), meta)

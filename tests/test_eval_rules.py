@@ -203,3 +203,20 @@ def test_task_folds_leave_one_task_out():
     assert [(f.name, f.test_query_ids) for f in folds] == [("a", ("a:1", "a:2")), ("b", ("b:1",)), ("c", ("c:1",))]
     with pytest.raises(UsageError, match="two tasks"):
         task_folds(["a:1"], ["a"])
+
+
+def test_learned_minus_peer_is_the_paired_difference_of_the_two_savings():
+    """A peer that is the learned curve shifted to cost 10% more: the paired difference is exactly the gap,
+    in every resample (same queries on both sides), so its interval is one point."""
+    out = _tie_outcomes("C", False)
+    fixed = run_allocators(EvalContext(test=out), ["fixed"])[0]["fixed"]
+    learned = fixed.data().subset(np.arange(out.n_queries))
+    peer = dataclasses.replace(learned, energy_j=learned.energy_j * 1.1)
+    x = HeadlineInputs(learned, fixed.data(), [p.label for p in fixed.points], peers={"esc": peer})
+    h = compute_headline(x, "estimated", n_boot=30, seed=1)
+    (c,) = h.peers
+    saved = h.energy_saved_at_equal_accuracy.point
+    assert saved == pytest.approx(0.0, abs=1e-12)  # learned = fixed here: no saving
+    assert c.peer_energy_saved_at_equal_accuracy.point == pytest.approx(-0.1)
+    assert c.learned_minus_peer_energy_saved.point == pytest.approx(0.1)
+    assert c.learned_minus_peer_energy_saved.width == pytest.approx(0.0, abs=1e-9)
