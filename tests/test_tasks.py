@@ -214,3 +214,15 @@ def test_bad_jsonl_lines_are_usage_errors_naming_the_line(tmp_path: Path, lines:
 def test_missing_jsonl_file_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not found"):
         make_task(f"jsonl:{tmp_path / 'absent.jsonl'}")
+
+
+def test_recorded_reference_queries_are_still_generated_identically(reference_store: Path) -> None:
+    # Stores refer to tasks by name and to questions by query id: a refactor or a
+    # new registration must never change what an old id asks.
+    from store.loader import load_samples
+
+    recorded = load_samples(reference_store, columns=["task", "question", "gold"]).drop_duplicates("query_id")
+    for name, rows in recorded.groupby("task"):
+        by_id = {item.query_id: item for item in make_task(str(name)).pool()}
+        for row in rows.itertuples():
+            assert (by_id[row.query_id].question, by_id[row.query_id].gold) == (row.question, row.gold), row.query_id
