@@ -250,11 +250,17 @@ class Policy:
         return allocate(p, e, self.arm_ids, ids, self.rule, on_infeasible)
 
 
-def load_bundle(path: str | Path, backend: str = DEFAULT_BACKEND, key: bytes | str | None = None) -> Policy:
+def load_bundle(
+    path: str | Path,
+    backend: str = DEFAULT_BACKEND,
+    key: bytes | str | None = None,
+    require_signature: bool = True,
+) -> Policy:
     """Open a bundle folder or .zip as a `Policy`, after checking files, types, digest and feature set.
 
     With a `key` (or the environment variable TTC_BUNDLE_KEY) the bundle must
-    carry an HMAC-SHA256 signature made with that key.
+    carry an HMAC-SHA256 signature made with that key; `require_signature=False`
+    accepts an unsigned one (a signature that is there is still checked).
     """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}, known: {', '.join(sorted(BACKENDS))}")
@@ -264,7 +270,7 @@ def load_bundle(path: str | Path, backend: str = DEFAULT_BACKEND, key: bytes | s
     manifest = parse_manifest(blobs[MANIFEST])
     files = {k: v for k, v in blobs.items() if k != MANIFEST}
     _verify_files(manifest, files, path)
-    verify(manifest, files, secret, str(path))
+    verify(manifest, files, secret, str(path), require_signature)
     _check_manifest(manifest)
     be = make_backend(backend, files, manifest.onnx, len(manifest.row_features))
     return Policy(manifest, be, files)

@@ -381,3 +381,41 @@ def test_an_mlflow_source_that_does_not_exist_is_a_one_line_usage_error(bundle_d
         export_stage(uri, tmp_path / "P", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "P").exists()
+
+
+@pytest.mark.parametrize(
+    "extra", [["--lam", "nan"], ["--budget-j", "-1"], ["--mode", "bogus"], ["--key-file", "{tmp}"]]
+)
+def test_the_cli_turns_a_bad_export_into_exit_2_one_line_and_nothing_written(bundle_dir, tmp_path, extra):
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    out = tmp_path / "P"
+    args = ["export", "--from", str(bundle_dir), "--out", str(out), *[a.format(tmp=tmp_path) for a in extra]]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "Traceback" not in r.output, r.output
+    assert not out.exists() and not out.with_name("P.zip").exists()
+
+
+def test_the_cli_signs_with_a_key_file_and_allocate_requires_it(bundle_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    (tmp_path / "key").write_text("s3cret\n")
+    (tmp_path / "other").write_text("another\n")
+    (tmp_path / "q.jsonl").write_text('{"question": "What is 2 + 2?", "task": "gsm8k"}\n')
+    run = CliRunner().invoke
+    assert (
+        run(
+            app,
+            ["export", "--from", str(bundle_dir), "--out", str(tmp_path / "P"), "--key-file", str(tmp_path / "key")],
+        ).exit_code
+        == 0
+    )
+    alloc = ["allocate", "--bundle", str(tmp_path / "P.zip"), "--input", str(tmp_path / "q.jsonl")]
+    alloc += ["--output", str(tmp_path / "d.jsonl")]
+    assert run(app, [*alloc, "--key-file", str(tmp_path / "key")]).exit_code == 0
+    r = run(app, [*alloc, "--key-file", str(tmp_path / "other")])
+    assert r.exit_code == 2 and "signature" in r.output

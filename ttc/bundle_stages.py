@@ -135,7 +135,9 @@ def export_stage(
     secret = resolve_key(key)
     src = _resolve_bundle_source(source, tracking_uri)
     out = Path(out)
-    policy = load_bundle(src, key=secret)  # verifies files, digest and features before anything is written
+    # verifies files, digest and features before anything is written; an unsigned source may be
+    # exported with a key (this is where a bundle gets signed), a signed one must match it
+    policy = load_bundle(src, key=secret, require_signature=False)
     rule = DecisionRule.from_dict({**policy.rule.to_dict(), **changes})
     zip_path = _check_paths(src, out, force)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
@@ -165,8 +167,8 @@ def export_stage(
 
 def _register(out: Path, register_name: str, alias: str | None, tracking_uri: str | None, source: str) -> str:
     import mlflow
-    from serve.mlflow_log import log_policy_model
 
+    from serve.mlflow_log import log_policy_model
     from store.tracking import setup_tracking
 
     setup_tracking(tracking_uri, "ttc-export")

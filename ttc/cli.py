@@ -156,28 +156,52 @@ def train(
     )
 
 
+def _key(key_file: Path | None) -> bytes | None:
+    """The bundle signing key from --key-file (else None: TTC_BUNDLE_KEY is read by the loader)."""
+    from policy.errors import UsageError
+
+    if key_file is None:
+        return None
+    try:
+        key = key_file.read_bytes().strip()
+    except OSError as e:
+        raise UsageError(f"cannot read --key-file {key_file}: {e.strerror}") from e
+    if not key:
+        raise UsageError(f"--key-file {key_file} is empty; put a secret in it")
+    return key
+
+
+KEY_FILE_HELP = "file holding the HMAC key: sign the bundle / require its signature (default: env TTC_BUNDLE_KEY)"
+
+
 @app.command()
 def export(
     source: Annotated[
         str, typer.Option("--from", help="`ttc train` output folder, bundle folder/zip, or runs:/ID/bundle")
     ] = "runs/default/train",
     out: Annotated[
-        str, typer.Option(help="bundle folder to write (a .zip is written beside it)")
+        str, typer.Option(help="bundle folder to write (a .zip is written beside it); must be new, empty or --force")
     ] = "runs/default/policy",
     mode: Annotated[str | None, typer.Option(help="decision rule: price or budget")] = None,
-    lam: Annotated[float | None, typer.Option(help="joule price λ for price mode (accuracy per J)")] = None,
-    budget_j: Annotated[float | None, typer.Option(help="target mean joules per query for budget mode")] = None,
+    lam: Annotated[float | None, typer.Option(help="joule price λ for price mode (accuracy per J, >= 0)")] = None,
+    budget_j: Annotated[
+        float | None, typer.Option(help="target mean joules per query for budget mode (> 0; implies --mode budget)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace an earlier bundle at --out (never other files)")] = False,
+    key_file: Annotated[Path | None, typer.Option(help=KEY_FILE_HELP)] = None,
     register_name: Annotated[
         str | None, typer.Option(help="log as an MLflow pyfunc and register under this name")
     ] = None,
     alias: Annotated[str, typer.Option(help="alias set on the registered version")] = "champion",
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
 ) -> None:
-    """Write the policy as a portable bundle (policy.json + LightGBM text + ONNX), optionally registered."""
+    """Write the policy as a portable bundle (policy.json + plain-data trees + LightGBM text + ONNX)."""
     from ttc.stages import export_stage
 
     try:
-        r = export_stage(source, out, mode, lam, budget_j, register_name, alias, tracking_uri)
+        r = export_stage(
+            source, out, mode, lam, budget_j, register_name, alias, tracking_uri, force=force, key=_key(key_file)
+        )
     except TTCError as e:
         _fail(e)
     typer.echo(
@@ -189,17 +213,29 @@ def export(
 @app.command()
 def allocate(
     bundle: Annotated[str, typer.Option(help="bundle folder or .zip")],
-    input: Annotated[Path, typer.Option(help='JSONL, one {"question", "task"?, "id"?} per line')],
-    output: Annotated[Path, typer.Option(help="JSONL of decisions to write")] = Path("decisions.jsonl"),
-    lam: Annotated[float | None, typer.Option(help="joule price λ (overrides the bundle's rule)")] = None,
-    budget_j: Annotated[float | None, typer.Option(help="target mean joules per query over the file")] = None,
-    backend: Annotated[str, typer.Option(help=f"model backend: {', '.join(BACKENDS)}")] = "lightgbm",
+    input: Annotated[Path, typer.Option(help='JSONL (UTF-8), one {"question", "task"?, "id"?} per line; ids unique')],
+    output: Annotated[Path, typer.Option(help="JSONL file of decisions to write")] = Path("decisions.jsonl"),
+    lam: Annotated[float | None, typer.Option(help="joule price λ, >= 0 (overrides the bundle's rule)")] = None,
+    budget_j: Annotated[float | None, typer.Option(help="target mean joules per query over the file, > 0")] = None,
+    backend: Annotated[
+        str, typer.Option(help=f"model backend: {', '.join(BACKENDS)} (numpy is safe for any bundle)")
+    ] = "numpy",
+    key_file: Annotated[Path | None, typer.Option(help=KEY_FILE_HELP)] = None,
 ) -> None:
     """Pick an arm (model, votes, max tokens) for every query of a JSONL file."""
     from ttc.stages import allocate_stage
 
     try:
-        n = allocate_stage(bundle, input, output, lam, budget_j, backend)
+        n = allocate_stage(
+            bundle,
+            input,
+            output,
+            lam,
+            budget_j,
+            backend,
+            key=_key(key_file),
+            warn=lambda m: typer.echo(f"warning: {m}", err=True),
+        )
     except TTCError as e:
         _fail(e)
     typer.echo(f"wrote {n} decisions to {output}")
