@@ -100,7 +100,7 @@ class DecisionRule:
 P_TOL = 1e-4
 
 
-def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
+def upper_hull(e: Sequence[float], p: Sequence[float], order: Sequence[int] | None = None) -> list[int]:
     """Indices of the upper convex hull of the points (e[i], p[i]), cheapest first.
 
     Kept points have strictly increasing e and p and strictly decreasing slopes.
@@ -109,8 +109,10 @@ def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
     A costlier arm must predict more than `P_TOL` higher success to be kept: a
     smaller gain is float noise (ONNX and LightGBM differ by ~1e-7, which a steep
     stretch of a calibration table can magnify), not a reason to spend joules.
+    `order`, when given, is that sort already made (by `_hulls`, for many rows at once).
     """
-    order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
+    if order is None:
+        order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
     hull: list[int] = []
     for i in order:
         if hull and p[i] <= p[hull[-1]] + P_TOL:
@@ -138,8 +140,11 @@ class _Hull:
 
 def _hulls(p: np.ndarray, e: np.ndarray) -> list[_Hull]:
     out = []
-    for pr, er in zip(p.tolist(), e.tolist(), strict=True):
-        idx = upper_hull(er, pr)
+    # every row's arms cheapest first (then likelier first, then by index: lexsort is stable), sorted
+    # at once by numpy; the same order upper_hull would sort to, which matters for 100,000 queries
+    orders = np.lexsort((-p, e), axis=-1).tolist() if p.size else [[] for _ in range(len(p))]
+    for pr, er, order in zip(p.tolist(), e.tolist(), orders, strict=True):
+        idx = upper_hull(er, pr, order)
         he = [er[i] for i in idx]
         hp = [pr[i] for i in idx]
         slopes = [(hp[k + 1] - hp[k]) / (he[k + 1] - he[k]) for k in range(len(idx) - 1)]

@@ -386,3 +386,14 @@ def test_the_cli_turns_bad_allocate_input_into_exit_2_and_one_line(bundle_dir, t
     r = CliRunner().invoke(app, ["allocate", *[x for kv in base.items() for x in kv]])
     assert r.exit_code == 2, r.output
     assert r.output.count("error:") == 1 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_batch_sort_gives_the_hull_the_per_query_sort_gives(seed):
+    from policy.allocate import _hulls
+
+    p, e, _, _ = _random_instance(seed, nq=20, na=9)
+    p[:, 3] = p[:, 5]  # ties in p
+    e[:, 2] = e[:, 7]  # ties in e
+    for row, h in zip(range(len(p)), _hulls(p, e), strict=True):
+        assert h.idx == upper_hull(e[row].tolist(), p[row].tolist())
