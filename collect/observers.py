@@ -98,8 +98,16 @@ class Tracker:
                 metrics[f"arm_accuracy.{key}"] = float(row["accuracy"])
                 metrics[f"arm_energy_j.{source}.{key}"] = float(row["energy_j"])
             mlflow.log_metrics(metrics)
+            import json
+
+            from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+            # No library warning on the console: one explicit source (a bare path matches two registered
+            # local source types) and float numbers (MLflow warns that an int column cannot hold a NaN).
+            source = get_dataset_source_from_json(json.dumps({"uri": root.resolve().as_uri()}), source_type="local")
             light = df.drop(columns=["text", "question"])
-            dataset = mlflow.data.from_pandas(light, source=str(root.resolve()), name="samples")
+            light = light.astype({c: "float64" for c in light.select_dtypes("integer").columns})
+            dataset = mlflow.data.from_pandas(light, source=source, name="samples")
             mlflow.log_input(dataset, context="collect")
         mlflow.end_run()
 

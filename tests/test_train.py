@@ -169,8 +169,10 @@ def test_isotonic_calibration_is_a_json_table_applied_by_interpolation(data, spl
 # ---------------------------------------------------------------- splits
 
 
-def test_query_split_never_shares_a_query(data, split, trained):
+def test_query_split_never_shares_a_query(samples, data, split, trained):
     import json
+
+    from store.splits import read_split
 
     train_q, test_q = set(data.groups[split.train]), set(data.groups[split.test])
     assert not train_q & test_q
@@ -182,6 +184,9 @@ def test_query_split_never_shares_a_query(data, split, trained):
     written = json.loads(trained.out_dir.joinpath("split.json").read_text())
     assert not set(written["train_query_ids"]) & set(written["test_query_ids"])
     assert set(written["test_query_ids"]) == test_q
+    # and records the seed and the store it was drawn from, which eval checks
+    assert written["seed"] == SEED
+    assert read_split(trained.out_dir).check_store(samples) is True
 
 
 def test_task_split_holds_out_whole_tasks(data):

@@ -1,6 +1,6 @@
 """The work of `ttc train`: a frozen `TrainConfig` in, typed results out; no MLflow, no printing.
 
-    prepare(samples, cfg) -> (TrainingData, Split)
+    prepare(samples, cfg) -> (TrainingData, RowSplit)
     fit(data, train_idx, cfg, *, study_prefix=None, on_trial=None, clock=None) -> Fitted
     evaluate(fitted, split) -> Evaluation
     fit_policy(samples: pd.DataFrame, train_query_ids, cfg: TrainConfig, out_dir: Path, rule=None) -> Path
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,12 @@ import pandas as pd
 from policy.errors import UsageError, unknown_name
 from policy.features import get_feature_set
 from train import CALIBRATIONS
-from train.dataset import SPLITS, Split, TrainingData, build_dataset, make_split
+from train.dataset import SPLITS, TrainingData, build_dataset, make_split
 from train.registry import PREDICTORS, PredictorSpec
 from train.tune import TrialRecord, TuneResult, check_storage, tune
+
+if TYPE_CHECKING:
+    from train.dataset import RowSplit  # the split with row indices (store.splits.Split inside)
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ class Evaluation:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare(samples: pd.DataFrame, cfg: TrainConfig) -> tuple[TrainingData, Split]:
+def prepare(samples: pd.DataFrame, cfg: TrainConfig) -> tuple[TrainingData, RowSplit]:
     """Arm rows, features and labels of `samples`, and the held-out split `cfg` asks for."""
     data = build_dataset(samples, feature_set=cfg.feature_set, soft_labels=cfg.soft_labels, seed=cfg.seed)
     sp = make_split(data, cfg.split, test_size=cfg.test_size, seed=cfg.seed, holdout_tasks=cfg.holdout_tasks or None)
@@ -186,7 +189,7 @@ def fit(
     return Fitted(data, np.asarray(train_idx), out)
 
 
-def evaluate(fitted: Fitted, sp: Split) -> Evaluation:
+def evaluate(fitted: Fitted, sp: RowSplit) -> Evaluation:
     """Every predictor on the held-out rows of `sp`, beside its per-arm baseline; plus the tuning losses."""
     data = fitted.data
     Xte = pd.DataFrame(data.X[sp.test], columns=data.feature_names)

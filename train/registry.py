@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from train.dataset import Split, TrainingData
+from train.dataset import TrainingData
 from train.predictors import (
     ArmMeanBaseline,
     EnergyPredictor,
@@ -32,6 +32,9 @@ from train.predictors import (
     reliability_curve,
     success_metrics,
 )
+
+if TYPE_CHECKING:
+    from train.dataset import RowSplit  # the split with row indices (store.splits.Split inside)
 
 
 def suggest_lgbm(trial) -> dict[str, Any]:  # noqa: ANN001 (an optuna.Trial)
@@ -78,7 +81,7 @@ def _refit_calibrated(est: BaseEstimator, X: pd.DataFrame, y: np.ndarray, groups
 Evaluation = tuple[dict[str, float], dict[str, Any]]
 
 
-def _evaluate_success(spec: PredictorSpec, est, data: TrainingData, sp: Split, Xte: pd.DataFrame) -> Evaluation:
+def _evaluate_success(spec: PredictorSpec, est, data: TrainingData, sp: RowSplit, Xte: pd.DataFrame) -> Evaluation:
     """Brier, AUC and log loss against the hard outcomes, overall and per arm, beside the arm base rate."""
     arms_tr, arms_te = data.arm_ids[sp.train], data.arm_ids[sp.test]
     y_fit, y_true = getattr(data, spec.target)[sp.train], data.y_correct[sp.test]
@@ -107,7 +110,7 @@ def _evaluate_success(spec: PredictorSpec, est, data: TrainingData, sp: Split, X
     return m, details
 
 
-def _evaluate_log_target(spec: PredictorSpec, est, data: TrainingData, sp: Split, Xte: pd.DataFrame) -> Evaluation:
+def _evaluate_log_target(spec: PredictorSpec, est, data: TrainingData, sp: RowSplit, Xte: pd.DataFrame) -> Evaluation:
     """RMSE and R² on the learned scale, MAPE on joules or tokens, beside each arm's (geometric) mean."""
     f, finv = TRANSFORMS[spec.transform]
     y = getattr(data, spec.target)
@@ -138,7 +141,7 @@ class PredictorSpec:
     transform: str | None
     loss: Callable[[np.ndarray, np.ndarray], float]
     loss_name: str
-    evaluate: Callable[[PredictorSpec, Any, TrainingData, Split, pd.DataFrame], Evaluation]
+    evaluate: Callable[[PredictorSpec, Any, TrainingData, RowSplit, pd.DataFrame], Evaluation]
     refit: Callable[[BaseEstimator, pd.DataFrame, np.ndarray, np.ndarray, str], BaseEstimator] = _refit_plain
     energy_metrics: bool = False
     suggest: Callable[[Any], dict[str, Any]] = field(default=suggest_lgbm)

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from train.dataset import Split, TrainingData
+from store.splits import write_split
+from train.dataset import TrainingData
 from train.fit import Evaluation, Fitted
+
+if TYPE_CHECKING:
+    from train.dataset import RowSplit  # the split with row indices (store.splits.Split inside)
 
 #: the file that marks a folder as a `ttc train` output (so a new run may replace it)
 MARKER = "train_meta.json"
 
 
-def write_reports(out_dir: Path, fitted: Fitted, sp: Split, ev: Evaluation) -> None:
+def write_reports(out_dir: Path, fitted: Fitted, sp: RowSplit, ev: Evaluation) -> None:
     """feature_importance.csv, metrics.json, split.json, train_meta.json and two figures."""
     data = fitted.data
     importance = pd.DataFrame({"feature": data.feature_names})
@@ -28,13 +33,8 @@ def write_reports(out_dir: Path, fitted: Fitted, sp: Split, ev: Evaluation) -> N
     importance.to_csv(out_dir / "feature_importance.csv", index=False)
     metrics = {"metrics": ev.metrics, "details": ev.details}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-    split = {
-        "kind": sp.kind,
-        "holdout_tasks": list(sp.holdout_tasks),
-        "train_query_ids": list(sp.train_query_ids),
-        "test_query_ids": list(sp.test_query_ids),
-    }
-    (out_dir / "split.json").write_text(json.dumps(split, indent=1))
+    # The split as eval reads it (store.splits): held-out ids, seed and the store's fingerprint.
+    write_split(out_dir / "split.json", sp.split)
     (out_dir / MARKER).write_text(json.dumps(_meta(data), indent=1))
     _plot_reliability(out_dir / "reliability.png", ev.details["success"])
     _plot_importance(out_dir / "feature_importance.png", importance, list(fitted.predictors))

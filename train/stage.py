@@ -30,17 +30,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from policy.errors import UsageError
-from train.dataset import Split, load_samples
+from train.dataset import load_samples
 from train.fit import Clock, Evaluation, Fitted, TrainConfig, evaluate, fit, fit_policy, prepare, write_policy_bundle
 from train.registry import PREDICTORS
 from train.report import MARKER, print_summary, write_reports
 from train.track import TrialLog, log_inputs, log_models, log_params, open_tracking, register
 from train.tune import TrialRecord
+
+if TYPE_CHECKING:
+    from train.dataset import RowSplit  # the split with row indices (store.splits.Split inside)
 
 __all__ = ["TrainConfig", "TrainResult", "fit_policy", "train_stage"]
 
@@ -188,7 +191,7 @@ def train_stage(
     )
 
 
-def _save(mlflow: Any, client: Any, tmp: Path, fitted: Fitted, sp: Split, ev: Evaluation,
+def _save(mlflow: Any, client: Any, tmp: Path, fitted: Fitted, sp: RowSplit, ev: Evaluation,
           register_name: str | None, rule: Any, export_bundle: bool, clock: Clock) -> None:  # fmt: skip
     """Write every output into `tmp` and log it to the active run (metrics, artifacts, models, registry)."""
     mlflow.log_metrics({k: v for k, v in ev.metrics.items() if np.isfinite(v)})

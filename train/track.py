@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from store.tracking import experiment_id as tracking_experiment_id
 from store.tracking import resolve_tracking_uri
-from train.dataset import Split, TrainingData
+from train.dataset import TrainingData
 from train.fit import Fitted, TrainConfig
 from train.registry import PREDICTORS
 from train.tune import TrialRecord
+
+if TYPE_CHECKING:
+    from train.dataset import RowSplit  # the split with row indices (store.splits.Split inside)
 
 SUCCESS_LABEL_NOTE = "correct_soft: mean vote correctness over resampled n-of-N sample subsets"
 
@@ -72,7 +75,7 @@ def _redact(url: str) -> str:
     return url
 
 
-def log_params(mlflow: Any, store: str | Path, cfg: TrainConfig, data: TrainingData, sp: Split) -> None:
+def log_params(mlflow: Any, store: str | Path, cfg: TrainConfig, data: TrainingData, sp: RowSplit) -> None:
     mlflow.log_params(
         {
             "store": str(store),
@@ -108,7 +111,7 @@ _INPUT_COLUMNS = ("query_id", "task", "arm_id", "correct", "correct_soft", "ener
 _NUMERIC_INPUT_COLUMNS = ("correct", "correct_soft", "energy_j", "output_tokens")
 
 
-def log_inputs(mlflow: Any, data: TrainingData, sp: Split, store: str | Path) -> None:
+def log_inputs(mlflow: Any, data: TrainingData, sp: RowSplit, store: str | Path) -> None:
     # The arm rows and labels, not the feature matrix: features are a pure function of
     # the question text (feature set name + version), and a 100-column frame makes
     # MLflow's schema and digest cost seconds.
@@ -131,7 +134,7 @@ def log_inputs(mlflow: Any, data: TrainingData, sp: Split, store: str | Path) ->
         mlflow.log_input(ds, context=context)
 
 
-def log_models(mlflow: Any, fitted: Fitted, sp: Split) -> dict[str, str]:
+def log_models(mlflow: Any, fitted: Fitted, sp: RowSplit) -> dict[str, str]:
     import lightgbm
     import pandas as pd
     from mlflow.models import infer_signature

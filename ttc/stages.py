@@ -120,7 +120,10 @@ def run_stages(
     say("[3/4] export: portable bundle (LightGBM text + ONNX + policy.json)")
     t = time.perf_counter()
     register_name = "ttc-policy" if p.register else None
-    exp = export_stage(str(out / "train"), out / "policy", register_name=register_name, tracking_uri=tracking_uri)
+    # force: out/policy is this pipeline's own bundle from an earlier run (never anything else: export checks)
+    exp = export_stage(
+        str(out / "train"), out / "policy", register_name=register_name, tracking_uri=tracking_uri, force=True
+    )
     timings["export_s"] = time.perf_counter() - t
 
     say("[4/4] eval: allocators on held-out queries")
