@@ -40,6 +40,8 @@ MAX_LEAVES_PER_TREE = 1 << 17
 MAX_TOTAL_NODES = 4_000_000
 MAX_DEPTH = 256
 MAX_FEATURES = 100_000
+#: nodes x arms above which raw_score_grid evaluates full rows instead of specialising trees per arm
+MAX_SPECIALISE_WORK = 5_000_000
 TRANSFORMS = ("identity", "sigmoid")
 MISSING_TYPES = {"None": 0, "Zero": 1, "NaN": 2}
 DECISION_TYPES = ("<=",)
@@ -211,6 +213,10 @@ class TreeEnsemble:
         q, a = np.asarray(query_x), np.asarray(arm_x)
         if q.ndim != 2 or a.ndim != 2 or q.shape[1] + a.shape[1] != self.n_features:
             raise _fail(f"query and arm columns must add up to {self.n_features}, got {q.shape} and {a.shape}")
+        if len(self.forest.value) * a.shape[0] > MAX_SPECIALISE_WORK:
+            # specialising would take long in Python (a huge model or very many arms): build the rows
+            rows = np.hstack([np.repeat(q, a.shape[0], axis=0), np.tile(a, (q.shape[0], 1))])
+            return self.raw_score(rows).reshape(q.shape[0], a.shape[0])
         key = (q.shape[1], a.astype(np.float64).tobytes())
         cached = self.__dict__.get("_grid_cache")
         if cached is None or cached[0] != key:
@@ -218,7 +224,11 @@ class TreeEnsemble:
             object.__setattr__(self, "_grid_cache", cached)
         _, forest, units = cached
         per_tree = np.ascontiguousarray(forest.leaf_values(q).T)
-        return np.stack([_sum_in_order(per_tree[u]) for u in units], axis=1)
+        # tree by tree, as _sum_in_order adds them: the same bits as the row path, any batch size
+        acc = np.zeros((units.shape[0], q.shape[0]), dtype=np.float64)
+        for t in range(units.shape[1]):
+            acc += per_tree[units[:, t]]
+        return acc.T
 
     def transformed(self, raw: np.ndarray) -> np.ndarray:
         """The model's output from a raw score: the recorded transform (identity or sigmoid)."""

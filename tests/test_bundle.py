@@ -410,3 +410,14 @@ def test_benchmark_reports_latency_per_backend_and_the_streamed_allocate_beside_
     for path in ("streamed", "old"):
         assert alloc[path]["wall_s"] > 0 and alloc[path]["peak_rss_mb"] > 0
     assert json.loads((tmp_path / "b.json").read_text()) == out
+
+
+def test_the_grid_path_falls_back_to_full_rows_for_a_huge_model_with_the_same_result(bundle_dir, monkeypatch):
+    import policy.trees
+
+    nu = load_bundle(bundle_dir)
+    x = nu.query_features(*synthetic_questions(30, seed=2)[:2])
+    want = nu.backend.predict_grid(x, arm_block(nu.arms, nu.models))
+    monkeypatch.setattr(policy.trees, "MAX_SPECIALISE_WORK", 0)
+    got = load_bundle(bundle_dir).backend.predict_grid(x, arm_block(nu.arms, nu.models))
+    assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
