@@ -113,6 +113,10 @@ class Sample:
     mean_logprob: float | None = None
     min_logprob: float | None = None
     mean_entropy: float | None = None
+    #: where it was generated (`ttc collect --ray`): the node's host name, and "gpuN" (the GPU index Ray
+    #: assigned on that node) or "cpu"; "" when collected in one process
+    node: str = ""
+    device: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,9 +135,14 @@ SAMPLE_FIELDS_ADDED_V2 = (
 )
 
 
+#: Sample fields added later still (placement, written by `ttc collect --ray`); older stores lack them.
+SAMPLE_FIELDS_ADDED_PLACEMENT = ("node", "device")
+
+
 def sample_fields() -> list[str]:
-    """The columns every store holds (schema 1 and later); see `SAMPLE_FIELDS_ADDED_V2` for the rest."""
-    return [f.name for f in dataclasses.fields(Sample) if f.name not in SAMPLE_FIELDS_ADDED_V2]
+    """The columns every store holds (schema 1 and later); see `SAMPLE_FIELDS_ADDED_*` for the rest."""
+    optional = (*SAMPLE_FIELDS_ADDED_V2, *SAMPLE_FIELDS_ADDED_PLACEMENT)
+    return [f.name for f in dataclasses.fields(Sample) if f.name not in optional]
 
 
 @dataclass(frozen=True)
