@@ -33,7 +33,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train.dataset import load_samples  # noqa: E402
+from store.loader import load_samples  # noqa: E402
 from train.stage import train_stage  # noqa: E402
 
 

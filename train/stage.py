@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from policy.errors import UsageError
-from train.dataset import load_samples
+from store.loader import load_samples
 from train.fit import Clock, Evaluation, Fitted, TrainConfig, evaluate, fit, fit_policy, prepare, write_policy_bundle
 from train.registry import PREDICTORS
 from train.report import MARKER, print_summary, write_reports
@@ -169,15 +169,21 @@ def train_stage(
         clock.lap("evaluate")
         with _staged(out_dir) as tmp:
             _save(mlflow, client, tmp, fitted, sp, ev, register_name, rule, export_bundle, clock)
-    wall_s = sum(clock.laps.values())
+    result = _result(out_dir, fitted, sp, ev, parent.info.run_id, experiment_id, tracking_uri, export_bundle, clock)
     if progress:
-        print_summary(ev.metrics, data, wall_s)
+        print_summary(ev.metrics, data, result.timings_s["total"])
+    return result
+
+
+def _result(out_dir: Path, fitted: Fitted, sp: RowSplit, ev: Evaluation, run_id: str, experiment_id: str,
+            tracking_uri: str, export_bundle: bool, clock: Clock) -> TrainResult:  # fmt: skip
+    data = fitted.data
     return TrainResult(
         out_dir=out_dir,
         model_paths={name: out_dir / f"{name}.txt" for name in fitted.predictors},
         calibration_path=out_dir / "calibration.json" if fitted.calibration is not None else None,
         metrics=ev.metrics,
-        run_id=parent.info.run_id,
+        run_id=run_id,
         experiment_id=experiment_id,
         tracking_uri=tracking_uri,
         train_query_ids=sp.train_query_ids,
@@ -187,7 +193,7 @@ def train_stage(
         energy_meter=data.meter,
         n_rows=len(data.rows),
         bundle_dir=out_dir / "bundle" if export_bundle else None,
-        timings_s={**clock.laps, "total": wall_s},
+        timings_s={**clock.laps, "total": sum(clock.laps.values())},
     )
 
 
