@@ -42,11 +42,13 @@ from policy.manifest import Manifest, bundle_digest, check_calibration, resolve_
 from policy.records import ENERGY_SOURCES
 from policy.runtime import make_backend
 from policy.trees import FORMAT, VERSION
+from train.predictors import SUCCESS_OBJECTIVES as TRAINED_SUCCESS_OBJECTIVES
 
 #: numpy and ONNX against LightGBM on the reference rows
 NUMPY_TOL = 1e-6
 ONNX_TOL = 1e-5
-SUCCESS_OBJECTIVES = ("binary", "cross_entropy", "xentropy")
+#: the success predictor's objectives (train.predictors), plus LightGBM's alias of cross_entropy
+SUCCESS_OBJECTIVES = (*TRAINED_SUCCESS_OBJECTIVES, "xentropy")
 ENERGY_OBJECTIVES = ("regression", "regression_l2", "regression_l1", "l2", "l1", "mse", "mae", "huber", "quantile")
 ONNX_IO = {"input": "input", "success_output": "probabilities", "success_column": 1}
 ONNX_IO |= {"energy_output": "variable", "energy_column": 0}
