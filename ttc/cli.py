@@ -68,6 +68,14 @@ def collect(
         str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps; checked before any model loads")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (>= 0); 0 = torch's default")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="run on Ray actors: 'local' (a cluster started for this run), 'auto' (the `ray start` cluster "
+            "of this node) or HOST:PORT; one actor per GPU, or per --threads CPU slots"
+        ),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(help="with --ray: at most this many actors (>= 0); 0 = one per slot")] = 0,
 ) -> None:
     """Generate samples over the (query, budget) grid into a crash-safe store."""
     from collect.config import load_config
@@ -93,7 +101,14 @@ def collect(
             device=device,
             threads=threads,
         ).validate()
-        r = collect_stage(cfg)
+        failed: tuple[str, ...] = ()
+        if ray is None:
+            r = collect_stage(cfg)
+        else:
+            from collect.distributed import run_distributed
+
+            d = run_distributed(cfg, ray, max_actors=ray_actors)
+            r, failed = d.collect, d.failed
     except TTCError as e:
         _fail(e)
     typer.echo(
@@ -101,6 +116,10 @@ def collect(
         f"store {r.store} holds {r.total_samples}; {r.output_tokens} tokens, "
         f"{r.energy_j:.1f} J {r.energy_source} ({r.meter} meter)"
     )
+    for line in failed:  # units skipped after their bounded tries; a rerun tries them again
+        typer.echo(f"failed: {line}", err=True)
+    if failed:
+        raise typer.Exit(code=1)
 
 
 @app.command()
