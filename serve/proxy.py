@@ -102,6 +102,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await state.upstreams.start()
+        # warm the first decision (lazy imports, first tree walk) so no client request pays for it
+        state.decider.choose("What is 7 + 5?", None, state.fixed_lam, None, None)
+        answer_kind(TTCOptions(task="gsm8k"))
         yield
         await state.upstreams.close()
 

@@ -58,7 +58,8 @@ def _gguf() -> Path:
 def _start_llama(log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+    # one thread: llama.cpp's threads spin while they wait, and on a busy 2-core machine two of them ran 40x slower
+    cmd += ["--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", timeout_s=120)
