@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collect.tasks import TASKS, Item, ReasoningGymTask, RGSpec, Task, make_task  # noqa: E402
+from collect.tasks import RG_SPECS, TASKS, Item, ReasoningGymTask, RGSpec, Task, make_task  # noqa: E402
 from collect.tasks.rg import arith_config  # noqa: E402
 from store.views import vote  # noqa: E402
 
@@ -116,6 +116,12 @@ CANDIDATES: dict[str, RGSpec] = {
             (_MUL.format("23 * 4"), "20 * 4 = 80. 3 * 4 = 12. 80 + 12 = 92. The answer is 92."),
             (_MUL.format("7 * 16"), "7 * 10 = 70. 7 * 6 = 42. 70 + 42 = 112. The answer is 112."),
         ],
+    ),
+    "c.needle_4_5": RGSpec(
+        "needle_haystack",
+        {"min_num_statements": 4, "max_num_statements": 5},
+        "name",
+        RG_SPECS["rg.needle_haystack"].demos,
     ),
     "c.gcd_small": RGSpec(
         "gcd",
@@ -258,6 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("configs", nargs="*", help="registered task names or pilot candidates (see --list)")
     p.add_argument("--list", action="store_true", help="print the known configs and exit")
+    p.add_argument("--table", action="store_true", help="print the rows recorded in --out and exit")
     p.add_argument("--model", default="smollm2-135m", help="built-in model name or path")
     p.add_argument("--queries", type=int, default=12, help="queries per config")
     p.add_argument("--n", type=int, default=8, help="samples per query at temperature 0.7")
@@ -282,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("registered:", ", ".join(TASKS))
         print("candidates:", ", ".join(CANDIDATES))
+        return 0
+    if args.table:
+        print(HEADER)
+        for line in Path(args.out).read_text().splitlines():
+            r = json.loads(line)
+            r["p1_at"] = {int(k): v for k, v in r["p1_at"].items()}
+            print(row(f"{r['model']} t{r['temperature']:g}", r))
         return 0
     tasks = [build_task(c) for c in args.configs]  # fail on a bad name before loading the model
     from collect.models import LoadedModel, resolve_model

@@ -226,3 +226,26 @@ def test_recorded_reference_queries_are_still_generated_identically(reference_st
         by_id = {item.query_id: item for item in make_task(str(name)).pool()}
         for row in rows.itertuples():
             assert (by_id[row.query_id].question, by_id[row.query_id].gold) == (row.question, row.gold), row.query_id
+
+
+def test_steps_tasks_show_intermediate_results_before_the_answer(tasks: dict[str, Task]) -> None:
+    # The length-sensitive family: each demo writes at least two partial results
+    # ("a = b.") before "The answer is", so the model's answer comes late.
+    steps = [name for name in TASKS if name.endswith("_steps")]
+    assert steps
+    for name in steps:
+        for _, answer in tasks[name].demos:
+            before = answer.split("The answer is")[0]
+            assert before.count("=") >= 2, (name, answer)
+
+
+def test_three_term_sums_grade_the_written_steps_by_their_final_answer(tasks: dict[str, Task]) -> None:
+    task = tasks["rg.add3_1d_steps"]
+    item = task.items(1)[0]
+    a, b, c = (int(x) for x in re.findall(r"\d+", item.question))
+    assert item.gold == str(a + b + c)
+    steps = f"{a} + {b} = {a + b}. {a + b} + {c} ="
+    assert task.grade(item, f"{steps} {a + b + c}. The answer is {a + b + c}.").correct
+    assert not task.grade(item, f"{steps} {a + b + c + 1}. The answer is {a + b + c + 1}.").correct
+    # cut off before the answer (a 16-token cap): the last partial sum is not the answer
+    assert not task.grade(item, steps).correct

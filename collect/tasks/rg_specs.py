@@ -62,6 +62,19 @@ RG_SPECS: dict[str, RGSpec] = {
             ),
         ],
     ),
+    # Written intermediate steps: SmolLM2-135M answers three-term sums far more
+    # often when it writes the partial sum first (pilot: 0.34 per sample against
+    # 0.10 with a one-line answer), and the answer lands after ~20 tokens, so a
+    # 16-token cap cuts it off: the mix's task where output length buys accuracy.
+    "rg.add3_1d_steps": RGSpec(
+        "basic_arithmetic",
+        arith_config(1, ("+",), terms=3),
+        "number",
+        [
+            ("Calculate 2 + 6 + 3.", "2 + 6 = 8. 8 + 3 = 11. The answer is 11."),
+            ("Calculate 7 + 5 + 8.", "7 + 5 = 12. 12 + 8 = 20. The answer is 20."),
+        ],
+    ),
     # The "hopeless" tier: near 0 for SmolLM2-135M, kept so the allocator
     # learns to spend nothing on queries no budget can fix.
     "rg.chain_sum": RGSpec(
