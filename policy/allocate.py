@@ -49,6 +49,7 @@ ON_INFEASIBLE = ("raise", "cheapest")
 # Relative slack when comparing joule sums with a budget, so a budget equal to
 # an attainable total (summed in another order) is not called exceeded.
 _REL_TOL = 1e-9
+_BLOCK_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -130,25 +131,30 @@ def upper_hull(e: Sequence[float], p: Sequence[float], order: Sequence[int] | No
     return hull
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per query, 100,000 at a time in `ttc allocate`
 class _Hull:
-    idx: list[int]  # arm indices, cheapest first
-    e: list[float]
-    p: list[float]
-    slopes: list[float]  # slopes[k]: accuracy per joule from idx[k] to idx[k+1]
+    idx: tuple[int, ...]  # arm indices, cheapest first
+    slopes: tuple[float, ...]  # slopes[k]: accuracy per joule from idx[k] to idx[k+1]
+    steps_j: tuple[float, ...]  # steps_j[k]: extra joules from idx[k] to idx[k+1]
+    e0_j: float  # joules of the cheapest hull arm
 
 
 def _hulls(p: np.ndarray, e: np.ndarray) -> list[_Hull]:
     out = []
-    # every row's arms cheapest first (then likelier first, then by index: lexsort is stable), sorted
-    # at once by numpy; the same order upper_hull would sort to, which matters for 100,000 queries
-    orders = np.lexsort((-p, e), axis=-1).tolist() if p.size else [[] for _ in range(len(p))]
-    for pr, er, order in zip(p.tolist(), e.tolist(), orders, strict=True):
-        idx = upper_hull(er, pr, order)
-        he = [er[i] for i in idx]
-        hp = [pr[i] for i in idx]
-        slopes = [(hp[k + 1] - hp[k]) / (he[k + 1] - he[k]) for k in range(len(idx) - 1)]
-        out.append(_Hull(idx, he, hp, slopes))
+    # Rows go to Python lists a block at a time: the whole matrix as Python floats would cost
+    # ~64 bytes per cell (1.3 GB at 100,000 queries x 20 arms), the block a few MB.
+    for start in range(0, len(p), _BLOCK_ROWS):
+        pb, eb = p[start : start + _BLOCK_ROWS], e[start : start + _BLOCK_ROWS]
+        # every row's arms cheapest first (then likelier first, then by index: lexsort is stable),
+        # sorted at once by numpy: the order upper_hull would sort to
+        orders = np.lexsort((-pb, eb), axis=-1).tolist() if pb.size else [[] for _ in range(len(pb))]
+        for pr, er, order in zip(pb.tolist(), eb.tolist(), orders, strict=True):
+            idx = upper_hull(er, pr, order)
+            he = [er[i] for i in idx]
+            hp = [pr[i] for i in idx]
+            steps = tuple(he[k + 1] - he[k] for k in range(len(idx) - 1))
+            slopes = tuple((hp[k + 1] - hp[k]) / steps[k] for k in range(len(idx) - 1))
+            out.append(_Hull(tuple(idx), slopes, steps, he[0]))
     return out
 
 
@@ -257,15 +263,12 @@ def allocate_budget(
         return []
     hulls = _hulls(p, e)
     hopeless = (p.max(axis=1) < p_floor).tolist()
-    floor_j = sum(h.e[0] for h in hulls)
+    floor_j = sum(h.e0_j for h in hulls)
     slack = _REL_TOL * max(total, floor_j, 1.0)
 
     # Every hull move of a non-hopeless query: (slope, extra joules, query, step).
     moves = [
-        (h.slopes[k], h.e[k + 1] - h.e[k], q, k)
-        for q, h in enumerate(hulls)
-        if not hopeless[q]
-        for k in range(len(h.slopes))
+        (h.slopes[k], h.steps_j[k], q, k) for q, h in enumerate(hulls) if not hopeless[q] for k in range(len(h.slopes))
     ]
     lam_cheapest = max((m[0] for m in moves), default=0.0)  # the price above which everyone stays cheapest
 

@@ -396,4 +396,4 @@ def test_the_batch_sort_gives_the_hull_the_per_query_sort_gives(seed):
     p[:, 3] = p[:, 5]  # ties in p
     e[:, 2] = e[:, 7]  # ties in e
     for row, h in zip(range(len(p)), _hulls(p, e), strict=True):
-        assert h.idx == upper_hull(e[row].tolist(), p[row].tolist())
+        assert list(h.idx) == upper_hull(e[row].tolist(), p[row].tolist())
