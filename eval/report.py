@@ -209,7 +209,8 @@ def _per_fold(ctx, curves, folds: Sequence[tuple[str, Sequence[str]]], source: s
         h = _headline(ctx, curves, cols, source, n_boot, seed) if len(cols) >= MIN_TASK_QUERIES else None
         rows.append({"fold": name, "n_queries": len(cols), "headline": h})
         heads += [h] if h is not None else []
-    return {"folds": rows, "spread": fold_spread(heads)}
+    # the spread's keys are Headline field names; like a Headline it names its energy source once
+    return {"folds": rows, "spread": {"energy_source": source, **fold_spread(heads)}}
 
 
 def _task_entry(ctx, curves, full: Outcomes, task: str, meta: Mapping[str, Any], n_boot: int, seed: int) -> dict:

@@ -124,3 +124,27 @@ def test_cli_eval_cross_fits_with_folds(reference_store, tmp_path, monkeypatch):
     assert "energy_saved_at_equal_accuracy" in result.output
     doc = json.loads(Path(tmp_path / "e" / "eval_report.json").read_text())
     assert doc["split"]["n_folds"] == 2 and doc["allocators_run"] == ["learned", "fixed"]
+
+
+def test_every_energy_figure_of_the_cross_fitted_report_names_its_source(crossfitted):
+    """Keys of joule figures carry the source; self-describing objects (headlines, the fold spread) say it once."""
+    _, doc = crossfitted
+    seen = []
+
+    def walk(obj, path=""):
+        if isinstance(obj, dict) and "energy_source" in obj:
+            assert obj["energy_source"] == "estimated", path
+            seen.append(path)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                number = isinstance(v, int | float) and not isinstance(v, bool)
+                figure = v is None or number or (isinstance(v, dict) and "point" in v)
+                if figure and (k.endswith("_j") or "energy" in k):
+                    assert "estimated" in k, f"{path}/{k}"
+                walk(v, f"{path}/{k}")
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v, path)
+
+    walk(doc)
+    assert "/cross_fitting/spread" in seen and "/headline" in seen
