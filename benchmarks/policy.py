@@ -15,11 +15,12 @@ Targets: p50 <= 1 ms per query at batch 1; a decision <= 1 % of the cheapest arm
 
 Then it writes a JSONL file of `--allocate-queries` synthetic queries (default
 100,000) and runs, each in its own process, the streamed `ttc allocate` path
-(ttc/bundle_stages.allocate_stage: chunks, numpy backend) and the old
-non-streaming path kept below (`_old_allocate`: every query, feature row and
-decision in memory at once, LightGBM backend, as `ttc allocate` did before),
-reporting wall seconds (the whole process, imports included) and peak RSS of
-each, and whether both chose the same arms. Targets: <= 10 s and <= 500 MB.
+(the `ttc allocate` command: chunks, numpy backend) and the old non-streaming
+path kept below (`_old_allocate`: every query, feature row and decision in
+memory at once, LightGBM backend, as `ttc allocate` did before), in price mode
+(the stored rule) and in budget mode, reporting wall seconds (the whole
+process, imports included), CPU seconds and peak RSS of each, and whether both
+chose the same arms. Targets: <= 10 s and <= 500 MB.
 
     python benchmarks/policy.py [--bundle DIR|ZIP] [--store DIR] [--repeats 300] [--allocate-queries 100000]
 """
@@ -108,14 +109,14 @@ def _decision_energy_j(policy: Policy, questions: list[str], tasks: list, batch:
     return m.energy_j / (batch * calls)
 
 
-def _old_allocate(bundle: str, input_path: str, output_path: str) -> int:
+def _old_allocate(bundle: str, input_path: str, output_path: str, budget_j: float | None) -> int:
     """`ttc allocate` before streaming: the whole file, every feature row and decision in memory at once."""
     from ttc.bundle_stages import read_queries_jsonl
 
     rows = read_queries_jsonl(input_path)
     policy = load_bundle(bundle, backend="lightgbm")
     decisions = policy.allocate(
-        [r["question"] for r in rows], [r["task"] for r in rows], query_ids=[r["id"] for r in rows]
+        [r["question"] for r in rows], [r["task"] for r in rows], query_ids=[r["id"] for r in rows], budget_j=budget_j
     )
     extra = {"energy_source": policy.energy_source, "energy_meter": policy.energy_meter}
     lines = [json.dumps({**dataclasses.asdict(d), **extra}) for d in decisions]
@@ -134,18 +135,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(path: str, bundle: str, input_path: str, output_path: str) -> None:
-    """Run one allocate path in this process and print its stage time and peak RSS as JSON."""
-    from ttc.bundle_stages import allocate_stage
+def _child(path: str, bundle: str, input_path: str, output_path: str, budget_j: float | None) -> None:
+    """Run one allocate path in this process; print its time, CPU time and peak RSS as JSON.
 
-    t0, c0 = time.perf_counter(), time.process_time()
+    "streamed" runs the `ttc allocate` command itself (its imports included in the time).
+    """
+    t0 = time.perf_counter()
     if path == "old":
-        n = _old_allocate(bundle, input_path, output_path)
+        n = _old_allocate(bundle, input_path, output_path, budget_j)
     else:
-        n = allocate_stage(bundle, input_path, output_path, warn=lambda m: None)
-    stage_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    rss_mb = _peak_rss_mb()
-    print(json.dumps({"n": n, "stage_s": stage_s, "stage_cpu_s": cpu_s, "peak_rss_mb": rss_mb}))
+        from ttc.cli import app
+
+        args = ["allocate", "--bundle", bundle, "--input", input_path, "--output", output_path]
+        app([*args, *(["--budget-j", str(budget_j)] if budget_j is not None else [])], standalone_mode=False)
+        n = sum(1 for _ in open(output_path))
+    stage_s, cpu_s = time.perf_counter() - t0, time.process_time()
+    print(json.dumps({"n": n, "stage_s": stage_s, "cpu_s": cpu_s, "peak_rss_mb": _peak_rss_mb()}))
 
 
 def _write_queries(path: Path, n: int) -> None:
@@ -162,33 +167,39 @@ def _write_queries(path: Path, n: int) -> None:
 
 
 def _allocate_file(bundle: Path, n: int) -> dict:
-    """Streamed vs old `ttc allocate` on n queries, each path in a fresh process."""
+    """Streamed vs old `ttc allocate` on n queries, price (the stored rule) and budget mode, each in a fresh process."""
     work = Path(tempfile.mkdtemp(prefix="ttc-bench-alloc-"))
     queries = work / "queries.jsonl"
     _write_queries(queries, n)
-    out: dict = {"n_queries": n, "input_mb": queries.stat().st_size / 1e6, "load_avg_1min": os.getloadavg()[0]}
-    for path in ("streamed", "old"):
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", path, "--bundle", str(bundle), "--input", str(queries)]
-            + ["--output", str(work / f"{path}.jsonl")],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        wall = time.perf_counter() - t0
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
-        child["wall_s"] = wall
-        out[path] = {k: child[k] for k in ("wall_s", "stage_s", "stage_cpu_s", "peak_rss_mb")}
-        # CPU seconds beside wall seconds: on a shared machine the wall time also counts waiting for a core
-        print(
-            f"allocate {n} queries, {path:8s}: {wall:.2f} s wall (process, imports included; "
-            f"{child['stage_s']:.2f} s wall, {child['stage_cpu_s']:.2f} s CPU in the stage), "
-            f"peak RSS {child['peak_rss_mb']:.0f} MB"
-        )
-    arms = [[json.loads(line)["arm_id"] for line in (work / f"{p}.jsonl").open()] for p in ("streamed", "old")]
-    out["same_decisions"] = arms[0] == arms[1]
-    print(f"streamed and old paths chose the same arm for every query: {out['same_decisions']}")
+    # a feasible budget: half way between the cheapest arms and the stored rule's choice, on a sample
+    from ttc.bundle_stages import read_queries_jsonl
+
+    sample = read_queries_jsonl(queries)[:2000]
+    policy = load_bundle(bundle)
+    p, e = policy.predict([r["question"] for r in sample], [r["task"] for r in sample])
+    chosen = np.mean([d.energy_j for d in policy.allocate_predictions(p, e)])
+    budget_j = float(round((e.min(axis=1).mean() + chosen) / 2, 3))
+    out: dict = {"n_queries": n, "input_mb": queries.stat().st_size / 1e6, "budget_j": budget_j}
+    out["load_avg_1min_before"] = os.getloadavg()[0]
+    for mode, budget in (("price", None), ("budget", budget_j)):
+        for path in ("streamed", "old"):
+            args = ["--child", path, "--bundle", str(bundle), "--input", str(queries)]
+            args += ["--output", str(work / f"{path}-{mode}.jsonl")]
+            args += ["--child-budget-j", str(budget)] if budget is not None else []
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
+            child["wall_s"] = time.perf_counter() - t0
+            out[f"{path}_{mode}"] = {k: child[k] for k in ("wall_s", "stage_s", "cpu_s", "peak_rss_mb")}
+            # CPU seconds beside wall seconds: on a shared machine the wall time also counts waiting for a core
+            print(
+                f"allocate {n} queries, {mode:6s} mode, {path:8s}: {child['wall_s']:.2f} s wall (process), "
+                f"{child['cpu_s']:.2f} s CPU, peak RSS {child['peak_rss_mb']:.0f} MB"
+            )
+        arms = [[json.loads(x)["arm_id"] for x in (work / f"{p}-{mode}.jsonl").open()] for p in ("streamed", "old")]
+        out[f"same_decisions_{mode}"] = arms[0] == arms[1]
+        print(f"{mode} mode: streamed and old paths chose the same arm for every query: {arms[0] == arms[1]}")
+    out["load_avg_1min_after"] = os.getloadavg()[0]
     return out
 
 
@@ -204,9 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--child", choices=["streamed", "old"], help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
+    ap.add_argument("--child-budget-j", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.child, args.bundle, args.input, args.output)
+        _child(args.child, args.bundle, args.input, args.output, args.child_budget_j)
         return {}
 
     bundle = _bundle(args)

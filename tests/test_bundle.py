@@ -406,9 +406,9 @@ def test_benchmark_reports_latency_per_backend_and_the_streamed_allocate_beside_
             assert 0 < row[f"batch{batch}_p50_ms"] <= row[f"batch{batch}_p99_ms"]
             assert row[f"batch{batch}_fraction_of_cheapest_arm"] > 0
     alloc = out["allocate_file"]
-    assert alloc["n_queries"] == 300 and alloc["same_decisions"] is True
-    for path in ("streamed", "old"):
-        assert alloc[path]["wall_s"] > 0 and alloc[path]["peak_rss_mb"] > 0
+    assert alloc["n_queries"] == 300 and alloc["same_decisions_price"] is alloc["same_decisions_budget"] is True
+    for run in ("streamed_price", "old_price", "streamed_budget", "old_budget"):
+        assert alloc[run]["wall_s"] > 0 and alloc[run]["cpu_s"] > 0 and alloc[run]["peak_rss_mb"] > 0
     assert json.loads((tmp_path / "b.json").read_text()) == out
 
 
