@@ -419,3 +419,20 @@ def test_the_cli_signs_with_a_key_file_and_allocate_requires_it(bundle_dir, tmp_
     assert run(app, [*alloc, "--key-file", str(tmp_path / "key")]).exit_code == 0
     r = run(app, [*alloc, "--key-file", str(tmp_path / "other")])
     assert r.exit_code == 2 and "signature" in r.output
+
+
+def test_an_export_failing_while_writing_leaves_nothing_and_keeps_the_old_bundle(bundle_dir, tmp_path, monkeypatch):
+    import train.export
+
+    out = tmp_path / "new" / "P"
+    monkeypatch.setattr(train.export, "zip_bundle", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        export_stage(str(bundle_dir), out)
+    assert list(tmp_path.iterdir()) == []  # the folders made for it are gone too
+    monkeypatch.undo()
+    export_stage(str(bundle_dir), out)
+    before = _tree_of(out.parent)
+    monkeypatch.setattr(train.export, "zip_bundle", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        export_stage(str(bundle_dir), out, lam=0.5, force=True)
+    assert _tree_of(out.parent) == before
