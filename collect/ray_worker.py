@@ -120,22 +120,25 @@ class UnitWorker:
         tracking: tuple[str, str] | None = None,
         loader: ModelLoader | None = None,
     ) -> None:
-        from collect.energy import make_meter
-
         gpus = _gpu_ids() if use_gpu else []
         self.cfg, self.actor, self.run_name, self.threads = cfg, actor, run_name, threads
         self.store = UnitStore(store_uri)
         self.torch_device = "cuda" if gpus else "cpu"
         self.device = f"gpu{gpus[0]}" if gpus else "cpu"
         self.node = socket.gethostname()
-        kwargs = {"watts_per_core": cfg.watts_per_core} if cfg.meter == "estimate" else {}
-        self.meter = make_meter(cfg.meter, **kwargs)
+        self.meter = self._open_meter()
         self.tracking = tracking
         self.loader = loader or load_model
         self._lm: Any = None
         self._lm_name = ""
         self._tasks: dict[str, Any] = {}
-        self._idle_measured = cfg.idle_baseline_s <= 0
+
+    def _open_meter(self) -> Any:
+        from collect.energy import make_meter
+
+        kwargs = {"watts_per_core": self.cfg.watts_per_core} if self.cfg.meter == "estimate" else {}
+        self._idle_measured = self.cfg.idle_baseline_s <= 0
+        return make_meter(self.cfg.meter, **kwargs)
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(self.actor, self.node, self.device, os.getpid(), self.meter.name, self.meter.source)
@@ -148,6 +151,7 @@ class UnitWorker:
                 return self._result(unit, "stored", [], t0)
             written, samples = self._generate_and_write(unit)
         except Exception as e:  # noqa: BLE001 (re-raised with the unit's name; Ray retries it)
+            self.meter = self._open_meter()  # the failed call may have left a meter window open
             raise UnitFailed(unit.key, unit.index, f"{type(e).__name__}: {e}") from e
         result = self._result(unit, "written" if written else "stored", samples if written else [], t0)
         self._log(result)
