@@ -4,9 +4,9 @@ An upstream is one model name of the bundle mapped to a base URL that ends in
 `/v1` (vLLM, SGLang, TGI, the llama.cpp server all serve one). `Upstreams.sample`
 asks it for n completions of one request: first with the API's own `n` (one
 prefill, shared by the engine), and when the engine returns fewer choices
-than asked (llama.cpp's servers ignore `n`) it asks for the rest with
-concurrent single requests and remembers, per upstream, to go straight to
-concurrent requests next time.
+than asked (llama.cpp's servers ignore `n`), or refuses `n` on the first
+try (HTTP 400/422), it asks for the rest with concurrent single requests and
+remembers, per upstream, to go straight to concurrent requests next time.
 
 Failure is all or nothing: if any of the n requests fails, the others are
 cancelled (asyncio.TaskGroup) and `UpstreamError` carries the HTTP status the
@@ -137,9 +137,15 @@ class Upstreams:
         t0 = time.perf_counter()
         replies: list[dict[str, Any]] = []
         if n > 1 and up.supports_n is not False:
-            first = await self.post(model, kind, {**body, "n": n})
-            replies.append(first)
-            up.supports_n = len(first["choices"]) >= n
+            try:
+                replies.append(await self.post(model, kind, {**body, "n": n}))
+                up.supports_n = len(replies[0]["choices"]) >= n
+            except UpstreamError as exc:
+                # some engines refuse n > 1 outright (HTTP 400/422) instead of ignoring it; learn that once,
+                # and if the request itself was bad, the single requests below fail the same way
+                if up.supports_n is not None or exc.status not in (400, 422):
+                    raise
+                up.supports_n = False
         have = sum(len(r["choices"]) for r in replies)
         if have < n:
             replies += await self._concurrent(model, kind, body, n - have, seed_offset=have)

@@ -325,3 +325,13 @@ def test_answer_extraction_follows_the_task_unless_the_request_names_one():
     assert answer_kind(TTCOptions(task="rg.needle_haystack", answer="text")) == "text"
     v = vote_texts(["Mira loathes jogging. The answer is Mira.", "The answer is Tomas.", "Mira."], "name")
     assert v.answer == "Mira" and v.counts == {"Mira": 2, "Tomas": 1}
+
+
+def test_engine_that_refuses_n_is_asked_with_single_requests(stack):
+    s = stack(upstream_kw={"reject_n": True})
+    resp, _ = s.chat(extra_body={"ttc": {"lam": 0.0}})
+    n = resp.model_extra["ttc"]["n"]
+    assert n > 1 and resp.model_extra["ttc"]["samples"] == n
+    assert [b["n"] for b in s.seen] == [n] + [1] * n  # refused once, then n single requests
+    resp, _ = s.chat(extra_body={"ttc": {"lam": 0.0}})
+    assert [b["n"] for b in s.seen[n + 1 :]] == [1] * n

@@ -27,10 +27,12 @@ def make_fake_upstream(
     delay_s: float = 0.0,
     fail_status: int | None = None,
     fail_on_request: int | None = None,
+    reject_n: bool = False,
 ) -> FastAPI:
     """The fake engine; `app.state.seen` lists the request bodies, `app.state.fail_status` can be changed live.
 
-    `fail_on_request` (1-based) makes that one request answer HTTP 500, to test a partial failure.
+    `fail_on_request` (1-based) makes that one request answer HTTP 500, to test a partial failure;
+    `reject_n` answers 422 to any n > 1, as some engines do.
     """
     app = FastAPI()
     app.state.seen = []
@@ -43,6 +45,8 @@ def make_fake_upstream(
         app.state.seen.append(body)
         if app.state.delay_s:
             await asyncio.sleep(app.state.delay_s)
+        if reject_n and int(body.get("n") or 1) > 1:
+            return JSONResponse({"error": {"message": "n > 1 is not supported"}}, status_code=422)
         if app.state.fail_status or len(app.state.seen) == fail_on_request:
             status = app.state.fail_status or 500
             return JSONResponse({"error": {"message": "scripted failure"}}, status_code=status)
