@@ -7,10 +7,12 @@ samples, and decodes all rows step by step. At every step it keeps, per row,
 the chosen token's log-probability, the most likely token's, and the entropy
 of the model's temperature-1 distribution: the first-sample confidence signals.
 
-Sampling follows `transformers`' generate with `top_k=0, top_p=1`: logits over
-the temperature, softmax, one `torch.multinomial` draw over all rows per step
-(finished rows draw too and are padded), so with one seed a generation capped
-at L is the prefix of one capped higher. Greedy is the argmax. A row ends at a
+Sampling draws from softmax(logits / temperature) with no top-k or top-p, by
+inverting the cumulative distribution at one uniform number per row and step
+(`torch.multinomial` draws one exponential per vocabulary entry, which cost
+more than ten times as much CPU per step here). All rows draw at every step
+(finished rows are padded), so with one seed a generation capped at L is the
+prefix of one capped higher. Greedy is the argmax. A row ends at a
 token of `lm.end_ids` (an EOS counts as an output token, a pad does not) or,
 for plain prompts, once its text contains a stop string.
 
@@ -26,8 +28,15 @@ if TYPE_CHECKING:
     from collect.models import LoadedModel
 
 
-def generate(lm: LoadedModel, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int) -> Any:
-    """n samples of each prompt; sequence i*n+j is prompt i's sample j (a `collect.models.Generation`)."""
+def generate(
+    lm: LoadedModel, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int, meter: Any = None
+) -> Any:
+    """n samples of each prompt; sequence i*n+j is prompt i's sample j (a `collect.models.Generation`).
+
+    `meter`: if given, the prefill is metered in a window of its own (nested in
+    the caller's), so its joules are measured rather than inferred from its
+    share of the wall time, which misleads wherever other processes share the CPU.
+    """
     import torch
 
     from collect.models import Generation
@@ -35,10 +44,14 @@ def generate(lm: LoadedModel, prompts: list[str], n: int, max_new_tokens: int, t
     enc = lm.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=lm.prompt_style == "plain")
     ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
     width = ids.shape[1]
+    window = f"prefill:{id(ids)}"
+    if meter is not None:
+        meter.begin_window(window)
     start = time.perf_counter()
     with torch.inference_mode():
         logits, cache, probe_last, probe_mean = _prefill(lm, ids, mask)
         prefill_s = time.perf_counter() - start
+        prefill_j = meter.end_window(window).energy_j if meter is not None else None
         cache = _share(lm, cache, n, width + max_new_tokens)
         full_mask = torch.zeros((len(prompts) * n, width + max_new_tokens), dtype=mask.dtype, device=mask.device)
         full_mask[:, :width] = mask.repeat_interleave(n, 0)
@@ -54,6 +67,7 @@ def generate(lm: LoadedModel, prompts: list[str], n: int, max_new_tokens: int, t
         finished=out[1],
         prompt_tokens=[int(prompt_tokens[i // n]) for i in range(len(out[0]))],
         prefill_s=prefill_s,
+        prefill_energy_j=prefill_j,
         token_logprob=out[2],
         token_top1_logprob=out[3],
         token_entropy=out[4],
@@ -118,10 +132,7 @@ def _decode(
     tokens, stats = [], []
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float(), dim=-1)
-        if temperature > 0:
-            nxt = torch.multinomial(torch.softmax(logits.float() / temperature, dim=-1), 1).squeeze(1)
-        else:
-            nxt = logp.argmax(dim=-1)
+        nxt = _draw(logits, temperature) if temperature > 0 else logp.argmax(dim=-1)
         top1 = logp.max(dim=-1).values
         chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)
         entropy = -(logp.exp() * logp).nan_to_num().sum(dim=-1)
@@ -138,6 +149,15 @@ def _decode(
         logits = lm._step(nxt.unsqueeze(1), step_mask, positions.unsqueeze(1), cache)
         positions = positions + 1
     return torch.stack(tokens, 1), torch.stack(stats, 2)
+
+
+def _draw(logits: Any, temperature: float) -> Any:
+    """One token per row from softmax(logits / temperature), by inverse CDF (one uniform per row)."""
+    import torch
+
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)
+    u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
 
 
 def _stopped(lm: LoadedModel, tokens: Any, done: Any) -> Any:

@@ -120,6 +120,7 @@ class Generation:
     finished: list[bool]
     prompt_tokens: list[int]  # per sequence, its prompt's tokens (padding excluded)
     prefill_s: float  # wall time of the one prefill of all prompts (with the first token's logits)
+    prefill_energy_j: float | None  # the prefill's own meter window (None: no meter was given)
     token_logprob: list[list[float]]
     token_top1_logprob: list[list[float]]
     token_entropy: list[list[float]]
@@ -171,7 +172,14 @@ class LoadedModel:
         else:
             src = spec.location
         self.tokenizer = AutoTokenizer.from_pretrained(src)
-        self.model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype).to(self.device).eval()
+        # Eager attention: on CPU, SDPA's fused kernel (taken whenever a batch has no padding) costs ~25%
+        # more CPU per decode step than its masked path or eager, so an unpadded batch (typically a
+        # sampled call of few equal-length prompts) would be charged more per token than a padded one.
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, attn_implementation="eager")
+            .to(self.device)
+            .eval()
+        )
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -224,11 +232,13 @@ class LoadedModel:
             text = text.split(s)[0]
         return text.strip()
 
-    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+    def generate(
+        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int, meter: Any = None
+    ) -> Generation:
         """n samples of each prompt in one call, each prompt prefilled once (see `collect.decode`)."""
         from collect.decode import generate
 
-        return generate(self, prompts, n, max_new_tokens, temperature, seed)
+        return generate(self, prompts, n, max_new_tokens, temperature, seed, meter)
 
     def _forward_step(self, input_ids: Any, attention_mask: Any, position_ids: Any, cache: Any) -> Any:
         """One decode step's logits, (rows, vocab)."""

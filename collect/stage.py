@@ -255,10 +255,10 @@ def run_batch(lm: Any, meter: Any, batch: _Batch, cfg: CollectConfig, run_name: 
     prompts = [lm.build_prompt(it.question, task.demos) for task, it in batch.items]
     window = f"{batch.model}:{batch.seed}"
     meter.begin_window(window)
-    gen = lm.generate(prompts, batch.n, cfg.max_new_tokens, batch.temperature, batch.seed)
+    gen = lm.generate(prompts, batch.n, cfg.max_new_tokens, batch.temperature, batch.seed, meter=meter)
     m = meter.end_window(window)
     out_tokens = [len(ids) for ids in gen.output_ids]
-    shares = attribute(m.energy_j, m.duration_s, gen.prefill_s, out_tokens, batch.n)
+    shares = attribute(m.energy_j, m.duration_s, gen.prefill_s, out_tokens, batch.n, gen.prefill_energy_j)
     ctx = {
         "batch": batch,
         "measurement": m,
@@ -299,6 +299,7 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
             lm = None  # free the previous model before loading the next
             lm = LoadedModel(specs[batch.model], cfg.device, cfg.threads or None, dtype=cfg.dtype)
             lm_name = batch.model
+            _warm_up(lm, batch)
         out = run_batch(lm, meter, batch, cfg, run_name)
         probes.append(out.probes)  # before the samples: a resumed run regenerates samples, never probes
         store.append(out.samples)
@@ -317,6 +318,14 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
         obs.run_name or None,
         prog.elapsed_s,
     )
+
+
+def _warm_up(lm: Any, batch: _Batch) -> None:
+    """One short unmetered call on a fresh model: first-touch page faults and allocator growth would
+    otherwise be charged to the first metered calls (and to whichever arm the plan puts first)."""
+    task, item = batch.items[0]
+    prompt = lm.build_prompt(item.question, task.demos)
+    lm.generate([prompt, prompt], 4, 8, 0.7, seed=0)
 
 
 def _count(store: SampleStore) -> int:

@@ -1,4 +1,5 @@
-"""Collect stage: real model samples, the sample->arm view, the store's crash safety, bad input."""
+"""Collect stage: real model samples, the sample->arm view, the store's crash safety, bad input,
+the batch regime's comparable joules, the prefill probe and the per-token confidence signals."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from collect.config import load_config, make_config
+from collect.energy.attribution import attribute
+from collect.probe import ProbeRow, ProbeStore, read_probes
 from collect.stage import collect_stage
 from policy.arms import Arm
 from policy.errors import UsageError
@@ -60,6 +64,8 @@ def test_every_sample_is_graded_at_every_level(tiny_store):
         assert list(row.level_output_tokens) == [min(4, row.output_tokens), min(12, row.output_tokens)]
         assert row.level_energy_j[0] <= row.level_energy_j[1] == pytest.approx(row.energy_j)
         assert row.energy_source == "estimated" and row.meter == "estimate"
+        assert row.dtype == "bfloat16" and row.batch_rows == 2 * 2  # queries_per_batch x n_samples
+        assert len(row.token_logprob) == len(row.token_entropy) == row.output_tokens
         assert row.extraction in {"strict", "flexible", "scorer", "none"}
         assert (row.answer is None) == (row.extraction == "none")
 
@@ -231,3 +237,139 @@ def test_importing_a_store_keeps_values_and_never_duplicates(tmp_path):
     assert len(merged) == len(ref)
     assert (merged["text"] == merged["text_ref"]).all()
     assert (merged["answer"].isna() == merged["answer_ref"].isna()).all()
+
+
+# --- the batch regime: greedy and sampled tokens cost the same -------------------------------------------------
+
+REGIME = dict(
+    models=["smollm2-135m"],
+    tasks=["rg.basic_arithmetic_1d"],
+    items_per_task=8,
+    n_samples=4,
+    levels=[16],
+    greedy=True,
+    queries_per_batch=2,
+    track=False,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def regime_store(tmp_path_factory, smollm2):
+    store = tmp_path_factory.mktemp("regime")
+    collect_stage(make_config(None, store=str(store), **REGIME).validate(), progress=False)
+    return read_samples(store)
+
+
+def test_every_generate_call_has_the_same_rows_for_greedy_and_sampled_arms(regime_store):
+    rows = regime_store.groupby("batch_id")["window_samples"].first()
+    assert set(rows) == {2 * 4}  # 8 queries: greedy 1 call of 8 queries, sampled 4 calls of 2 x 4
+    assert set(regime_store["batch_rows"]) == {8}
+
+
+def test_greedy_and_sampled_joules_per_output_token_agree_within_15_percent(regime_store):
+    df = regime_store
+
+    def decode_j_per_token(d: pd.DataFrame) -> float:
+        return float((d.energy_j - d.prefill_energy_j).sum() / d.output_tokens.sum())
+
+    greedy, sampled = df[df.temperature == 0], df[df.temperature > 0]
+    ratio = decode_j_per_token(greedy) / decode_j_per_token(sampled)
+    assert abs(ratio - 1) <= 0.15, f"greedy/sampled decode joules per output token {ratio:.2f}"
+    # the n=1 arms (prefill included) also agree per output token: the arm no longer reflects the batching
+    first = sampled[sampled.sample_index == 0]
+    arm_ratio = (greedy.energy_j.sum() / greedy.output_tokens.sum()) / (
+        first.energy_j.sum() / first.output_tokens.sum()
+    )
+    assert abs(arm_ratio - 1) <= 0.15, f"n1 greedy/sampled joules per output token {arm_ratio:.2f}"
+
+
+def test_an_arm_of_the_first_k_samples_pays_its_prompts_prefill_once():
+    shares = attribute(10.0, 2.0, 0.5, [4, 6, 2, 8, 5, 5], n=3)  # 2 prompts x 3 samples
+    assert sum(s.energy_j for s in shares) == pytest.approx(10.0)
+    assert sum(s.duration_s for s in shares) == pytest.approx(2.0)
+    prefill = [s.prefill_energy_j for s in shares]
+    assert prefill[0] == prefill[3] == pytest.approx(10.0 * 0.25 / 2) and prefill[1:3] == prefill[4:] == [0, 0]
+    with pytest.raises(UsageError, match="n=4"):
+        attribute(1.0, 1.0, 0.1, [1, 2, 3], n=4)
+
+
+# --- the probe and the per-token confidence ----------------------------------------------------------------------
+
+
+def test_probe_table_has_one_row_per_query_and_model_with_the_model_width(tiny_store):
+    store, _ = tiny_store
+    meta, last, mean = read_probes(store, model="smollm2-135m")
+    assert sorted(meta.query_id) == sorted(read_samples(store).query_id.unique())
+    assert last.shape == mean.shape == (2, 576) and last.dtype == mean.dtype == np.float16
+    assert set(meta.layer) == {30} and set(meta.dtype) == {"bfloat16"}
+    assert (meta.prefill_energy_j > 0).all() and set(meta.energy_source) == {"estimated"}
+    samples = read_samples(store)
+    first = samples[(samples.sample_index == 0) & (samples.temperature > 0)].set_index("query_id")
+    assert (first.loc[meta.query_id, "prefill_energy_j"].to_numpy() > 0).all()
+
+
+def _probe(lm, prompts, which):
+    return getattr(lm.generate(prompts, 1, 2, 0.0, seed=1), which)
+
+
+@pytest.fixture(scope="module")
+def smollm2_fp32():
+    from collect.models import LoadedModel, resolve_model
+
+    return LoadedModel(resolve_model("smollm2-135m"), device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("which", ["probe_last", "probe_mean"])
+def test_probe_is_deterministic_and_unchanged_by_batching_with_other_prompts(smollm2, smollm2_fp32, which):
+    qs = ["What is 17 + 25?", "What is 3 + 4? Show every step of your work, then give the answer.", "2 + 2?"]
+    for lm, dtype_ulp in ((smollm2_fp32, 2.0**-10), (smollm2, 2.0**-7)):
+        prompts = [lm.build_prompt(q, []) for q in qs]
+        alone = _probe(lm, prompts[:1], which)[0].astype(np.float32)
+        assert np.array_equal(alone, _probe(lm, prompts[:1], which)[0].astype(np.float32))
+        batched = _probe(lm, prompts[1:] + prompts[:1], which)[-1].astype(np.float32)  # left-padded, last row
+        # float32 compute: equal within float16 rounding; bfloat16 compute: within two bfloat16 ulps of the scale
+        np.testing.assert_allclose(batched, alone, rtol=0, atol=2 * dtype_ulp * np.abs(alone).max())
+
+
+def test_greedy_token_logprob_is_the_max_of_the_steps_log_softmax(smollm2_fp32):
+    import torch
+
+    lm = smollm2_fp32
+    prompt = lm.build_prompt("What is 17 + 25?", [])
+    gen = lm.generate([prompt], 1, 8, 0.0, seed=3)
+    assert gen.token_logprob[0] == gen.token_top1_logprob[0]
+    enc = lm.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    ids = torch.cat([enc.input_ids, torch.tensor([gen.output_ids[0]])], dim=1)
+    with torch.inference_mode():
+        logp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
+    steps = logp[enc.input_ids.shape[1] - 1 : -1]  # the distributions the generated tokens were drawn from
+    np.testing.assert_allclose(gen.token_logprob[0], steps.max(-1).values.numpy(), atol=2e-3, rtol=1e-3)
+    entropy = -(steps.exp() * steps).sum(-1).numpy()
+    np.testing.assert_allclose(gen.token_entropy[0], entropy, atol=2e-3, rtol=1e-3)
+
+
+def test_sampled_token_logprob_never_exceeds_the_top1(tiny_store):
+    df = read_samples(tiny_store[0])
+    for row in df[df.temperature > 0].itertuples():
+        assert all(c <= t + 1e-3 for c, t in zip(row.token_logprob, row.token_top1_logprob, strict=True))
+        assert row.mean_logprob == pytest.approx(np.mean(row.token_logprob)) and row.mean_entropy >= 0
+
+
+def test_probe_store_writes_each_pair_once_and_leaves_no_temporary_file(tmp_path):
+    row = ProbeRow("q:1", "t", "m", 30, "bfloat16", 12, np.ones(4), np.zeros(4), 0.5, "estimate", "estimated", "r")
+    store = ProbeStore(tmp_path)
+    assert store.append([row, row]) is not None
+    assert ProbeStore(tmp_path).append([row]) is None  # a fresh handle sees the stored pair
+    meta, last, _ = read_probes(tmp_path)
+    assert len(meta) == 1 and last.tolist() == [[1.0] * 4]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_samples_of_a_schema_1_store_still_build(reference_samples):
+    from policy.records import SAMPLE_FIELDS_ADDED_V2, Sample
+
+    row = reference_samples.iloc[0].to_dict()
+    assert not set(SAMPLE_FIELDS_ADDED_V2) & set(row)
+    s = Sample(**row)
+    assert s.dtype == "" and s.token_logprob == [] and s.mean_logprob is None

@@ -2,8 +2,9 @@
 
 Rule "prefill_first_sample+decode_by_tokens": a window covers one generate
 call of P prompts with n samples each (sequence i*n+j is prompt i's sample j).
-Each prompt is prefilled once, so the prefill part of the window (its share of
-the window's time) is split evenly across the P prompts and charged to each
+Each prompt is prefilled once, so the prefill part of the window (the joules
+of the prefill's own nested meter window, or else its share of the window's
+time) is split evenly across the P prompts and charged to each
 prompt's *first* sample: an arm that votes the first k samples then pays for
 its prompt's prefill exactly once, whatever k, and a greedy sample (n=1) pays
 the same prefill as the first sampled one. The rest of the window (decoding)
@@ -45,9 +46,19 @@ class Share:
 
 
 def attribute(
-    window_energy_j: float, window_duration_s: float, prefill_s: float, output_tokens: list[int], n: int = 1
+    window_energy_j: float,
+    window_duration_s: float,
+    prefill_s: float,
+    output_tokens: list[int],
+    n: int = 1,
+    prefill_energy_j: float | None = None,
 ) -> list[Share]:
-    """Each sample's share of a window of `len(output_tokens) // n` prompts; shares sum to the window's totals."""
+    """Each sample's share of a window of `len(output_tokens) // n` prompts; shares sum to the window's totals.
+
+    `prefill_energy_j`: the prefill's metered joules; without it the prefill gets
+    its share of the window's time (`prefill_s`), which is exact only when the
+    device's power is the same during prefill and decoding.
+    """
     b = len(output_tokens)
     if b == 0:
         return []
@@ -55,8 +66,10 @@ def attribute(
         raise UsageError(f"a window of {b} samples cannot hold n={n} samples per prompt; pass the call's n")
     prompts = b // n
     prefill_s = min(max(prefill_s, 0.0), window_duration_s)
-    frac_prefill = prefill_s / window_duration_s if window_duration_s > 0 else 0.0
-    e_pre, d_pre = window_energy_j * frac_prefill / prompts, prefill_s / prompts
+    if prefill_energy_j is None:
+        prefill_energy_j = window_energy_j * (prefill_s / window_duration_s if window_duration_s > 0 else 0.0)
+    prefill_energy_j = min(max(prefill_energy_j, 0.0), window_energy_j)
+    e_pre, d_pre = prefill_energy_j / prompts, prefill_s / prompts
     e_dec, d_dec = window_energy_j - e_pre * prompts, window_duration_s - prefill_s
     total = sum(output_tokens)
     shares = []
