@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,14 +253,7 @@ def eval_stage(
     policy = load_policy(bundle, backend) if bundle is not None else None
     if policy is None and not cfg.cross_fitting:
         raise UsageError("evaluating one split needs a policy bundle (--bundle); or cross-fit with --folds K")
-    if cfg.cross_fitting:
-        if test_query_ids is not None or holdout_tasks:
-            raise UsageError("--folds chooses the held-out queries itself; drop the test ids and held-out tasks")
-        held = cross_fitted(samples, split, folds, seed)
-    else:
-        held = single_split(samples, split, test_query_ids, holdout_tasks, train_query_ids, split_file)
-    checks = {**held.checks}
-    checks["bundle_vs_store"] = check_bundle_store(policy, samples) if policy is not None else "no bundle given"
+    held = _held_out(samples, policy, cfg, test_query_ids, holdout_tasks, train_query_ids, split_file)
     meta = {
         "store": str(store) if not isinstance(store, pd.DataFrame) else "<DataFrame>",
         "bundle": str(bundle)
@@ -270,8 +263,28 @@ def eval_stage(
         else "none (a policy per fold)",
     }
     with tempfile.TemporaryDirectory(prefix="ttc-eval-folds-") as work:
-        ev = evaluate(samples, policy, HeldOut(**{**held.__dict__, "checks": checks}), cfg, Path(work), meta)
+        ev = evaluate(samples, policy, held, cfg, Path(work), meta)
     return _record(ev, cfg, Path(out_dir), tracking_uri, experiment)
+
+
+def _held_out(
+    samples: pd.DataFrame,
+    policy: Any,
+    cfg: EvalConfig,
+    test_query_ids: Sequence[str] | None,
+    holdout_tasks: Sequence[str] | None,
+    train_query_ids: Sequence[str] | None,
+    split_file: str | Path | None,
+) -> HeldOut:
+    """The held-out queries (folds, or one split) with the store/split/bundle checks recorded."""
+    if cfg.cross_fitting:
+        if test_query_ids is not None or holdout_tasks:
+            raise UsageError("--folds chooses the held-out queries itself; drop the test ids and held-out tasks")
+        held = cross_fitted(samples, cfg.split, cfg.folds, cfg.seed)
+    else:
+        held = single_split(samples, cfg.split, test_query_ids, holdout_tasks, train_query_ids, split_file)
+    bundle_check = check_bundle_store(policy, samples) if policy is not None else "no bundle given"
+    return replace(held, checks={**held.checks, "bundle_vs_store": bundle_check})
 
 
 def _record(ev: Evaluation, cfg: EvalConfig, out_dir: Path, tracking_uri: str | None, experiment: str) -> EvalReport:
