@@ -47,11 +47,14 @@ class RunPreset:
     n_trials: int
     n_boot: int
     register: bool
+    #: >= 2: eval cross-fits (every query held out once, a policy trained per fold); 1: train's one split
+    folds: int
+    fold_trials: int
 
 
 PRESETS = {
-    "default": RunPreset(extra_items_per_task=2, n_trials=30, n_boot=1000, register=True),
-    "quick": RunPreset(extra_items_per_task=1, n_trials=6, n_boot=200, register=False),
+    "default": RunPreset(extra_items_per_task=2, n_trials=30, n_boot=1000, register=True, folds=5, fold_trials=5),
+    "quick": RunPreset(extra_items_per_task=1, n_trials=6, n_boot=200, register=False, folds=1, fold_trials=0),
 }
 
 
@@ -126,17 +129,14 @@ def run_stages(
     )
     timings["export_s"] = time.perf_counter() - t
 
-    say("[4/4] eval: allocators on held-out queries")
     t = time.perf_counter()
-    rep = eval_stage(
-        store,
-        exp["bundle"],
-        out / "eval",
-        test_query_ids=tr.test_query_ids,
-        train_query_ids=tr.train_query_ids,
-        n_boot=p.n_boot,
-        tracking_uri=tracking_uri,
-    )
+    if p.folds >= 2:
+        say(f"[4/4] eval: allocators cross-fitted over {p.folds} query folds (every query held out once)")
+        split_args: dict[str, Any] = {"folds": p.folds, "fold_trials": p.fold_trials}
+    else:
+        say("[4/4] eval: allocators on train's held-out queries")
+        split_args = {"test_query_ids": tr.test_query_ids, "train_query_ids": tr.train_query_ids}
+    rep = eval_stage(store, exp["bundle"], out / "eval", n_boot=p.n_boot, tracking_uri=tracking_uri, **split_args)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     return PipelineRun(out, store, reference if reference_runs else None, reference_runs, c, tr, exp, rep, timings)
@@ -160,7 +160,9 @@ def summarize(run: PipelineRun) -> dict[str, Any]:
             "queries_from_reference": int(samples.loc[~from_run, "query_id"].nunique()),
             "queries_collected_by_this_or_earlier_runs": int(samples.loc[from_run, "query_id"].nunique()),
             "new_samples_this_run": run.collect.new_samples,
+            # train's own split; the eval cross-fits over every query when eval.n_folds >= 2
             "held_out_queries": len(run.train.test_query_ids),
+            "eval_folds": int(run.eval.n_folds),
             "held_out_queries_from_reference": int(held_out_from_reference),
             "energy_source": run.collect.energy_source,
             "energy_meter": run.collect.meter,
