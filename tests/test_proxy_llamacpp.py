@@ -151,3 +151,16 @@ def test_killed_engine_gives_502(bundle_dir, tmp_path):
     finally:
         proc.kill()
     assert err.value.status_code == 502 and "unreachable" in err.value.message
+
+
+def test_passthrough_streams_the_engines_chunks(client):
+    stream = client.chat.completions.create(
+        model="tiny-135m",
+        messages=KNOWN,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        extra_body={"ttc": {"mode": "passthrough"}},
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert KNOWN_ANSWER in text

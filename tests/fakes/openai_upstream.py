@@ -131,8 +131,8 @@ def make_recording_shim(target_base: str) -> FastAPI:
         body = await request.json()
         r = await client.post(f"{target_base.rstrip('/')}/{path}", json=body)
         entry = {"body": body, "status": r.status_code, "choices": None}
-        if r.status_code == 200:
-            entry["choices"] = len(r.json().get("choices", []))
+        if r.status_code == 200 and r.headers.get("content-type", "").startswith("application/json"):
+            entry["choices"] = len(r.json().get("choices", []))  # a stream (text/event-stream) is relayed as is
         app.state.log.append(entry)
         return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
 
