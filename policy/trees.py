@@ -147,25 +147,25 @@ class TreeEnsemble:
         trees = d.get("trees")
         if not isinstance(trees, list) or not 1 <= len(trees) <= MAX_TREES:
             raise _fail(f"trees must be a list of 1 to {MAX_TREES} trees")
-        parts, total, depth = [], 0, 0
+        parts, total, depths = [], 0, []
         for t in trees:
             part, tree_depth = _check_tree(t, n_features)
             total += len(part[-1])
             if total > MAX_TOTAL_NODES:
                 raise _fail(f"more than {MAX_TOTAL_NODES} nodes in all")
             parts.append(part)
-            depth = max(depth, tree_depth)
-        return cls._build(d, float(scale), parts, depth)
+            depths.append(tree_depth)
+        return cls._build(d, float(scale), parts, depths)
 
     @classmethod
-    def _build(cls, d: dict, scale: float, parts: list, depth: int) -> TreeEnsemble:
+    def _build(cls, d: dict, scale: float, parts: list, depths: list[int]) -> TreeEnsemble:
         cols: list[list] = [[] for _ in range(7)]
         roots = []
         for feat, thr, dl, miss, left, right, value in parts:
             base = len(cols[0])
             n_int = len(feat)
             roots.append(base)
-            # leaves sit after the internal nodes and point to themselves, so every row may take `depth` steps
+            # leaves sit after the internal nodes and point to themselves, so a row may take extra steps
             leaf = [base + n_int + i for i in range(len(value))]
             glob = (
                 [base + c if c >= 0 else base + n_int + (-c - 1) for c in left],
@@ -191,7 +191,7 @@ class TreeEnsemble:
             right=np.asarray(cols[5], dtype=np.intp),
             value=np.asarray(cols[6], dtype=np.float64),
             roots=np.asarray(roots, dtype=np.intp),
-            depth=depth,
+            root_depth=np.asarray(depths, dtype=np.intp),
         )
         return cls(d["n_features"], d["objective"], d["transform"], scale, forest)
 
@@ -261,7 +261,7 @@ def _goes_left(v: float, threshold: float, missing: int, default_left: bool) -> 
 
 @dataclass(frozen=True)
 class _Forest:
-    """Flat node arrays of many trees; leaves point to themselves so every row takes `depth` steps."""
+    """Flat node arrays of many trees; leaves point to themselves, so a row may take extra steps."""
 
     feature: np.ndarray
     threshold: np.ndarray
@@ -271,7 +271,11 @@ class _Forest:
     right: np.ndarray
     value: np.ndarray
     roots: np.ndarray
-    depth: int
+    root_depth: np.ndarray
+
+    @property
+    def depth(self) -> int:
+        return int(self.root_depth.max()) if len(self.root_depth) else 0
 
     def leaf_values(self, x: np.ndarray) -> np.ndarray:
         """(n_rows, n_roots) leaf value each tree gives each row."""
@@ -283,26 +287,40 @@ class _Forest:
     def _chunk(self, x: np.ndarray) -> np.ndarray:
         # double precision, as LightGBM compares: a float32 row converts exactly
         flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
-        n = x.shape[0]
-        offset = (np.arange(n, dtype=np.intp) * x.shape[1])[:, None]
-        cur = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        offset = (np.arange(x.shape[0], dtype=np.intp) * x.shape[1])[:, None]
         has_nan = bool(np.isnan(flat).any())
         special = has_nan or bool((self.missing == 1).any())
-        for _ in range(self.depth):
-            fv = flat[offset + self.feature[cur]]
+        out = np.empty((x.shape[0], len(self.roots)), dtype=np.float64)
+        # trees of one depth together: a shallow tree takes its own few steps, not the deepest tree's
+        for depth, cols in self.depth_groups:
+            cur = np.broadcast_to(self.roots[cols], (x.shape[0], len(cols))).copy()
+            for _ in range(depth):
+                cur = self._step(flat, offset, cur, has_nan, special)
+            out[:, cols] = self.value[cur]
+        return out
+
+    def _step(self, flat: np.ndarray, offset: np.ndarray, cur: np.ndarray, has_nan: bool, special: bool) -> np.ndarray:
+        fv = flat[offset + self.feature[cur]]
+        if has_nan:
+            nan = np.isnan(fv)
+            fv = np.where(nan & (self.missing[cur] != 2), 0.0, fv)
+        go_right = fv > self.threshold[cur]
+        if special:
+            m = self.missing[cur]
+            miss = (m == 1) & (np.abs(fv) <= _ZERO)
             if has_nan:
-                nan = np.isnan(fv)
-                fv = np.where(nan & (self.missing[cur] != 2), 0.0, fv)
-            go_right = fv > self.threshold[cur]
-            if special:
-                m = self.missing[cur]
-                miss = (m == 1) & (np.abs(fv) <= _ZERO)
-                if has_nan:
-                    miss |= (m == 2) & nan
-                go_right = np.where(miss, ~self.default_left[cur], go_right)
-            # children interleaved (left, right): one gather picks the next node
-            cur = self.children[2 * cur + go_right]
-        return self.value[cur]
+                miss |= (m == 2) & nan
+            go_right = np.where(miss, ~self.default_left[cur], go_right)
+        # children interleaved (left, right): one gather picks the next node
+        return self.children[2 * cur + go_right]
+
+    @property
+    def depth_groups(self) -> list[tuple[int, np.ndarray]]:
+        groups = self.__dict__.get("_groups")
+        if groups is None:
+            groups = [(int(d), np.flatnonzero(self.root_depth == d)) for d in np.unique(self.root_depth)]
+            object.__setattr__(self, "_groups", groups)
+        return groups
 
     @property
     def children(self) -> np.ndarray:
@@ -324,7 +342,7 @@ def _specialise(ens: TreeEnsemble, n_query: int, arm_x: np.ndarray) -> tuple[_Fo
     left, right, value = f.left.tolist(), f.right.tolist(), f.value.tolist()
     cols: list[list] = [[] for _ in range(7)]
     roots: list[int] = []
-    depth = 0
+    depths: list[int] = []
     units: dict[tuple, int] = {}
     per_arm: list[list[int]] = [[] for _ in range(arm_x.shape[0])]
 
@@ -347,7 +365,7 @@ def _specialise(ens: TreeEnsemble, n_query: int, arm_x: np.ndarray) -> tuple[_Fo
             sig = tuple((g, kids.get(g)) for g in order)
             if sig not in units:
                 units[sig] = len(roots)
-                depth = max(depth, _append_tree(cols, roots, order, kids, feat, thr, dl, miss, value))
+                depths.append(_append_tree(cols, roots, order, kids, feat, thr, dl, miss, value))
             per_arm[j].append(units[sig])
     forest = _Forest(
         np.asarray(cols[0], dtype=np.intp),
@@ -358,7 +376,7 @@ def _specialise(ens: TreeEnsemble, n_query: int, arm_x: np.ndarray) -> tuple[_Fo
         np.asarray(cols[5], dtype=np.intp),
         np.asarray(cols[6], dtype=np.float64),
         np.asarray(roots, dtype=np.intp),
-        depth,
+        np.asarray(depths, dtype=np.intp),
     )
     return forest, np.asarray(per_arm, dtype=np.intp)
 
