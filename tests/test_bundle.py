@@ -27,9 +27,9 @@ from policy_fixtures import (
 from policy.allocate import DecisionRule
 from policy.bundle import BUNDLE_FILES, SCHEMA_VERSION, load_bundle
 from policy.errors import BundleError, UsageError
-from policy.features import arm_block, get_feature_set, row_matrix
+from policy.features import row_matrix
 from policy.manifest import Manifest, bundle_digest
-from train.export import _float32_safe_thresholds, write_bundle, write_policy, zip_bundle
+from train.export import write_bundle, write_policy, zip_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,39 +109,6 @@ def test_backends_agree_with_lightgbm_and_choose_the_same_arms(bundle_dir, fresh
         assert np.allclose([d.p_success for d in a], [d.p_success for d in b], rtol=0, atol=tol)
 
 
-def test_numpy_trees_match_lightgbm_within_1e6_on_many_rows_and_through_the_grid_path(bundle_dir):
-    lg, nu = load_bundle(bundle_dir, "lightgbm"), load_bundle(bundle_dir, "numpy")
-    questions, tasks, _ = synthetic_questions(400, seed=12)
-    x = nu.query_features(questions, tasks)
-    rows = row_matrix(x, nu.arms, nu.models)
-    p_l, le_l = lg.backend.predict_rows(rows)
-    p_g, le_g = nu.backend.predict_grid(x, arm_block(nu.arms, nu.models))
-    assert np.max(np.abs(p_g.reshape(-1) - p_l)) <= 1e-6 and np.max(np.abs(le_g.reshape(-1) - le_l)) <= 1e-6
-    p_r, le_r = nu.backend.predict_rows(rows)
-    # the grid path sums each row's trees in the same order as the row path: identical bits, any batch size
-    assert np.array_equal(p_r, p_g.reshape(-1)) and np.array_equal(le_r, le_g.reshape(-1))
-    p_one, _ = nu.backend.predict_grid(x[:1], arm_block(nu.arms, nu.models))
-    assert np.array_equal(p_one, p_g[:1])
-
-
-def test_numpy_trees_follow_lightgbm_on_missing_and_zero_values():
-    """NaN and zero inputs take LightGBM's default directions (models trained with missing values)."""
-    from policy.trees import TreeEnsemble
-    from train.export import trees_json
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(600, 4))
-    x[rng.random(x.shape) < 0.2] = np.nan
-    x[rng.random(x.shape) < 0.2] = 0.0
-    y = np.nan_to_num(x[:, 0]) - 2 * np.isnan(x[:, 1]) + (x[:, 2] == 0)
-    for params in ({}, {"zero_as_missing": True}):
-        b = lgb.train({"objective": "regression", "verbose": -1, "num_leaves": 7, **params}, lgb.Dataset(x, y), 20)
-        model = trees_json(b, "identity")
-        assert {m for t in model["trees"] for m in t["missing_type"]} - {"None"}, "no missing handling exercised"
-        ens = TreeEnsemble.from_json(model, 4)
-        assert np.max(np.abs(ens.predict(x) - b.predict(x))) <= 1e-9
-
-
 def test_parity_file_records_agreement_of_every_backend_on_the_reference_rows(bundle_dir):
     parity = json.loads((bundle_dir / "parity.json").read_text())
     assert parity["ok"] is True and parity["n_queries"] == 64 and parity["reference_backend"] == "lightgbm"
@@ -155,21 +122,6 @@ def test_both_success_objectives_export_with_parity(tmp_path, objective):
     out = build_synthetic_bundle(tmp_path / objective, success_objective=objective)
     assert json.loads((out / "policy.json").read_text())["success_objective"] == objective
     assert json.loads((out / "parity.json").read_text())["ok"] is True
-
-
-def test_float32_snapped_thresholds_predict_exactly_like_the_original_booster():
-    success, _ = train_boosters(n_queries=120, n_trees=10)
-    snapped = lgb.Booster(model_str=_float32_safe_thresholds(success.model_to_string()))
-    questions, tasks, _ = synthetic_questions(100, seed=3)
-    fs = get_feature_set("text")
-    rows = row_matrix(fs.transform(questions, tasks), synthetic_arms(), MODELS)
-    assert np.array_equal(success.predict(rows), snapped.predict(rows))
-
-
-def test_stored_tree_thresholds_are_float32_values(bundle_dir):
-    model = json.loads((bundle_dir / "success.trees.json").read_text())
-    thresholds = np.asarray([t for tree in model["trees"] for t in tree["threshold"]])
-    assert len(thresholds) > 0 and np.array_equal(thresholds.astype(np.float32).astype(np.float64), thresholds)
 
 
 def test_zip_and_folder_load_to_the_same_decisions(bundle_dir, fresh_queries, tmp_path):
@@ -410,14 +362,3 @@ def test_benchmark_reports_latency_per_backend_and_the_streamed_allocate_beside_
     for run in ("streamed_price", "old_price", "streamed_budget", "old_budget"):
         assert alloc[run]["wall_s"] > 0 and alloc[run]["cpu_s"] > 0 and alloc[run]["peak_rss_mb"] > 0
     assert json.loads((tmp_path / "b.json").read_text()) == out
-
-
-def test_the_grid_path_falls_back_to_full_rows_for_a_huge_model_with_the_same_result(bundle_dir, monkeypatch):
-    import policy.trees
-
-    nu = load_bundle(bundle_dir)
-    x = nu.query_features(*synthetic_questions(30, seed=2)[:2])
-    want = nu.backend.predict_grid(x, arm_block(nu.arms, nu.models))
-    monkeypatch.setattr(policy.trees, "MAX_SPECIALISE_WORK", 0)
-    got = load_bundle(bundle_dir).backend.predict_grid(x, arm_block(nu.arms, nu.models))
-    assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])

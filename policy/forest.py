@@ -1,0 +1,178 @@
+"""Many trees in flat node arrays, evaluated with numpy; and trees specialised per arm.
+
+The layer under policy/trees.py: `Forest` holds already validated trees (every
+index in range, children after parents) with leaves pointing to themselves,
+and walks a chunk of rows through trees of one depth at a time, following
+LightGBM's numerical decision exactly. `specialise` decides a forest's splits
+on arm columns ahead, once per arm, so a (query, arm) grid needs no full rows.
+numpy and the standard library only; never imports lightgbm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# LightGBM's kZeroThreshold: |x| <= this counts as zero for missing_type "Zero"
+ZERO = 1e-35
+# rows evaluated at once: bounds the (rows x trees) index matrix to a few MB
+CHUNK_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Forest:
+    """Flat node arrays of many trees; leaves point to themselves, so a row may take extra steps."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    default_left: np.ndarray
+    missing: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    root_depth: np.ndarray
+
+    @property
+    def depth(self) -> int:
+        return int(self.root_depth.max()) if len(self.root_depth) else 0
+
+    def leaf_values(self, x: np.ndarray) -> np.ndarray:
+        """(n_rows, n_roots) leaf value each tree gives each row."""
+        out = np.empty((x.shape[0], len(self.roots)), dtype=np.float64)
+        for start in range(0, x.shape[0], CHUNK_ROWS):
+            out[start : start + CHUNK_ROWS] = self._chunk(x[start : start + CHUNK_ROWS])
+        return out
+
+    def _chunk(self, x: np.ndarray) -> np.ndarray:
+        # double precision, as LightGBM compares: a float32 row converts exactly
+        flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        offset = (np.arange(x.shape[0], dtype=np.intp) * x.shape[1])[:, None]
+        has_nan = bool(np.isnan(flat).any())
+        special = has_nan or bool((self.missing == 1).any())
+        out = np.empty((x.shape[0], len(self.roots)), dtype=np.float64)
+        # trees of one depth together: a shallow tree takes its own few steps, not the deepest tree's
+        for depth, cols in self.depth_groups:
+            cur = np.broadcast_to(self.roots[cols], (x.shape[0], len(cols))).copy()
+            for _ in range(depth):
+                cur = self._step(flat, offset, cur, has_nan, special)
+            out[:, cols] = self.value[cur]
+        return out
+
+    def _step(self, flat: np.ndarray, offset: np.ndarray, cur: np.ndarray, has_nan: bool, special: bool) -> np.ndarray:
+        fv = flat[offset + self.feature[cur]]
+        if has_nan:
+            nan = np.isnan(fv)
+            fv = np.where(nan & (self.missing[cur] != 2), 0.0, fv)
+        go_right = fv > self.threshold[cur]
+        if special:
+            m = self.missing[cur]
+            miss = (m == 1) & (np.abs(fv) <= ZERO)
+            if has_nan:
+                miss |= (m == 2) & nan
+            go_right = np.where(miss, ~self.default_left[cur], go_right)
+        # children interleaved (left, right): one gather picks the next node
+        return self.children[2 * cur + go_right]
+
+    @property
+    def depth_groups(self) -> list[tuple[int, np.ndarray]]:
+        groups = self.__dict__.get("_groups")
+        if groups is None:
+            groups = [(int(d), np.flatnonzero(self.root_depth == d)) for d in np.unique(self.root_depth)]
+            object.__setattr__(self, "_groups", groups)
+        return groups
+
+    @property
+    def children(self) -> np.ndarray:
+        kids = self.__dict__.get("_children")
+        if kids is None:
+            kids = np.column_stack([self.left, self.right]).reshape(-1)
+            object.__setattr__(self, "_children", kids)
+        return kids
+
+
+def sum_in_order(per_tree: np.ndarray) -> np.ndarray:
+    """(n_trees, n) -> (n,): trees added one after another, as LightGBM does, so every path and
+    batch size gives the same bits (numpy's pairwise sum depends on the memory layout)."""
+    acc = np.zeros(per_tree.shape[1], dtype=np.float64)
+    for row in per_tree:
+        acc += row
+    return acc
+
+
+def _goes_left(v: float, threshold: float, missing: int, default_left: bool) -> bool:
+    """LightGBM's numerical decision for one value (tree.h NumericalDecision)."""
+    if math.isnan(v) and missing != 2:
+        v = 0.0
+    if (missing == 1 and abs(v) <= ZERO) or (missing == 2 and math.isnan(v)):
+        return default_left
+    return v <= threshold
+
+
+def specialise(f: Forest, n_query: int, arm_x: np.ndarray) -> tuple[Forest, np.ndarray]:
+    """Query-only trees for every (tree, arm) with the arm splits decided, shared where equal.
+
+    Returns the forest of distinct specialised trees and an (n_arms, n_trees)
+    index matrix: row j lists, in tree order, the specialised tree arm j uses.
+    """
+    feat, thr, dl, miss = f.feature.tolist(), f.threshold.tolist(), f.default_left.tolist(), f.missing.tolist()
+    left, right, value = f.left.tolist(), f.right.tolist(), f.value.tolist()
+    cols: list[list] = [[] for _ in range(7)]
+    roots: list[int] = []
+    depths: list[int] = []
+    units: dict[tuple, int] = {}
+    per_arm: list[list[int]] = [[] for _ in range(arm_x.shape[0])]
+
+    def resolve(g: int, arm: list[float]) -> int:
+        while left[g] != g and feat[g] >= n_query:
+            go = _goes_left(arm[feat[g] - n_query], thr[g], miss[g], dl[g])
+            g = left[g] if go else right[g]
+        return g
+
+    for root in f.roots.tolist():
+        for j, arm in enumerate(arm_x.tolist()):
+            # the specialised tree, in preorder: (old node, its resolved children) per node
+            order, stack, kids = [], [resolve(root, arm)], {}
+            while stack:
+                g = stack.pop()
+                order.append(g)
+                if left[g] != g:
+                    kids[g] = (resolve(left[g], arm), resolve(right[g], arm))
+                    stack.extend(reversed(kids[g]))
+            sig = tuple((g, kids.get(g)) for g in order)
+            if sig not in units:
+                units[sig] = len(roots)
+                depths.append(_append_tree(cols, roots, order, kids, feat, thr, dl, miss, value))
+            per_arm[j].append(units[sig])
+    forest = Forest(
+        np.asarray(cols[0], dtype=np.intp),
+        np.asarray(cols[1], dtype=np.float64),
+        np.asarray(cols[2], dtype=bool),
+        np.asarray(cols[3], dtype=np.int8),
+        np.asarray(cols[4], dtype=np.intp),
+        np.asarray(cols[5], dtype=np.intp),
+        np.asarray(cols[6], dtype=np.float64),
+        np.asarray(roots, dtype=np.intp),
+        np.asarray(depths, dtype=np.intp),
+    )
+    return forest, np.asarray(per_arm, dtype=np.intp)
+
+
+def _append_tree(cols, roots, order, kids, feat, thr, dl, miss, value) -> int:
+    """Append one specialised tree to the flat columns; returns its depth."""
+    base = len(cols[0])
+    new = {g: base + i for i, g in enumerate(order)}
+    roots.append(base)
+    level = {order[0]: 0}
+    for g in order:
+        if g in kids:
+            lft, rgt = kids[g]
+            level[lft] = level[rgt] = level[g] + 1
+            row = (feat[g], thr[g], dl[g], miss[g], new[lft], new[rgt], 0.0)
+        else:
+            row = (0, math.inf, True, 0, new[g], new[g], value[g])
+        for col, v in zip(cols, row, strict=True):
+            col.append(v)
+    return max(level.values())
