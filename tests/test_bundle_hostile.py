@@ -8,6 +8,7 @@ subprocess that must exit 2 with a one-line message, never die from a signal.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -289,3 +290,14 @@ def test_models_of_another_feature_count_are_a_bundle_error(copy, tmp_path):
         load_bundle(copy)
     with pytest.raises(BundleError, match="takes 5 features"):
         load_bundle(copy, backend="lightgbm")
+
+
+def test_a_fifo_or_an_oversized_file_in_a_bundle_folder_is_refused_without_reading_it(copy):
+    (copy / "parity.json").unlink()
+    os.mkfifo(copy / "parity.json")  # reading it would block forever
+    with pytest.raises(BundleError, match="parity.json.*not a regular file"):
+        load_bundle(copy)
+    (copy / "parity.json").unlink()
+    (copy / "parity.json").write_bytes(b" " * (2 << 20))
+    with pytest.raises(BundleError, match="parity.json.*larger than 1 MiB"):
+        load_bundle(copy)
