@@ -75,11 +75,15 @@ def _read_folder(path: Path) -> dict[str, bytes]:
             raise BundleError(f"{name} in {path} is not a regular file")
         if st.st_size > MAX_BYTES[name]:
             raise BundleError(f"{name} in {path} is larger than {MAX_BYTES[name] >> 20} MiB; it is not ours")
-        # O_NOFOLLOW: a link swapped in after the check above is still refused
+        # O_NOFOLLOW and O_NONBLOCK: a link or a FIFO swapped in after the check above is still refused,
+        # and never blocks the open; fstat then checks what was actually opened
         try:
-            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
             raise BundleError(f"cannot open {name} in {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BundleError(f"{name} in {path} is not a regular file")
         with os.fdopen(fd, "rb") as f:
             blobs[name] = _read_capped(f, name, str(path))
     return blobs
