@@ -19,6 +19,8 @@ if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    .venv/bin/python -m pip install -q --no-binary llama-cpp-python "llama-cpp-python[server]==0.3.36"
+    .venv/bin/python -m pip install -q --no-binary llama-cpp-python "llama-cpp-python[server]==0.3.36" ||
+        echo "WARNING: llama-cpp-python did not build; everything else works, and the real-engine proxy" \
+            "tests (tests/test_proxy_llamacpp.py) will be skipped, saying why" >&2
 fi
 echo "ttc-allocator installed in .venv (run: .venv/bin/ttc --help)"
