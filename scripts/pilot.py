@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collect.tasks import RG_SPECS, TASKS, Item, ReasoningGymTask, RGSpec, Task, make_task  # noqa: E402
+from collect.tasks import RG_SPECS, TASKS, AtomicNumberTask, Item, ReasoningGymTask, RGSpec, Task, make_task  # noqa: E402
 from collect.tasks.rg import arith_config  # noqa: E402
 from store.views import vote  # noqa: E402
 
@@ -171,8 +171,14 @@ CANDIDATES: dict[str, RGSpec] = {
 }
 
 
+# Factual recall over the first N elements only.
+FACT_CANDIDATES = {"c.facts_1_30": 30, "c.facts_1_20": 20}
+
+
 def build_task(name: str) -> Task:
     """A registered task, or a pilot candidate (an unregistered reasoning-gym spec)."""
+    if name in FACT_CANDIDATES:
+        return AtomicNumberTask(name, max_number=FACT_CANDIDATES[name])
     if name in CANDIDATES:
         return ReasoningGymTask(name, CANDIDATES[name])
     return make_task(name)
@@ -288,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         print("registered:", ", ".join(TASKS))
-        print("candidates:", ", ".join(CANDIDATES))
+        print("candidates:", ", ".join([*CANDIDATES, *FACT_CANDIDATES]))
         return 0
     if args.table:
         print(HEADER)

@@ -54,6 +54,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "gsm8k": GSM8KTask,
     **{name: functools.partial(ReasoningGymTask, name) for name in RG_SPECS},
     "facts.atomic_number": AtomicNumberTask,
+    "facts.atomic_number_1_30": functools.partial(AtomicNumberTask, "facts.atomic_number_1_30", max_number=30),
 }
 
 # A wide spread of per-query success for SmolLM2-135M (8 samples, temperature

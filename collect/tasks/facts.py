@@ -24,14 +24,17 @@ def _read_elements() -> list[dict[str, str]]:
 
 
 class AtomicNumberTask(Task):
-    """Factual recall: "What is the atomic number of carbon?" -> "6", for elements 1-118.
+    """Factual recall: "What is the atomic number of carbon?" -> "6", for elements 1 to `max_number`.
 
     Hydrogen to neon are common knowledge even for small models; the heavy
     elements are not, which gives the per-query spread the allocator needs.
+    A variant over the light elements only (`max_number`) keeps the factual
+    contrast out of the hopeless tier.
     """
 
-    def __init__(self) -> None:
-        self.name = "facts.atomic_number"
+    def __init__(self, name: str = "facts.atomic_number", max_number: int = 118) -> None:
+        self.name = name
+        self.max_number = max_number
         self.kind = FACTUAL
         self.demos = FACT_DEMOS
 
@@ -40,7 +43,7 @@ class AtomicNumberTask(Task):
         pool = []
         for row in _read_elements():
             question = f"What is the atomic number of {row['name']}?"
-            if question in demo_questions:
+            if question in demo_questions or int(row["number"]) > self.max_number:
                 continue
             # Keyed by atomic number, not position, so ids survive any filtering.
             pool.append(Item(f"{self.name}:{row['number']}", self.name, question, row["number"]))

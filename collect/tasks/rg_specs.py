@@ -75,6 +75,39 @@ RG_SPECS: dict[str, RGSpec] = {
             ("Calculate 7 + 5 + 8.", "7 + 5 = 12. 12 + 8 = 20. The answer is 20."),
         ],
     ),
+    # Small least common multiples: SmolLM2 gets about a quarter of samples
+    # right and a vote of 8 about half (pilot), so samples pay here.
+    "rg.lcm_small": RGSpec(
+        "lcm",
+        {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 10},
+        "number",
+        [
+            (
+                "Find the Least Common Multiple (LCM) of these numbers: 4, 6",
+                "4 * 3 = 12 and 6 * 2 = 12. The answer is 12.",
+            ),
+            (
+                "Find the Least Common Multiple (LCM) of these numbers: 3, 5",
+                "3 * 5 = 15 and 5 * 3 = 15. The answer is 15.",
+            ),
+        ],
+    ),
+    # Counting one letter in one word, spelled out letter by letter in the demos.
+    "rg.letter_count_1w": RGSpec(
+        "letter_counting",
+        {"min_words": 1, "max_words": 1},
+        "number",
+        [
+            (
+                'How many times does the letter "e" appear in the text: "seven"?',
+                "s, e, v, e, n: 2 times. The answer is 2.",
+            ),
+            (
+                'How many times does the letter "a" appear in the text: "banana"?',
+                "b, a, n, a, n, a: 3 times. The answer is 3.",
+            ),
+        ],
+    ),
     # The "hopeless" tier: near 0 for SmolLM2-135M, kept so the allocator
     # learns to spend nothing on queries no budget can fix.
     "rg.chain_sum": RGSpec(
