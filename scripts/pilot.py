@@ -260,6 +260,21 @@ def row(model: str, r: dict) -> str:
     )
 
 
+def mix_line(rows: list[dict]) -> str:
+    """The query-weighted mean of every figure over the rows: the mix's figures if the rows are one mix."""
+    total = sum(r["queries"] for r in rows)
+
+    def mean(key: str) -> float:
+        return sum(r[key] * r["queries"] for r in rows) / total
+
+    caps = sorted(set.intersection(*(set(r["p1_at"]) for r in rows)))
+    at = " ".join(f"p1@{L} {sum(r['p1_at'][L] * r['queries'] for r in rows) / total:.3f}" for L in caps)
+    return (
+        f"mix of {len(rows)} rows, {total} queries: p1 {mean('p1'):.3f}, v8 {mean('v8'):.3f}, "
+        f"gain {mean('gain'):+.3f}, band {mean('band'):.3f}, never {mean('never'):.3f}; {at}"
+    )
+
+
 HEADER = (
     "| config | model | q | p1 | greedy | v4 | v8 | v16 | gain v8-p1 | band | never | p1@caps | tokens | s |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -297,11 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         print("candidates:", ", ".join([*CANDIDATES, *FACT_CANDIDATES]))
         return 0
     if args.table:
+        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
         print(HEADER)
-        for line in Path(args.out).read_text().splitlines():
-            r = json.loads(line)
+        for r in rows:
             r["p1_at"] = {int(k): v for k, v in r["p1_at"].items()}
             print(row(f"{r['model']} t{r['temperature']:g}", r))
+        print(mix_line(rows))
         return 0
     tasks = [build_task(c) for c in args.configs]  # fail on a bad name before loading the model
     from collect.models import LoadedModel, resolve_model

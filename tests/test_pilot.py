@@ -56,3 +56,11 @@ def test_candidates_and_registered_names_both_build(pilot, name: str) -> None:
 def test_candidates_are_not_registered_under_the_same_name(pilot) -> None:
     assert not set(pilot.CANDIDATES) & set(TASKS)
     assert all(isinstance(pilot.build_task(c), ReasoningGymTask) for c in pilot.CANDIDATES)
+
+
+def test_mix_figures_weight_each_config_by_its_queries(pilot) -> None:
+    a = {"queries": 12, "p1": 0.5, "v8": 0.75, "gain": 0.25, "band": 1.0, "never": 0.0, "p1_at": {16: 0.25, 32: 0.5}}
+    b = {"queries": 4, "p1": 0.0, "v8": 0.0, "gain": 0.0, "band": 0.0, "never": 1.0, "p1_at": {32: 0.0, 64: 0.0}}
+    line = pilot.mix_line([a, b])
+    assert "16 queries" in line and "gain +0.188" in line and "never 0.250" in line
+    assert "p1@32 0.375" in line and "p1@16" not in line  # only caps every row was graded at
