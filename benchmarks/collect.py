@@ -10,7 +10,7 @@ energy attribution, probe rows), and prints tokens/s (wall and per CPU second) a
   (a faithful copy of the former `LoadedModel.generate`, below);
 - `loop-fp32-r32`: collect/decode.py's loop, float32, 32 rows in every call;
 - `bf16-r32`, `bf16-r64`: bfloat16 weights and compute, 32 or 64 rows per call;
-- `bf16-r32-static`: a preallocated (static) KV cache;
+- `bf16-r32-static`: a preallocated (static) KV cache: the collect defaults since this benchmark;
 - `bf16-r32-compile`: static cache plus `torch.compile` of the decode step
   (skipped, with the reason, when compilation fails or outlasts `--compile-limit-s`).
 
@@ -206,10 +206,10 @@ def warm_compile(v: Variant, task: Any, items: list, n: int, cfg: Any, meter: An
 
 def build_variants(model: str, rows: int, skip: set[str]) -> list[Variant]:
     spec = resolve_model(model)
-    fp32 = LoadedModel(spec, device="cpu", dtype="float32")
-    bf16 = LoadedModel(spec, device="cpu", dtype="bfloat16")
+    fp32 = LoadedModel(spec, device="cpu", dtype="float32", cache="dynamic")
+    bf16 = LoadedModel(spec, device="cpu", dtype="bfloat16", cache="dynamic")
     out = [
-        Variant("today", TodayModel(LoadedModel(spec, device="cpu", dtype="float32")), 4, 8),
+        Variant("today", TodayModel(LoadedModel(spec, device="cpu", dtype="float32", cache="dynamic")), 4, 8),
         Variant("loop-fp32-r32", fp32, rows // 8, rows),
         Variant("bf16-r32", bf16, rows // 8, rows),
         Variant("bf16-r64", bf16, 2 * rows // 8, 2 * rows),
