@@ -57,7 +57,7 @@ class DistributedResult:
     units_already_stored: int  # skipped at planning: their shard was there
     failed: tuple[str, ...]  # one line per unit not in the store at the end
     actors: tuple[WorkerInfo, ...]
-    result_pids: tuple[int, ...] = field(default=())  # the process that ran each written unit
+    results: tuple[UnitResult, ...] = field(default=())  # what each unit's actor reported, in arrival order
 
 
 @dataclass(frozen=True)
@@ -182,15 +182,7 @@ def run_distributed(
     cfg.validate()
     if max_actors < 0:
         raise UsageError(f"--ray-actors must be >= 0 (0 = one per device slot), got {max_actors}")
-    started = connect(address, num_cpus)
-    try:
-        job = _Job(cfg, max_actors, progress, observer or _Quiet(), loader)
-        return job.run()
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+    return _Job(cfg, address, num_cpus, max_actors, progress, observer or _Quiet(), loader).run()
 
 
 @dataclass
@@ -198,6 +190,8 @@ class _Job:
     """One run of the driver: the store lock, the plan, the actors, the pool, the summary."""
 
     cfg: CollectConfig
+    address: str
+    num_cpus: int | None
     max_actors: int
     progress: bool
     obs: RayObserver
@@ -222,7 +216,7 @@ class _Job:
             plan = plan_units(self.cfg, UnitStore(self.store_uri))
             self.tracking = RunTracking(self.cfg) if self.cfg.track else None
             try:
-                result = self._execute(plan)
+                result = self._on_cluster(plan) if plan.units else self._summarise(plan, [], {}, [])
             except BaseException:
                 if self.tracking:
                     self.tracking.fail()
@@ -236,13 +230,22 @@ class _Job:
             if lock is not None:
                 lock.close()
 
+    def _on_cluster(self, plan: Plan) -> DistributedResult:
+        """Join (or start) the cluster only when there is work, and leave it as found."""
+        started = connect(self.address, self.num_cpus)
+        try:
+            return self._execute(plan)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+
     def _execute(self, plan: Plan) -> DistributedResult:
         import ray
 
         from collect.observers import BarObserver
 
-        if not plan.units:  # everything is stored already: no actor to start
-            return self._summarise(plan, [], {}, [])
         n, threads, use_gpu = actor_layout(self.cfg, ray.cluster_resources(), self.max_actors, len(plan.units))
         run_name = self.tracking.run_id if self.tracking else f"ray-{int(time.time())}"
         runs = self.tracking.actor_runs(n) if self.tracking else [None] * n
@@ -316,8 +319,8 @@ class _Job:
             total_samples=store.count_samples(),
             output_tokens=sum(r.output_tokens for r in written),
             energy_j=sum(r.energy_j for r in written),
-            energy_source="+".join(sorted({i.energy_source for i in infos})),
-            meter="+".join(sorted({i.meter for i in infos})),
+            energy_source="+".join(sorted({i.energy_source for i in infos})) or "none",
+            meter="+".join(sorted({i.meter for i in infos})) or self.cfg.meter,
             run_id=self.tracking.run_id if self.tracking else None,
             duration_s=time.perf_counter() - self.t0,
         )
@@ -328,5 +331,5 @@ class _Job:
             units_already_stored=plan.skipped_units,
             failed=tuple(failed),
             actors=tuple(infos),
-            result_pids=tuple(r.pid for r in written),
+            results=tuple(results),
         )

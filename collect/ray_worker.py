@@ -82,7 +82,9 @@ class UnitResult:
     output_tokens: int
     energy_j: float
     correct: int
-    duration_s: float
+    duration_s: float  # the whole call, a model load included
+    load_s: float  # of which loading the model (the actor's first unit of each model)
+    started_at: float  # wall clock (epoch s) when the call began, for spans across actors of one node
     node: str
     device: str
     pid: int
@@ -131,6 +133,7 @@ class UnitWorker:
         self.loader = loader or load_model
         self._lm: Any = None
         self._lm_name = ""
+        self._load_s = 0.0
         self._tasks: dict[str, Any] = {}
 
     def _open_meter(self) -> Any:
@@ -145,7 +148,7 @@ class UnitWorker:
 
     def run(self, unit: Unit) -> UnitResult:
         """Generate, meter, grade and store one unit (nothing if an earlier attempt stored it)."""
-        t0 = time.perf_counter()
+        t0, self._load_s, self._started_at = time.perf_counter(), 0.0, time.time()
         try:
             if self.store.has(SAMPLE_PREFIX, unit.key):
                 return self._result(unit, "stored", [], t0)
@@ -192,8 +195,9 @@ class UnitWorker:
         """The unit's model: loaded once per actor and kept (the plan is ordered model by model)."""
         if self._lm_name != name:
             self._lm = None  # free the previous model before loading the next
+            t0 = time.perf_counter()
             self._lm = self.loader(name, self.torch_device, self.threads, self.cfg.dtype)
-            self._lm_name = name
+            self._lm_name, self._load_s = name, time.perf_counter() - t0
         return self._lm
 
     def _result(self, unit: Unit, status: str, samples: list[Any], t0: float) -> UnitResult:
@@ -207,6 +211,8 @@ class UnitWorker:
             energy_j=sum(s.energy_j for s in samples),
             correct=sum(s.correct for s in samples),
             duration_s=time.perf_counter() - t0,
+            load_s=self._load_s,
+            started_at=self._started_at,
             node=self.node,
             device=self.device,
             pid=os.getpid(),

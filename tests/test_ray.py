@@ -102,7 +102,7 @@ def test_ray_collection_gives_the_single_process_samples(ray_cluster, reference,
     store = tmp_path / "ray"
     r = run_distributed(_cfg(store), ray_cluster, max_actors=2, progress=False)
     assert r.failed == () and r.units_run == r.units_written == 4 and len(r.actors) == 2
-    assert len(set(r.result_pids)) == 2  # both actors pulled units
+    assert len({x.pid for x in r.results}) == 2  # both actors pulled units
     _assert_same_samples(store, reference[1])
     assert len(list(store.glob("shard-unit-*.parquet"))) == 4 and len(list(store.glob("probe-unit-*"))) == 4
 
@@ -139,7 +139,7 @@ def test_actor_killed_mid_unit_loses_nothing_and_stores_nothing_twice(ray_cluste
     killer = _KillOther()
     r = run_distributed(_cfg(store), ray_cluster, max_actors=2, progress=False, observer=killer)
     assert killer.killed is not None and r.failed == ()
-    assert set(r.result_pids) - set(killer.pids), "no unit ran on the restarted actor"
+    assert {x.pid for x in r.results} - set(killer.pids), "no unit ran on the restarted actor"
     _assert_same_samples(store, reference[1])  # the retried unit regenerated the same samples
     assert len(list(store.glob("shard-unit-*.parquet"))) == 4
     assert not list(store.glob(".*.tmp"))  # the killed attempt's temporary file was cleaned by the driver
