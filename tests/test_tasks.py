@@ -249,3 +249,9 @@ def test_three_term_sums_grade_the_written_steps_by_their_final_answer(tasks: di
     assert not task.grade(item, f"{steps} {a + b + c + 1}. The answer is {a + b + c + 1}.").correct
     # cut off before the answer (a 16-token cap): the last partial sum is not the answer
     assert not task.grade(item, steps).correct
+
+
+def test_default_mix_keeps_the_papers_contrast_and_a_length_task(tasks: dict[str, Task]) -> None:
+    assert "gsm8k" in DEFAULT_TASKS
+    assert any(tasks[name].kind == "factual" for name in DEFAULT_TASKS)
+    assert any(name.endswith("_steps") for name in DEFAULT_TASKS)
