@@ -207,10 +207,11 @@ class _Job:
         from collect.ray_tracking import RunTracking
         from store.shards import SampleStore
 
-        # A folder store: the driver takes the single-machine writer lock (clean_partial takes it), so a
+        # A folder store: the driver takes the single-machine writer lock (creating the folder), so a
         # second collector is refused before any actor starts; actors write unit shards without it.
         lock = None if _is_remote(self.cfg.store) else SampleStore(self.store_uri)
         if lock is not None:
+            lock.lock()
             lock.clean_partial()
         try:
             plan = plan_units(self.cfg, UnitStore(self.store_uri))

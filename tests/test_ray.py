@@ -225,6 +225,24 @@ def _stand_in_loader(tries: str, name: str, device: str, threads: int, dtype: st
     return _StandIn(tries)
 
 
+_TAKE_LOCK = "import sys; from pathlib import Path; from store.locks import acquire_writer_lock as a; "
+_TAKE_LOCK += "a(Path(sys.argv[1]))"
+
+
+class _TryTheLock:
+    """While units come back (actors writing), another process tries to take the store's writer lock."""
+
+    def __init__(self, store: Path) -> None:
+        self.store, self.refusals = store, []
+
+    def actors_ready(self, infos, handles) -> None:
+        pass
+
+    def unit_done(self, result, progress) -> None:
+        cmd = [sys.executable, "-c", _TAKE_LOCK, str(self.store)]
+        self.refusals.append(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stderr)
+
+
 def test_a_unit_failing_every_try_is_reported_and_skipped(ray_cluster, tmp_path):
     import ray
     from mlflow import MlflowClient
@@ -239,8 +257,11 @@ def test_a_unit_failing_every_try_is_reported_and_skipped(ray_cluster, tmp_path)
     cfg = make_config(cfg, track=True, tracking_uri=uri, experiment="ray-test")
     tries = tmp_path / "tries"
     loader = functools.partial(_stand_in_loader, str(tries))
-    r = run_distributed(cfg, ray_cluster, max_actors=2, progress=False, loader=loader)
+    other = _TryTheLock(tmp_path / "store")
+    r = run_distributed(cfg, ray_cluster, max_actors=2, progress=False, loader=loader, observer=other)
 
+    # the driver held the store's writer lock while its actors wrote: another writer was refused
+    assert other.refusals and all("is being written by pid" in e for e in other.refusals)
     assert len(tries.read_text().split()) == MAX_UNIT_TRIES  # bounded, never forever
     assert len(r.failed) == 1 and "ValueError: this item breaks the model" in r.failed[0]
     assert r.units_written == 1 and r.collect.total_samples == 1
