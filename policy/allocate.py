@@ -39,6 +39,7 @@ import numpy as np
 
 from policy.arms import Arm
 from policy.errors import UsageError, unknown_name
+from policy.hulls import P_TOL, decisions, hulls, price_positions
 from policy.records import Decision
 
 DEFAULT_P_FLOOR = 0.05
@@ -49,7 +50,6 @@ ON_INFEASIBLE = ("raise", "cheapest")
 # Relative slack when comparing joule sums with a budget, so a budget equal to
 # an attainable total (summed in another order) is not called exceeded.
 _REL_TOL = 1e-9
-_BLOCK_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,7 @@ class DecisionRule:
         return cls(**d)
 
 
-#: the least gain in predicted success that justifies a costlier arm
-P_TOL = 1e-4
-
-
-def upper_hull(e: Sequence[float], p: Sequence[float], order: Sequence[int] | None = None) -> list[int]:
+def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
     """Indices of the upper convex hull of the points (e[i], p[i]), cheapest first.
 
     Kept points have strictly increasing e and p and strictly decreasing slopes.
@@ -110,10 +106,9 @@ def upper_hull(e: Sequence[float], p: Sequence[float], order: Sequence[int] | No
     A costlier arm must predict more than `P_TOL` higher success to be kept: a
     smaller gain is float noise (ONNX and LightGBM differ by ~1e-7, which a steep
     stretch of a calibration table can magnify), not a reason to spend joules.
-    `order`, when given, is that sort already made (by `_hulls`, for many rows at once).
+    policy/hulls.py computes the same hulls for many rows at once.
     """
-    if order is None:
-        order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
+    order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
     hull: list[int] = []
     for i in order:
         if hull and p[i] <= p[hull[-1]] + P_TOL:
@@ -129,33 +124,6 @@ def upper_hull(e: Sequence[float], p: Sequence[float], order: Sequence[int] | No
                 break
         hull.append(i)
     return hull
-
-
-@dataclass(frozen=True, slots=True)  # slots: one per query, 100,000 at a time in `ttc allocate`
-class _Hull:
-    idx: tuple[int, ...]  # arm indices, cheapest first
-    slopes: tuple[float, ...]  # slopes[k]: accuracy per joule from idx[k] to idx[k+1]
-    steps_j: tuple[float, ...]  # steps_j[k]: extra joules from idx[k] to idx[k+1]
-    e0_j: float  # joules of the cheapest hull arm
-
-
-def _hulls(p: np.ndarray, e: np.ndarray) -> list[_Hull]:
-    out = []
-    # Rows go to Python lists a block at a time: the whole matrix as Python floats would cost
-    # ~64 bytes per cell (1.3 GB at 100,000 queries x 20 arms), the block a few MB.
-    for start in range(0, len(p), _BLOCK_ROWS):
-        pb, eb = p[start : start + _BLOCK_ROWS], e[start : start + _BLOCK_ROWS]
-        # every row's arms cheapest first (then likelier first, then by index: lexsort is stable),
-        # sorted at once by numpy: the order upper_hull would sort to
-        orders = np.lexsort((-pb, eb), axis=-1).tolist() if pb.size else [[] for _ in range(len(pb))]
-        for pr, er, order in zip(pb.tolist(), eb.tolist(), orders, strict=True):
-            idx = upper_hull(er, pr, order)
-            he = [er[i] for i in idx]
-            hp = [pr[i] for i in idx]
-            steps = tuple(he[k + 1] - he[k] for k in range(len(idx) - 1))
-            slopes = tuple((hp[k + 1] - hp[k]) / steps[k] for k in range(len(idx) - 1))
-            out.append(_Hull(tuple(idx), slopes, steps, he[0]))
-    return out
 
 
 def _check(p: np.ndarray, e: np.ndarray, arm_ids: list[str], query_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -184,29 +152,6 @@ def _ids(arms: Sequence[Arm | str]) -> list[str]:
     return [a.arm_id if isinstance(a, Arm) else str(a) for a in arms]
 
 
-def _decision(qid: str, h: _Hull, k: int, arm_ids: list[str], p_row, e_row, rule: str, lam: float) -> Decision:
-    i = h.idx[k]
-    top = k == len(h.idx) - 1
-    return Decision(
-        query_id=qid,
-        arm_id=arm_ids[i],
-        p_success=float(p_row[i]),
-        energy_j=float(e_row[i]),
-        next_arm_id=None if top else arm_ids[h.idx[k + 1]],
-        marginal_acc_per_j=None if top else float(h.slopes[k]),
-        rule=rule,
-        lam=float(lam),
-    )
-
-
-def _price_position(h: _Hull, lam: float) -> int:
-    # slopes strictly decrease: climb while the next move is worth more than its price (ties stay cheap)
-    k = 0
-    while k < len(h.slopes) and h.slopes[k] > lam:
-        k += 1
-    return k
-
-
 def allocate_price(
     p: np.ndarray,
     e: np.ndarray,
@@ -220,13 +165,9 @@ def allocate_price(
     DecisionRule(PRICE, lam, None, p_floor)  # validates lam and p_floor
     p, e = _check(p, e, arm_ids, query_ids)
     hopeless = p.max(axis=1) < p_floor
-    out = []
-    for q, h in enumerate(_hulls(p, e)):
-        if hopeless[q]:
-            out.append(_decision(query_ids[q], h, 0, arm_ids, p[q], e[q], HOPELESS, lam))
-        else:
-            out.append(_decision(query_ids[q], h, _price_position(h, lam), arm_ids, p[q], e[q], PRICE, lam))
-    return out
+    h = hulls(p, e)
+    pos = np.where(hopeless, 0, price_positions(h, lam))
+    return decisions(h, pos, p, e, arm_ids, query_ids, [HOPELESS if x else PRICE for x in hopeless.tolist()], lam)
 
 
 def allocate_budget(
@@ -261,16 +202,14 @@ def allocate_budget(
     DecisionRule(PRICE, 0.0, None, p_floor)  # validates p_floor
     if n == 0:
         return []
-    hulls = _hulls(p, e)
-    hopeless = (p.max(axis=1) < p_floor).tolist()
-    floor_j = sum(h.e0_j for h in hulls)
+    h = hulls(p, e)
+    hopeless = p.max(axis=1) < p_floor
+    floor_j = sum(h.e0_j.tolist())  # in query order, as a Python sum: the same float as before
     slack = _REL_TOL * max(total, floor_j, 1.0)
-
-    # Every hull move of a non-hopeless query: (slope, extra joules, query, step).
-    moves = [
-        (h.slopes[k], h.steps_j[k], q, k) for q, h in enumerate(hulls) if not hopeless[q] for k in range(len(h.slopes))
-    ]
-    lam_cheapest = max((m[0] for m in moves), default=0.0)  # the price above which everyone stays cheapest
+    # Every hull move of a non-hopeless query, query-major: slope, extra joules, query, step.
+    qs, ks = np.nonzero(~np.isnan(h.slopes) & ~hopeless[:, None])
+    moves = (h.slopes[qs, ks], h.steps_j[qs, ks], qs, ks)
+    lam_cheapest = float(moves[0].max()) if len(qs) else 0.0  # the price above which everyone stays cheapest
 
     if floor_j > total + slack:
         if on_infeasible == "raise":
@@ -279,28 +218,27 @@ def allocate_budget(
                 f"(mean {floor_j / n:.6g} J per query), above the budget of {total:.6g} J "
                 f"(mean {total / n:.6g} J); raise the budget to at least that, or pass on_infeasible='cheapest'"
             )
-        pos = [0] * n
-        lam = lam_cheapest
+        pos, lam = np.zeros(n, dtype=np.intp), lam_cheapest
     else:
-        lam, pos = _fill_budget(hulls, moves, total - floor_j + slack, n)
-
-    return [
-        _decision(query_ids[q], h, pos[q], arm_ids, p[q], e[q], HOPELESS if hopeless[q] else BUDGET, lam)
-        for q, h in enumerate(hulls)
-    ]
+        lam, pos = _fill_budget(moves, total - floor_j + slack, n)
+    return decisions(h, pos, p, e, arm_ids, query_ids, [HOPELESS if x else BUDGET for x in hopeless.tolist()], lam)
 
 
-def _fill_budget(hulls: list[_Hull], moves: list, spare_j: float, n: int) -> tuple[float, list[int]]:
+def _fill_budget(moves: tuple[np.ndarray, ...], spare_j: float, n: int) -> tuple[float, np.ndarray]:
     """Bisection on λ over the hull slopes, then a greedy fill; returns (λ, hull position per query)."""
     # Moves in the order a falling price takes them; equal slopes: smaller step first, then query order.
-    moves.sort(key=lambda m: (-m[0], m[1], m[2], m[3]))
-    cost = np.cumsum([m[1] for m in moves]) if moves else np.zeros(0)
-    slopes = np.array([m[0] for m in moves])
+    slopes, steps, qs, ks = moves
+    order = np.lexsort((ks, qs, steps, -slopes))
+    slopes, steps, qs, ks = slopes[order], steps[order], qs[order], ks[order]
+    cost = np.cumsum(steps)  # sequential, so cost[k - 1] is the running sum of the first k steps
     # E(λ) - E(∞) = joules of every move with slope > λ. Candidate λ: each distinct slope, then 0.
     cands = np.unique(np.append(slopes, 0.0))[::-1]  # descending
 
+    def taken(lam: float) -> int:
+        return int(np.searchsorted(-slopes, -lam, side="left"))  # number of moves with slope > lam
+
     def spent(lam: float) -> float:
-        k = int(np.searchsorted(-slopes, -lam, side="left"))  # number of moves with slope > lam
+        k = taken(lam)
         return float(cost[k - 1]) if k > 0 else 0.0
 
     # The largest index (smallest λ) whose spend fits: spend grows as λ falls, so bisect.
@@ -315,18 +253,19 @@ def _fill_budget(hulls: list[_Hull], moves: list, spare_j: float, n: int) -> tup
             else:
                 hi = mid
     lam = float(cands[lo])
-    pos = [0] * n
-    used = 0.0
-    for slope, step_j, q, k in moves:
-        if slope > lam:
-            pos[q] = k + 1
-            used += step_j
+    # Every move above λ (a prefix of the sorted moves, and of each query's hull) is taken.
+    first = taken(lam)
+    pos = np.zeros(n, dtype=np.intp)
+    np.maximum.at(pos, qs[:first], ks[:first] + 1)
+    used = float(cost[first - 1]) if first > 0 else 0.0
     # Greedy fill under the step: best accuracy per joule first, a query's moves in hull order.
-    for slope, step_j, q, k in moves:
-        if slope <= lam and pos[q] == k and used + step_j <= spare_j and slope > 0:
-            pos[q] = k + 1
+    at = pos.tolist()
+    rest = zip(slopes[first:].tolist(), steps[first:].tolist(), qs[first:].tolist(), ks[first:].tolist(), strict=True)
+    for slope, step_j, q, k in rest:
+        if at[q] == k and used + step_j <= spare_j and slope > 0:
+            at[q] = k + 1
             used += step_j
-    return lam, pos
+    return lam, np.asarray(at, dtype=np.intp)
 
 
 def allocate(

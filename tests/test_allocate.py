@@ -388,12 +388,21 @@ def test_the_cli_turns_bad_allocate_input_into_exit_2_and_one_line(bundle_dir, t
     assert r.output.count("error:") == 1 and "Traceback" not in r.output
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_the_batch_sort_gives_the_hull_the_per_query_sort_gives(seed):
-    from policy.allocate import _hulls
+@pytest.mark.parametrize("seed", range(30))
+def test_the_vectorised_hulls_equal_upper_hull_row_by_row(seed):
+    from policy.hulls import hulls
 
-    p, e, _, _ = _random_instance(seed, nq=20, na=9)
-    p[:, 3] = p[:, 5]  # ties in p
-    e[:, 2] = e[:, 7]  # ties in e
-    for row, h in zip(range(len(p)), _hulls(p, e), strict=True):
-        assert list(h.idx) == upper_hull(e[row].tolist(), p[row].tolist())
+    rng = np.random.default_rng(seed)
+    p, e, _, _ = _random_instance(seed, nq=60, na=int(rng.integers(1, 12)))
+    if p.shape[1] > 3:
+        p[:, 1] = p[:, 3]  # ties in p
+        e[:, 0] = e[:, 2]  # ties in e
+        p[:5, :] = p[:5, :1] + rng.uniform(0, 2e-4, size=(5, p.shape[1]))  # gains around P_TOL
+    p[6, :] = 0.5  # a flat row
+    h = hulls(p, e)
+    for row in range(len(p)):
+        want = upper_hull(e[row].tolist(), p[row].tolist())
+        assert h.idx[row, : h.length[row]].tolist() == want
+        hp, he = p[row, want], e[row, want]
+        assert np.array_equal(h.steps_j[row, : len(want) - 1], np.diff(he))
+        assert np.array_equal(h.slopes[row, : len(want) - 1], np.diff(hp) / np.diff(he))
