@@ -29,6 +29,7 @@ generates samples and never writes shards itself.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,6 +144,17 @@ def actor_layout(cfg: CollectConfig, resources: dict[str, float], max_actors: in
     return max(min(n, units), 1), (1 if use_gpu else threads), use_gpu
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on: `ray.init` would wait minutes for its GCS."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {e.strerror or e}") from e
+
+
 def connect(address: str, num_cpus: int | None = None) -> bool:
     """Join (or start) the Ray cluster; True if this call started or joined it (so it must shut it down)."""
     import ray
@@ -154,6 +166,7 @@ def connect(address: str, num_cpus: int | None = None) -> bool:
         if address.strip().lower() in LOCAL:
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **env)
         else:
+            _check_reachable(address)
             ray.init(address=address, **env)
     except ConnectionError as e:
         raise UsageError(
@@ -204,7 +217,6 @@ class _Job:
         return self.cfg.store if _is_remote(self.cfg.store) else str(Path(self.cfg.store).resolve())
 
     def run(self) -> DistributedResult:
-        from collect.ray_tracking import RunTracking
         from store.shards import SampleStore
 
         # A folder store: the driver takes the single-machine writer lock (creating the folder), so a
@@ -215,15 +227,15 @@ class _Job:
             lock.clean_partial()
         try:
             plan = plan_units(self.cfg, UnitStore(self.store_uri))
-            self.tracking = RunTracking(self.cfg) if self.cfg.track else None
+            # the cluster is joined (or started) only when there is work, and left as it was found
+            started = connect(self.address, self.num_cpus) if plan.units else False
             try:
-                result = self._on_cluster(plan) if plan.units else self._summarise(plan, [], {}, [])
-            except BaseException:
-                if self.tracking:
-                    self.tracking.fail()
-                raise
-            if self.tracking:
-                self.tracking.finish(self.store_uri, result)
+                result = self._tracked(plan)
+            finally:
+                if started:
+                    import ray
+
+                    ray.shutdown()
             if lock is not None:
                 lock.clean_partial()  # temporary files of attempts killed mid-write (every actor is gone now)
             return result
@@ -231,16 +243,20 @@ class _Job:
             if lock is not None:
                 lock.close()
 
-    def _on_cluster(self, plan: Plan) -> DistributedResult:
-        """Join (or start) the cluster only when there is work, and leave it as found."""
-        started = connect(self.address, self.num_cpus)
-        try:
-            return self._execute(plan)
-        finally:
-            if started:
-                import ray
+    def _tracked(self, plan: Plan) -> DistributedResult:
+        """The work inside the MLflow parent run (if `cfg.track`), ended as KILLED if anything escapes."""
+        from collect.ray_tracking import RunTracking
 
-                ray.shutdown()
+        self.tracking = RunTracking(self.cfg) if self.cfg.track else None
+        try:
+            result = self._execute(plan) if plan.units else self._summarise(plan, [], {}, [])
+        except BaseException:
+            if self.tracking:
+                self.tracking.fail()
+            raise
+        if self.tracking:
+            self.tracking.finish(self.store_uri, result)
+        return result
 
     def _execute(self, plan: Plan) -> DistributedResult:
         import ray

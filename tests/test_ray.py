@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -346,3 +347,13 @@ def test_cli_refuses_a_negative_actor_count_before_starting_ray(tmp_path):
 
     out = CliRunner().invoke(app, ["collect", "--ray", "local", "--ray-actors", "-1", "--store", str(tmp_path / "s")])
     assert out.exit_code == 2 and "--ray-actors must be >= 0" in out.output
+
+
+def test_cli_names_the_fix_for_an_address_where_no_cluster_answers(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "ttc", "collect", "--ray", f"127.0.0.1:{port}", "--store", str(tmp_path / "s")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "ray start --head" in out.stderr
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("shard-*"))
