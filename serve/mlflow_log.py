@@ -51,18 +51,7 @@ def log_policy_model(
     if active is None:
         mlflow.start_run(run_name="policy-bundle")
     try:
-        mlflow.log_params(
-            {
-                "rule_mode": policy.rule.mode,
-                "rule_lam": policy.rule.lam,
-                "rule_budget_j": policy.rule.budget_j,
-                "p_floor": policy.rule.p_floor,
-                "feature_set": f"{policy.feature_set.name}@v{policy.feature_set.version}",
-                "energy_meter": policy.energy_meter,
-                "energy_source": policy.energy_source,
-                "n_arms": len(policy.arms),
-            }
-        )
+        _log_params(mlflow, policy)
         numeric = {k: float(v) for k, v in policy.metrics.items() if isinstance(v, int | float)}
         if numeric:
             mlflow.log_metrics(numeric)
@@ -121,4 +110,20 @@ def _signature():
             ]
         ),
         params=ParamSchema([ParamSpec("lam", "double", None), ParamSpec("budget_j", "double", None)]),
+    )
+
+
+def _log_params(mlflow, policy) -> None:
+    """The rule, feature set and energy provenance of the logged policy, as run parameters."""
+    mlflow.log_params(
+        {
+            "rule_mode": policy.rule.mode,
+            "rule_lam": policy.rule.lam,
+            "rule_budget_j": policy.rule.budget_j,
+            "p_floor": policy.rule.p_floor,
+            "feature_set": f"{policy.feature_set.name}@v{policy.feature_set.version}",
+            "energy_meter": policy.energy_meter,
+            "energy_source": policy.energy_source,
+            "n_arms": len(policy.arms),
+        }
     )

@@ -220,8 +220,6 @@ def write_bundle(
     replaced only when it is a bundle of ours. With `key` (or TTC_BUNDLE_KEY)
     the bundle is signed.
     """
-    import lightgbm as lgb
-
     fs = get_feature_set(feature_set) if isinstance(feature_set, str) else feature_set
     rule_obj = rule if isinstance(rule, DecisionRule) else DecisionRule.from_dict(dict(rule))
     models = [str(m) for m in models]
@@ -240,17 +238,7 @@ def write_bundle(
         raise UsageError(f"metrics must be JSON numbers/strings (no NaN): {exc}") from exc
     arm_ids = [a.arm_id if isinstance(a, Arm) else Arm.parse(str(a)).arm_id for a in arms]
 
-    success_txt = _float32_safe_thresholds(success_booster.model_to_string(num_iteration=-1))
-    energy_txt = _float32_safe_thresholds(energy_booster.model_to_string(num_iteration=-1))
-    onnx_success_txt = success_txt if s_obj.startswith("binary") else _as_binary(success_txt)
-    files = {
-        "success.trees.json": _json_bytes(trees_json(lgb.Booster(model_str=success_txt), "sigmoid")),
-        "energy.trees.json": _json_bytes(trees_json(lgb.Booster(model_str=energy_txt), "identity")),
-        "success.txt": success_txt.encode("utf-8"),
-        "energy.txt": energy_txt.encode("utf-8"),
-        "success.onnx": _to_onnx(onnx_success_txt, len(names)),
-        "energy.onnx": _to_onnx(energy_txt, len(names)),
-    }
+    files = _model_files(success_booster, energy_booster, s_obj, len(names))
     manifest = Manifest(
         arms=arm_ids,
         models=models,
@@ -268,6 +256,23 @@ def write_bundle(
     )
     files[PARITY] = _json_bytes(_parity(manifest, files, fs, reference_x))
     return _publish(Path(out_dir), manifest, files, resolve_key(key), replace=True)
+
+
+def _model_files(success: Any, energy: Any, success_objective: str, n_features: int) -> dict[str, bytes]:
+    """The two models as plain-data trees, LightGBM text and ONNX, all from float32-snapped thresholds."""
+    import lightgbm as lgb
+
+    success_txt = _float32_safe_thresholds(success.model_to_string(num_iteration=-1))
+    energy_txt = _float32_safe_thresholds(energy.model_to_string(num_iteration=-1))
+    onnx_success_txt = success_txt if success_objective.startswith("binary") else _as_binary(success_txt)
+    return {
+        "success.trees.json": _json_bytes(trees_json(lgb.Booster(model_str=success_txt), "sigmoid")),
+        "energy.trees.json": _json_bytes(trees_json(lgb.Booster(model_str=energy_txt), "identity")),
+        "success.txt": success_txt.encode("utf-8"),
+        "energy.txt": energy_txt.encode("utf-8"),
+        "success.onnx": _to_onnx(onnx_success_txt, n_features),
+        "energy.onnx": _to_onnx(energy_txt, n_features),
+    }
 
 
 def _check_boosters(success: Any, energy: Any, fs: FeatureSet, models: list[str], names: list[str]) -> str:
