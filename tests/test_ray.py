@@ -185,8 +185,8 @@ class _StandIn:
 
     dtype, probe_layer = "float32", 1
 
-    def __init__(self, tries: str) -> None:
-        self.tries = tries
+    def __init__(self, tries: str, sleep_s: float = 0.0) -> None:
+        self.tries, self.sleep_s = tries, sleep_s
 
     def build_prompt(self, question, demos) -> str:
         return question
@@ -201,6 +201,7 @@ class _StandIn:
             with open(self.tries, "a") as fh:
                 fh.write(f"{os.getpid()}\n")
             raise ValueError("this item breaks the model")
+        time.sleep(self.sleep_s)  # a device busy for a while, so an energy counter ticks
         rows = len(prompts) * n
         vec = np.zeros((len(prompts), 4), np.float16)
         stats = [[-0.5, -0.5, -0.5] for _ in range(rows)]
@@ -357,3 +358,37 @@ def test_cli_names_the_fix_for_an_address_where_no_cluster_answers(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "ray start --head" in out.stderr
     assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("shard-*"))
+
+
+def test_an_actor_meters_and_records_the_gpu_ray_gave_it(monkeypatch, tmp_path):
+    """No Ray needed: the worker as Ray starts it on a GPU node (CUDA_VISIBLE_DEVICES set, get_gpu_ids)."""
+    import socket as sock
+
+    from fakes.fake_pynvml import FakeGpu, FakeNvml
+
+    import collect.ray_worker as rw
+    from collect.distributed import plan_units
+
+    gpus = [FakeGpu("GPU-0", power_w=10_000.0), FakeGpu("GPU-1", power_w=100.0)]  # GPU 0 is another actor's
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(gpus).module)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # what Ray sets for an actor given GPU 1
+    monkeypatch.setattr(rw, "_gpu_ids", lambda: [1])
+    tasks = tmp_path / "items.jsonl"
+    tasks.write_text('{"question": "1 + 0?", "answer": "1"}\n')
+    cfg = _cfg(tmp_path / "store", items=1, models=["stand-in"], tasks=[f"jsonl:{tasks}"], n_samples=1, meter="nvml")
+    [unit] = plan_units(cfg, UnitStore(cfg.store)).units
+    loader = functools.partial(_stand_in_loader_slow, str(tmp_path / "tries"))
+    worker = rw.UnitWorker(cfg, cfg.store, 0, "run", 1, True, loader=loader)
+    assert worker.run(unit).status == "written"
+
+    from store.loader import load_samples
+
+    s = load_samples(cfg.store, columns=["node", "device", "meter", "energy_source", "window_energy_j"]).iloc[0]
+    assert (s.device, s.node, s.meter, s.energy_source) == ("gpu1", sock.gethostname(), "nvml", "measured")
+    # ~0.3 s at GPU 1's 100 W; the hidden GPU 0 at 10 kW would add thousands of joules
+    assert 0 < s.window_energy_j < 100
+
+
+def _stand_in_loader_slow(tries: str, name: str, device: str, threads: int, dtype: str) -> _StandIn:
+    assert device == "cuda"  # an actor given a GPU loads its model there
+    return _StandIn(tries, sleep_s=0.3)
