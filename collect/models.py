@@ -86,7 +86,7 @@ def resolve_model(name: str) -> ModelSpec:
 #: compute dtypes a model can be loaded in; "auto" is bfloat16 (see `resolve_dtype`)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: KV caches: "dynamic" grows by concatenation (every step copies the cache), "static" is preallocated
-#: to prompt + max_new_tokens; static used 10-20% less CPU per token in benchmarks/collect.py
+#: to prompt + max_new_tokens; in benchmarks/collect.py static used 0-20% less CPU per token than dynamic
 CACHES = ("dynamic", "static")
 
 

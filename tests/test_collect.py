@@ -244,9 +244,9 @@ def test_importing_a_store_keeps_values_and_never_duplicates(tmp_path):
 REGIME = dict(
     models=["smollm2-135m"],
     tasks=["rg.basic_arithmetic_1d"],
-    items_per_task=8,
+    items_per_task=16,
     n_samples=4,
-    levels=[16],
+    levels=[12],
     greedy=True,
     queries_per_batch=2,
     track=False,
@@ -263,7 +263,7 @@ def regime_store(tmp_path_factory, smollm2):
 
 def test_every_generate_call_has_the_same_rows_for_greedy_and_sampled_arms(regime_store):
     rows = regime_store.groupby("batch_id")["window_samples"].first()
-    assert set(rows) == {2 * 4}  # 8 queries: greedy 1 call of 8 queries, sampled 4 calls of 2 x 4
+    assert set(rows) == {2 * 4}  # 16 queries: greedy 2 calls of 8 queries, sampled 8 calls of 2 x 4
     assert set(regime_store["batch_rows"]) == {8}
 
 
