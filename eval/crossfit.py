@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from policy.errors import UsageError
+from policy.runtime import DEFAULT_BACKEND
 
 #: Optuna trials per predictor when training a fold (the full train stage uses more; folds are many).
 FOLD_TRIALS = 5
@@ -72,7 +73,7 @@ def train_fold_policies(
     seed: int = 0,
     num_threads: int = 2,
     rule: Any = None,
-    backend: str = "lightgbm",
+    backend: str = DEFAULT_BACKEND,
 ) -> list[Any]:
     """One loaded `Policy` per fold, trained on every query not in that fold (bundles under `work_dir`)."""
     from policy.bundle import load_bundle

@@ -43,6 +43,7 @@ from eval.inputs import (
 from eval.plots import axis_label, energy_label
 from eval.report import EvalReport, build_report
 from policy.errors import UsageError, unknown_name
+from policy.runtime import DEFAULT_BACKEND
 from store.views import arm_outcomes, queries
 
 
@@ -55,7 +56,7 @@ class EvalConfig:
     seed: int = 0
     allow_mixed_energy: bool = False
     allocators: tuple[str, ...] | None = None
-    backend: str = "lightgbm"
+    backend: str = DEFAULT_BACKEND
     overhead_meter: str = "estimate"
     folds: int = 1
     fold_trials: int = FOLD_TRIALS
@@ -225,7 +226,7 @@ def eval_stage(
     allow_mixed_energy: bool = False,
     allocators: Sequence[str] | None = None,
     *,
-    backend: str = "lightgbm",
+    backend: str = DEFAULT_BACKEND,
     overhead_meter: str = "estimate",
     split_file: str | Path | None = None,
     folds: int = 1,

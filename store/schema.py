@@ -45,3 +45,6 @@ ARM_DTYPES: dict[str, str] = {
     f.name: {"str": "object", "str | None": "object", "int": "int64", "float": "float64", "bool": "bool"}[f.type]
     for f in dataclasses.fields(ArmOutcome)
 }
+
+#: How held-out queries are chosen: whole queries, or whole tasks (the split file's `kind`).
+SPLIT_KINDS = ("query", "task")

@@ -24,11 +24,10 @@ from typing import Any
 import pandas as pd
 
 from policy.errors import UsageError, unknown_name
-from store.schema import SAMPLE_KEY
+from store.schema import SAMPLE_KEY, SPLIT_KINDS
 
 SPLIT_SCHEMA_VERSION = 1
 #: the kinds of held-out split: whole queries, or whole tasks
-SPLIT_KINDS = ("query", "task")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collect.energy import METERS
 from policy.errors import TTCError
 from policy.features import FEATURE_SETS
 from policy.runtime import BACKENDS
-from train.dataset import SPLITS
+from store.schema import SPLIT_KINDS as SPLITS  # the split registry's names, without pandas
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn how much test-time compute each query needs.")
 
