@@ -35,7 +35,8 @@ def generate(
 
     `meter`: if given, the prefill is metered in a window of its own (nested in
     the caller's), so its joules are measured rather than inferred from its
-    share of the wall time, which misleads wherever other processes share the CPU.
+    share of the wall time, which misleads wherever other processes share the CPU;
+    a window too short for the meter's counter falls back to the time share.
     """
     import torch
 
@@ -51,7 +52,7 @@ def generate(
     with torch.inference_mode():
         logits, cache, probe_last, probe_mean = _prefill(lm, ids, mask)
         prefill_s = time.perf_counter() - start
-        prefill_j = meter.end_window(window).energy_j if meter is not None else None
+        prefill_j = _metered(meter.end_window(window)) if meter is not None else None
         cache = _share(lm, cache, n, width + max_new_tokens)
         full_mask = torch.zeros((len(prompts) * n, width + max_new_tokens), dtype=mask.dtype, device=mask.device)
         full_mask[:, :width] = mask.repeat_interleave(n, 0)
@@ -75,6 +76,16 @@ def generate(
         probe_mean=probe_mean,
         n=n,
     )
+
+
+def _metered(m: Any) -> float | None:
+    """The prefill window's joules, or None (attribute by time instead) when the counter cannot resolve it.
+
+    An NVML counter updates about every 100 ms, so a short GPU prefill can read 0 J.
+    """
+    from collect.energy.base import COUNTER_NOT_TICKED, SHORTER_THAN_COUNTER_UPDATE
+
+    return None if {SHORTER_THAN_COUNTER_UPDATE, COUNTER_NOT_TICKED} & set(m.flags) else m.energy_j
 
 
 def _prefill(lm: LoadedModel, ids: Any, mask: Any) -> tuple[Any, Any, Any, Any]:

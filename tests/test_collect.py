@@ -373,3 +373,14 @@ def test_samples_of_a_schema_1_store_still_build(reference_samples):
     assert not set(SAMPLE_FIELDS_ADDED_V2) & set(row)
     s = Sample(**row)
     assert s.dtype == "" and s.token_logprob == [] and s.mean_logprob is None
+
+
+def test_a_prefill_too_short_for_the_counter_falls_back_to_its_time_share():
+    from collect.decode import _metered
+    from policy.records import EnergyMeasurement
+
+    short = EnergyMeasurement("p", 0.0, 0.01, "nvml", "measured", flags=("shorter_than_counter_update",))
+    assert _metered(short) is None
+    assert _metered(EnergyMeasurement("p", 2.5, 0.5, "rapl", "measured")) == 2.5
+    shares = attribute(10.0, 2.0, 0.5, [3, 3], n=1, prefill_energy_j=None)
+    assert sum(s.prefill_energy_j for s in shares) == pytest.approx(2.5)  # the time share: 0.5 s of 2 s
