@@ -74,8 +74,13 @@ def train_fold_policies(
     num_threads: int = 2,
     rule: Any = None,
     backend: str = DEFAULT_BACKEND,
+    probes: Any = None,
 ) -> list[Any]:
-    """One loaded `Policy` per fold, trained on every query not in that fold (bundles under `work_dir`)."""
+    """One loaded `Policy` per fold, trained on every query not in that fold (bundles under `work_dir`).
+
+    "text+probe": `probes` is the store's `train.dataset.ProbeTable` (or the store folder); each
+    fold's probe PCA is fitted on that fold's training queries only.
+    """
     from policy.bundle import load_bundle
     from train.fit import TrainConfig, fit_policy
 
@@ -86,6 +91,6 @@ def train_fold_policies(
         train_ids = sorted(all_ids - set(fold.test_query_ids))
         if not train_ids:
             raise UsageError(f"fold {fold.name!r} leaves no query to train on; use more folds or more queries")
-        path = fit_policy(samples, train_ids, cfg, Path(work_dir) / fold.name, rule)
+        path = fit_policy(samples, train_ids, cfg, Path(work_dir) / fold.name, rule, probes)
         policies.append(load_bundle(path, backend))
     return policies

@@ -150,7 +150,13 @@ def _folds(full: Outcomes, held: HeldOut, policies: Sequence[Any]) -> tuple[Outc
 
 
 def evaluate(
-    samples: pd.DataFrame, policy: Any, held: HeldOut, cfg: EvalConfig, work_dir: Path, meta: dict[str, Any]
+    samples: pd.DataFrame,
+    policy: Any,
+    held: HeldOut,
+    cfg: EvalConfig,
+    work_dir: Path,
+    meta: dict[str, Any],
+    probes: Any = None,
 ) -> Evaluation:
     """The work: fold policies (cross-fitting), outcome matrices, every allocator's curve, the report dict."""
     t0 = time.perf_counter()
@@ -161,7 +167,7 @@ def evaluate(
         policies = train_fold_policies(
             samples, held.folds, work_dir, feature_set=feature_set, n_trials=cfg.fold_trials,
             seed=cfg.seed, num_threads=cfg.num_threads, rule=policy.rule if policy is not None else None,
-            backend=cfg.backend,
+            backend=cfg.backend, probes=probes,
         )  # fmt: skip
         timings["train_folds_s"] = time.perf_counter() - t0
     energy = _energy(samples, policies, held, cfg)
@@ -176,6 +182,7 @@ def evaluate(
         seed=cfg.seed,
         overhead_meter=cfg.overhead_meter,
         folds=folds,
+        probes=probes,
     )
     curves, skipped = run_allocators(ctx, list(cfg.allocators) if cfg.allocators else None)
     timings["allocators_s"] = time.perf_counter() - t0 - sum(timings.values())
@@ -263,8 +270,15 @@ def eval_stage(
         if policy
         else "none (a policy per fold)",
     }
+    probes = None
+    if policy is not None and policy.needs_probe:  # the store's probe side table, of the policy's probe model
+        from train.dataset import load_probes
+
+        if isinstance(store, pd.DataFrame):
+            raise UsageError("a probe policy is evaluated on a store folder (its probe side table), not a DataFrame")
+        probes = load_probes(store, policy.probe_model)
     with tempfile.TemporaryDirectory(prefix="ttc-eval-folds-") as work:
-        ev = evaluate(samples, policy, held, cfg, Path(work), meta)
+        ev = evaluate(samples, policy, held, cfg, Path(work), meta, probes)
     return _record(ev, cfg, Path(out_dir), tracking_uri, experiment)
 
 

@@ -15,6 +15,8 @@ Layout of a bundle (schema 2):
     success.onnx         ... and as ONNX (optional backend)
     energy.onnx
     parity.json          numpy vs LightGBM vs ONNX on reference rows
+    probe.json           "text+probe" policies only: the probe's model, layer
+                         and PCA (mean, components) as plain arrays (policy/probe.py)
 
 Loading reads exactly those names (policy/bundle_files.py: no links, capped
 sizes, nothing else in a zip), checks every field's type (policy/manifest.py),
@@ -38,7 +40,7 @@ import numpy as np
 
 from policy.allocate import PRICE, DecisionRule, allocate, allocate_budget, allocate_price
 from policy.arms import Arm
-from policy.bundle_files import BUNDLE_FILES, MANIFEST, PARITY, REQUIRED_FILES, read_blobs
+from policy.bundle_files import BUNDLE_FILES, KNOWN_FILES, MANIFEST, PARITY, REQUIRED_FILES, read_blobs
 from policy.errors import BundleError, UsageError
 from policy.features import FeatureSet, arm_block, get_feature_set, row_names
 from policy.manifest import (
@@ -51,6 +53,7 @@ from policy.manifest import (
     upgrade_manifest,
     verify,
 )
+from policy.probe import PROBE_FILE, ProbeReduction
 from policy.records import ENERGY_SOURCES, Decision
 from policy.runtime import BACKENDS, DEFAULT_BACKEND, Backend, calibrate, make_backend
 
@@ -118,7 +121,7 @@ def _verify_files(m: Manifest, blobs: Mapping[str, bytes], where: Path) -> None:
     if unlisted:
         raise BundleError(f"{where} holds {unlisted}, which policy.json does not list; re-export the bundle")
     for name, digest in sorted(m.files.items()):
-        if name not in BUNDLE_FILES or name == MANIFEST:
+        if name not in KNOWN_FILES or name == MANIFEST:
             raise BundleError(f"policy.json lists {name!r}, which is not a bundle file")
         if name not in blobs:
             raise BundleError(f"{where} lacks {name}, which policy.json lists; the bundle is incomplete")
@@ -147,6 +150,8 @@ class Policy:
         #: the bundle's verified files other than policy.json, as loaded (train/export.py writes them back)
         self.files = dict(files)
         self._arm_block = arm_block(self.arms, self.models)
+        #: the probe's model, layer and PCA ("text+probe" policies), checked on load
+        self.probe_reduction = _probe_reduction(self.feature_set, self.files)
 
     def with_rule(self, rule: DecisionRule | Mapping[str, Any]) -> Policy:
         """A new policy with `rule` in place of the stored one (checked); this policy is unchanged.
@@ -162,18 +167,27 @@ class Policy:
 
     @property
     def needs_probe(self) -> bool:
-        """True when the feature set takes probe values (collect/probe.py) beside the question text."""
+        """True when the feature set takes raw probe vectors (collect/probe.py) beside the question text."""
         return self.feature_set.probe
+
+    @property
+    def probe_model(self) -> str | None:
+        """The model whose prefill the probe reads (None for a text-only policy)."""
+        return self.probe_reduction.model if self.probe_reduction is not None else None
 
     def describe(self) -> str:
         r = self.rule
         how = f"price lam={r.lam:g} acc/J" if r.mode == PRICE else f"budget {r.budget_j:g} J/query"
         return (
             f"policy over {len(self.arms)} arms ({', '.join(self.models)}), features {self.feature_set.name} "
-            f"v{self.feature_set.version}{' + probe' if self.needs_probe else ''}, rule {how}, "
+            f"v{self.feature_set.version}{self._probe_words()}, rule {how}, "
             f"p_floor {r.p_floor:g}, energy {self.energy_source} by meter {self.energy_meter!r}, "
             f"backend {self.backend.name}"
         )
+
+    def _probe_words(self) -> str:
+        r = self.probe_reduction
+        return "" if r is None else f" + probe of {r.model} layer {r.layer} ({r.width} -> {r.components.shape[0]})"
 
     def __repr__(self) -> str:
         return f"Policy({self.describe()})"
@@ -183,13 +197,17 @@ class Policy:
     ) -> np.ndarray:
         if isinstance(questions, str):
             raise UsageError("questions must be a list of strings, not one string")
-        if self.needs_probe and probe is None:
-            raise UsageError(
-                f"this policy uses feature set {self.feature_set.name!r}: pass probe= values of shape "
-                f"(n_questions, 3) from collect/probe.py"
-            )
+        reduced = None
+        if self.probe_reduction is not None:
+            r = self.probe_reduction
+            if probe is None:
+                raise UsageError(
+                    f"this policy uses feature set {self.feature_set.name!r}: pass probe= raw probe vectors of shape "
+                    f"(n_questions, {r.width}) from model {r.model!r} (`ttc allocate --probe-model {r.model}`)"
+                )
+            reduced = r.reduce(probe)
         try:
-            return self.feature_set.transform(list(questions), tasks, probe if self.needs_probe else None)
+            return self.feature_set.transform(list(questions), tasks, reduced)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
 
@@ -248,6 +266,19 @@ class Policy:
         if lam is not None:
             return allocate_price(p, e, self.arm_ids, ids, float(lam), p_floor)
         return allocate(p, e, self.arm_ids, ids, self.rule, on_infeasible)
+
+
+def _probe_reduction(fs: FeatureSet, files: Mapping[str, bytes]) -> ProbeReduction | None:
+    """The bundle's probe reduction when its feature set reads a probe; a probe file elsewhere is refused."""
+    if not fs.probe:
+        if PROBE_FILE in files:
+            raise BundleError(
+                f"feature set {fs.name!r} reads no probe, yet the bundle holds {PROBE_FILE}; re-export it"
+            )
+        return None
+    if PROBE_FILE not in files:
+        raise BundleError(f"feature set {fs.name!r} needs {PROBE_FILE} (the probe's reduction); re-export the bundle")
+    return ProbeReduction.from_json(files[PROBE_FILE])
 
 
 def load_bundle(

@@ -27,10 +27,14 @@ LIGHTGBM_FILES = ("success.txt", "energy.txt")
 ONNX_FILES = ("success.onnx", "energy.onnx")
 PARITY = "parity.json"
 BUNDLE_FILES = (MANIFEST, *TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PARITY)
+PROBE = "probe.json"  # "text+probe" policies only: the probe's reduction (policy/probe.py)
+#: every name a bundle may hold: its files and the optional probe reduction
+KNOWN_FILES = (*BUNDLE_FILES, PROBE)
 #: files every bundle must hold besides policy.json (the model files of the optional backends may be absent)
 REQUIRED_FILES = (*TREE_FILES, PARITY)
 _MIB = 1 << 20
-MAX_BYTES = {MANIFEST: _MIB, PARITY: _MIB} | {name: 64 * _MIB for name in (*TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES)}
+_BIG_FILES = (*TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PROBE)
+MAX_BYTES = {MANIFEST: _MIB, PARITY: _MIB} | {name: 64 * _MIB for name in _BIG_FILES}
 _CHUNK = _MIB
 
 
@@ -63,7 +67,7 @@ def read_blobs(path: Path) -> dict[str, bytes]:
 def _read_folder(path: Path) -> dict[str, bytes]:
     root = path.resolve()
     blobs = {}
-    for name in BUNDLE_FILES:
+    for name in KNOWN_FILES:
         p = root / name
         try:
             st = os.lstat(p)
@@ -109,10 +113,10 @@ def _read_zip(path: Path) -> dict[str, bytes]:
 
 def _check_member(info: zipfile.ZipInfo, seen: dict[str, bytes], path: Path) -> None:
     name = info.filename
-    if name not in BUNDLE_FILES:
+    if name not in KNOWN_FILES:
         raise BundleError(
             f"{path} holds {name!r}, which is not a bundle file at the archive root; a bundle zip holds only "
-            f"{', '.join(BUNDLE_FILES)} (re-pack it with `ttc export`)"
+            f"{', '.join(KNOWN_FILES)} (re-pack it with `ttc export`)"
         )
     if name in seen:
         raise BundleError(f"{path} holds {name} twice; a bundle zip holds each file once")
@@ -129,7 +133,7 @@ def is_bundle_folder(path: Path) -> bool:
         return False
     entries = list(path.iterdir())
     return (path / MANIFEST).is_file() and all(
-        e.name in BUNDLE_FILES and not e.is_symlink() and e.is_file() for e in entries
+        e.name in KNOWN_FILES and not e.is_symlink() and e.is_file() for e in entries
     )
 
 
@@ -142,4 +146,4 @@ def is_bundle_zip(path: Path) -> bool:
             names = zf.namelist()
     except zipfile.BadZipFile:
         return False
-    return MANIFEST in names and all(n in BUNDLE_FILES for n in names)
+    return MANIFEST in names and all(n in KNOWN_FILES for n in names)

@@ -13,9 +13,10 @@ Feature set "text" (version 1):
 - the task name hashed into `N_TASK` one-hot buckets (all zero when unknown), so
   a new task needs no new column and the ONNX graph stays a plain matrix input.
 
-Probe features (computed by the answering model from one prefill, see
-collect/probe.py) are not computed here: a policy that uses them takes them as
-input columns named `probe_*`, appended after the text features.
+Feature set "text+probe" (version 2): the text features, then `PROBE_DIMS`
+columns `probe_pc_*`: one model's prefill hidden state (collect/probe.py)
+reduced by the PCA the bundle stores (policy/probe.py). The reduction happens
+in `Policy.query_features`; `transform` here takes the reduced values.
 Never import torch, transformers or mlflow here.
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from policy.arms import Arm, arm_feature_names, arm_features
 from policy.errors import unknown_name
+from policy.probe import PROBE_DIMS
 
 N_HASH = 64
 N_TASK = 16
@@ -39,7 +41,7 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _OPS = re.compile(r"[+\-*/×÷=^%]")
 _SENTENCE_END = re.compile(r"[.!?](\s|$)")
 _QWORDS = ("how", "what", "which", "who", "when", "where", "why", "many", "much", "total", "each", "more", "less")
-PROBE_NAMES = ("probe_first_entropy", "probe_first_top_p", "probe_prompt_mean_logprob")
+PROBE_NAMES = tuple(f"probe_pc_{i}" for i in range(PROBE_DIMS))
 
 
 def _h(s: str, buckets: int) -> int:
@@ -84,7 +86,8 @@ class FeatureSet:
         if self.probe:
             if probe is None or np.shape(probe) != (len(questions), len(PROBE_NAMES)):
                 raise ValueError(
-                    f"feature set {self.name!r} needs probe values of shape ({len(questions)}, {len(PROBE_NAMES)})"
+                    f"feature set {self.name!r} needs reduced probe values of shape "
+                    f"({len(questions)}, {len(PROBE_NAMES)})"
                 )
             x = np.hstack([x, np.asarray(probe, dtype=np.float32)])
         return x
@@ -160,7 +163,7 @@ _GRAM_CACHE_MAX = 1 << 20
 
 FEATURE_SETS: dict[str, FeatureSet] = {
     "text": FeatureSet("text", 1),
-    "text+probe": FeatureSet("text+probe", 1, probe=True),
+    "text+probe": FeatureSet("text+probe", 2, probe=True),
 }
 
 

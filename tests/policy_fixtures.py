@@ -65,13 +65,21 @@ def synthetic_outcomes(hard: np.ndarray, arms: list[Arm], seed: int = 0) -> tupl
     return soft, energy, p_true
 
 
-def synthetic_probe(hard: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Probe-like values (first-token entropy, top-p, prompt logprob) that track difficulty."""
+def synthetic_probe(hard: np.ndarray, seed: int = 0, width: int = 24) -> np.ndarray:
+    """Raw probe-like vectors (n, width): a few directions track difficulty, the rest is noise."""
     rng = np.random.default_rng(seed + 2)
     n = len(hard)
-    return np.column_stack(
-        [1.0 + 2.0 * hard + rng.normal(0, 0.2, n), 0.9 - 0.5 * hard + rng.normal(0, 0.05, n), rng.normal(-2, 0.3, n)]
-    ).astype(np.float32)
+    x = rng.normal(0, 0.3, (n, width))
+    x[:, :3] += np.outer(hard, [2.0, -1.0, 0.5])
+    return x.astype(np.float32)
+
+
+def synthetic_reduction(seed: int = 0, n_queries: int = 240):
+    """The probe PCA of the training queries' synthetic probes (what train.dataset fits)."""
+    from policy.probe import fit_reduction
+
+    _, _, hard = synthetic_questions(n_queries, seed)
+    return fit_reduction(synthetic_probe(hard, seed), "smollm2-135m", 30)
 
 
 def train_boosters(
@@ -85,7 +93,7 @@ def train_boosters(
     arms = synthetic_arms()
     questions, tasks, hard = synthetic_questions(n_queries, seed)
     soft, energy, _ = synthetic_outcomes(hard, arms, seed)
-    probe = synthetic_probe(hard, seed) if fs.probe else None
+    probe = synthetic_reduction(seed, n_queries).reduce(synthetic_probe(hard, seed)) if fs.probe else None
     rows = row_matrix(fs.transform(questions, tasks, probe), arms, MODELS)
     y = soft.reshape(-1)
     if success_objective == "binary":
@@ -110,7 +118,8 @@ def build_synthetic_bundle(
     success, energy = train_boosters(seed=seed, success_objective=success_objective, feature_set=feature_set)
     fs = get_feature_set(feature_set)
     ref_q, ref_t, ref_hard = synthetic_questions(64, seed + 100)
-    ref_probe = synthetic_probe(ref_hard, seed + 100) if fs.probe else None
+    reduction = synthetic_reduction(seed) if fs.probe else None
+    ref_probe = reduction.reduce(synthetic_probe(ref_hard, seed + 100)) if fs.probe else None
     return write_bundle(
         out_dir,
         success,
@@ -124,6 +133,7 @@ def build_synthetic_bundle(
         energy_source="estimated",
         calibration=calibration,
         reference_x=fs.transform(ref_q, ref_t, ref_probe),
+        probe_reduction=reduction,
     )
 
 

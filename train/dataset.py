@@ -26,19 +26,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from policy.arms import Arm
 from policy.errors import MixedEnergyError, UsageError, unknown_name
-from policy.features import PROBE_NAMES, FeatureSet, get_feature_set, row_matrix, row_names
+from policy.features import FeatureSet, get_feature_set, row_matrix, row_names
+from policy.probe import ProbeReduction, fit_reduction
 from store.loader import load_samples
 from store.schema import TRAIN_SAMPLE_COLUMNS
 from store.splits import SPLIT_KINDS, Split, store_fingerprint
 from store.views import arm_outcomes, queries
 
-__all__ = ["TrainingData", "RowSplit", "build_dataset", "group_folds", "load_samples", "make_split"]
+__all__ = [
+    "ProbeTable",
+    "RowSplit",
+    "TrainingData",
+    "build_dataset",
+    "default_probe_model",
+    "group_folds",
+    "load_probes",
+    "load_samples",
+    "make_split",
+]
 #: Fewer queries than this cannot fill a test split and tuning folds.
 MIN_QUERIES = 10
 SUCCESS_LABELS = ("correct_soft", "correct")
@@ -63,6 +75,8 @@ class TrainingData:
     energy_source: str
     meter: str
     store_fingerprint: str | None = None
+    #: "text+probe": the PCA that made the probe columns (written to the bundle's probe.json)
+    probe_reduction: ProbeReduction | None = None
 
     @property
     def groups(self) -> np.ndarray:
@@ -122,15 +136,67 @@ def _check_samples(samples: pd.DataFrame) -> None:
         )
 
 
-def _probe_matrix(samples: pd.DataFrame, query_ids: Sequence[str]) -> np.ndarray:
-    missing = [c for c in PROBE_NAMES if c not in samples.columns]
-    if missing:
+@dataclass(frozen=True, eq=False)
+class ProbeTable:
+    """One model's raw probe vectors (`PROBE_INPUTS`, float32) and prefill joules, per query id."""
+
+    model: str
+    layer: int
+    query_ids: np.ndarray
+    vectors: np.ndarray
+    prefill_j: np.ndarray
+
+    def rows(self, query_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, prefill joules) of `query_ids`, in order; `UsageError` when any has no probe."""
+        pos = pd.Index(self.query_ids).get_indexer([str(q) for q in query_ids])
+        if (pos < 0).any():
+            first = str(np.asarray(query_ids, dtype=object)[pos < 0][0])
+            raise UsageError(
+                f"{int((pos < 0).sum())} queries (e.g. {first!r}) have no probe of model {self.model!r}; "
+                "re-collect them with this version of ttc (probes are written with the samples)"
+            )
+        return self.vectors[pos], self.prefill_j[pos]
+
+
+def load_probes(store: str | Path, model: str) -> ProbeTable:
+    """The `probe-*.parquet` side table of `store` for `model`, as raw vectors (probe_last then probe_mean)."""
+    from collect.probe import read_probes
+
+    meta, last, mean = read_probes(store, model=model)
+    layers = sorted(set(meta["layer"].astype(int)))
+    if len(layers) != 1:
+        raise UsageError(f"probes of {model!r} under {str(store)!r} come from layers {layers}; re-collect one way")
+    meta = meta.reset_index(drop=True)
+    keep = ~meta["query_id"].astype(str).duplicated().to_numpy()
+    vectors = np.hstack([last, mean]).astype(np.float32)[keep]
+    return ProbeTable(
+        model=model,
+        layer=layers[0],
+        query_ids=meta["query_id"].astype(str).to_numpy(dtype=object)[keep],
+        vectors=vectors,
+        prefill_j=meta["prefill_energy_j"].to_numpy(dtype=np.float64)[keep],
+    )
+
+
+def default_probe_model(samples: pd.DataFrame) -> str:
+    """The cheapest model by mean joules per sample: the one whose prefill the probe reads by default."""
+    return str(samples.groupby("model")["energy_j"].mean().idxmin())
+
+
+def _probe_features(
+    probes: ProbeTable | None, query_ids: Sequence[str], fit_ids: Sequence[str] | None
+) -> tuple[np.ndarray, ProbeReduction]:
+    """Reduced probe columns of `query_ids`, by a PCA fitted on `fit_ids`' probes (default: all of them)."""
+    if probes is None:
         raise UsageError(
-            f"feature set needs probe columns {', '.join(missing)} in the store; "
-            "collect with probes or use feature set 'text'"
+            "feature set 'text+probe' needs the store's probe columns (its probe side table): "
+            "pass probes=load_probes(store, model) "
+            "(ttc train does so), or use feature set 'text'"
         )
-    per_query = samples.groupby("query_id")[list(PROBE_NAMES)].mean()
-    return per_query.loc[list(query_ids)].to_numpy(dtype=np.float32)
+    raw, _ = probes.rows(query_ids)
+    fit_raw = raw if fit_ids is None else probes.rows(fit_ids)[0]
+    reduction = fit_reduction(fit_raw, probes.model, probes.layer)
+    return reduction.reduce(raw), reduction
 
 
 def build_dataset(
@@ -138,8 +204,15 @@ def build_dataset(
     feature_set: str = "text",
     soft_labels: bool = True,
     seed: int = 0,
+    probes: ProbeTable | None = None,
+    probe_fit_ids: Sequence[str] | None = None,
 ) -> TrainingData:
-    """Arm rows, features and labels from a store's samples; refuses stores that cannot train."""
+    """Arm rows, features and labels from a store's samples; refuses stores that cannot train.
+
+    "text+probe" needs `probes`; its PCA is fitted on the probes of
+    `probe_fit_ids` (the training queries when known; else every query: the
+    PCA reads no label, but it then sees the held-out queries' inputs).
+    """
     fs = get_feature_set(feature_set)
     _check_samples(samples)
     rows = arm_outcomes(samples, seed=seed)
@@ -163,7 +236,7 @@ def build_dataset(
 
     arms = [Arm.parse(a) for a in arm_ids]
     models = sorted(rows["model"].unique())
-    probe = _probe_matrix(samples, q["query_id"]) if fs.probe else None
+    probe, reduction = _probe_features(probes, q["query_id"].tolist(), probe_fit_ids) if fs.probe else (None, None)
     query_x = fs.transform(q["question"].tolist(), q["task"].tolist(), probe)
     # row_matrix lays out every (query, arm) pair query-major; pick the pairs the store has.
     qi = pd.Index(q["query_id"]).get_indexer(rows["query_id"])
@@ -181,6 +254,7 @@ def build_dataset(
         energy_source=str(rows["energy_source"].iloc[0]),
         meter="+".join(meters),
         store_fingerprint=store_fingerprint(samples),
+        probe_reduction=reduction,
     )
 
 

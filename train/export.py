@@ -35,10 +35,11 @@ import numpy as np
 from policy.allocate import DecisionRule
 from policy.arms import Arm
 from policy.bundle import Policy, load_bundle, sha256
-from policy.bundle_files import BUNDLE_FILES, MANIFEST, PARITY, is_bundle_folder
+from policy.bundle_files import KNOWN_FILES, MANIFEST, PARITY, is_bundle_folder
 from policy.errors import BundleError, UsageError
 from policy.features import FeatureSet, get_feature_set, row_matrix, row_names
 from policy.manifest import Manifest, bundle_digest, check_calibration, resolve_key, sign
+from policy.probe import PROBE_DIMS, PROBE_FILE, ProbeReduction
 from policy.records import ENERGY_SOURCES
 from policy.runtime import make_backend
 from policy.trees import FORMAT, VERSION
@@ -208,6 +209,7 @@ def write_bundle(
     calibration: Mapping[str, Sequence[float]] | None = None,
     reference_x: np.ndarray | None = None,
     key: bytes | str | None = None,
+    probe_reduction: ProbeReduction | None = None,
 ) -> Path:
     """Write a bundle folder from two trained `lightgbm.Booster`s; returns its path.
 
@@ -218,9 +220,15 @@ def write_bundle(
     Raises `BundleError` when numpy or ONNX disagree with LightGBM (beyond
     `NUMPY_TOL` / `ONNX_TOL`, or in a decision). An existing `out_dir` is
     replaced only when it is a bundle of ours. With `key` (or TTC_BUNDLE_KEY)
-    the bundle is signed.
+    the bundle is signed. A "text+probe" feature set needs `probe_reduction`
+    (written as probe.json, covered by the digest).
     """
     fs = get_feature_set(feature_set) if isinstance(feature_set, str) else feature_set
+    if fs.probe != (probe_reduction is not None):
+        raise UsageError(
+            f"feature set {fs.name!r} {'needs' if fs.probe else 'takes no'} probe_reduction; "
+            "pass the one train.dataset.build_dataset fitted (TrainingData.probe_reduction)"
+        )
     rule_obj = rule if isinstance(rule, DecisionRule) else DecisionRule.from_dict(dict(rule))
     models = [str(m) for m in models]
     names = row_names(fs, models)
@@ -239,6 +247,8 @@ def write_bundle(
     arm_ids = [a.arm_id if isinstance(a, Arm) else Arm.parse(str(a)).arm_id for a in arms]
 
     files = _model_files(success_booster, energy_booster, s_obj, len(names))
+    if probe_reduction is not None:
+        files[PROBE_FILE] = probe_reduction.to_json()
     manifest = Manifest(
         arms=arm_ids,
         models=models,
@@ -298,7 +308,7 @@ def _check_boosters(success: Any, energy: Any, fs: FeatureSet, models: list[str]
 def _parity(manifest: Manifest, files: Mapping[str, bytes], fs: FeatureSet, reference_x: np.ndarray | None) -> dict:
     """numpy and ONNX against LightGBM on reference rows; raises `BundleError` when either is not faithful."""
     if reference_x is None:
-        probe = np.zeros((len(_REFERENCE_QUESTIONS), 3), dtype=np.float32) if fs.probe else None
+        probe = np.zeros((len(_REFERENCE_QUESTIONS), PROBE_DIMS), dtype=np.float32) if fs.probe else None
         reference_x = fs.transform(list(_REFERENCE_QUESTIONS), None, probe)
     reference_x = np.asarray(reference_x, dtype=np.float32)
     if reference_x.ndim != 2 or reference_x.shape[1] != len(fs.names()):
@@ -401,7 +411,7 @@ def zip_bundle(bundle_dir: str | Path, dst: str | Path | None = None) -> Path:
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name in BUNDLE_FILES:
+            for name in KNOWN_FILES:
                 if (src / name).is_file():
                     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
                     info.compress_type = zipfile.ZIP_DEFLATED

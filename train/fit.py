@@ -31,7 +31,15 @@ import pandas as pd
 from policy.errors import UsageError, unknown_name
 from policy.features import get_feature_set
 from train import CALIBRATIONS
-from train.dataset import SPLITS, TrainingData, build_dataset, make_split
+from train.dataset import (
+    SPLITS,
+    ProbeTable,
+    TrainingData,
+    build_dataset,
+    default_probe_model,
+    load_probes,
+    make_split,
+)
 from train.registry import PREDICTORS, PredictorSpec
 from train.tune import TrialRecord, TuneResult, check_storage, tune
 
@@ -62,6 +70,8 @@ class TrainConfig:
     num_threads: int = 2
     storage: str | None = None
     study_name: str | None = None
+    #: "text+probe": the model whose prefill the probe reads (None: the cheapest model of the store)
+    probe_model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "holdout_tasks", tuple(self.holdout_tasks or ()))
@@ -138,9 +148,22 @@ class Evaluation:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare(samples: pd.DataFrame, cfg: TrainConfig) -> tuple[TrainingData, RowSplit]:
-    """Arm rows, features and labels of `samples`, and the held-out split `cfg` asks for."""
-    data = build_dataset(samples, feature_set=cfg.feature_set, soft_labels=cfg.soft_labels, seed=cfg.seed)
+def resolve_probes(samples: pd.DataFrame, cfg: TrainConfig, probes: Any) -> ProbeTable | None:
+    """The probe table a "text+probe" run reads: the one given, or `cfg.probe_model`'s from a store path."""
+    if not get_feature_set(cfg.feature_set).probe or probes is None or isinstance(probes, ProbeTable):
+        return probes
+    return load_probes(probes, cfg.probe_model or default_probe_model(samples))
+
+
+def prepare(samples: pd.DataFrame, cfg: TrainConfig, probes: Any = None) -> tuple[TrainingData, RowSplit]:
+    """Arm rows, features and labels of `samples`, and the held-out split `cfg` asks for.
+
+    `probes`: a `ProbeTable` or the store folder to read one from ("text+probe" only).
+    """
+    probes = resolve_probes(samples, cfg, probes)
+    data = build_dataset(
+        samples, feature_set=cfg.feature_set, soft_labels=cfg.soft_labels, seed=cfg.seed, probes=probes
+    )
     sp = make_split(data, cfg.split, test_size=cfg.test_size, seed=cfg.seed, holdout_tasks=cfg.holdout_tasks or None)
     return data, sp
 
@@ -240,18 +263,31 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
         data.energy_source,
         calibration=fitted.calibration,
         reference_x=data.X[np.sort(pick), :n_query_cols],
+        probe_reduction=data.probe_reduction,
     )
     return Path(out_dir)
 
 
 def fit_policy(
-    samples: pd.DataFrame, train_query_ids: Sequence[str], cfg: TrainConfig, out_dir: Path, rule: Any = None
+    samples: pd.DataFrame,
+    train_query_ids: Sequence[str],
+    cfg: TrainConfig,
+    out_dir: Path,
+    rule: Any = None,
+    probes: Any = None,
 ) -> Path:
     """Train on the samples of `train_query_ids` only and write a policy bundle folder at `out_dir`.
 
     No MLflow, no test split, nothing printed: the cross-fitting building block.
     The bundle's metrics are the tuning losses (validation folds of these queries).
     """
-    data = build_dataset(samples, feature_set=cfg.feature_set, soft_labels=cfg.soft_labels, seed=cfg.seed)
+    data = build_dataset(
+        samples,
+        feature_set=cfg.feature_set,
+        soft_labels=cfg.soft_labels,
+        seed=cfg.seed,
+        probes=resolve_probes(samples, cfg, probes),
+        probe_fit_ids=list(train_query_ids) if get_feature_set(cfg.feature_set).probe else None,
+    )
     fitted = fit(data, train_query_rows(data, train_query_ids), cfg)
     return write_policy_bundle(Path(out_dir), fitted, fitted.tuning_metrics(), rule)

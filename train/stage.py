@@ -152,7 +152,7 @@ def train_stage(
     clock = Clock()
     samples = load_samples(store)
     clock.lap("load")
-    data, sp = prepare(samples, cfg)
+    data, sp = prepare(samples, cfg, store)  # store: the probe side table, for text+probe
     clock.lap("dataset")
     mlflow, client, tracking_uri, experiment_id = open_tracking(tracking_uri, experiment)
     tags = {"stage": "train", "energy_source": data.energy_source, "energy_meter": data.meter}

@@ -8,7 +8,13 @@ held out by exactly one fold, and its predictions come from the policy that
 never saw it; `predictions("test")` pools them in `test` order.
 
 The policy's own cost (features, predictions, probe) is metered per fold with
-the overhead meter and charged per query. Never reads files, never logs.
+the overhead meter and charged per query. The probe is one prefill of the
+probe model on the prompt (its joules: the side table's `prefill_energy_j`):
+when the chosen arm runs that model, generation reuses that prefill and its
+joules are already in the arm's (collection charges the prefill to the first
+sample), so nothing extra is charged; when the arm runs another model the
+probe is an extra prefill and its joules are added (`PolicyOverhead.charged`).
+Never reads files, never logs.
 """
 
 from __future__ import annotations
@@ -45,10 +51,21 @@ class PolicyOverhead:
     duration_s: float
     meter: str
     source: str
+    #: the model whose prefill the probe is (None: no probe)
+    probe_model: str | None = None
 
     @property
     def per_query_j(self) -> np.ndarray:
+        """Every part, the probe's prefill included (its cost when no chosen arm shares it)."""
         return self.features_j + self.predict_j + self.probe_j
+
+    def charged(self, arm_idx: np.ndarray, arms: Sequence[Arm]) -> np.ndarray:
+        """Joules per query when query i runs arm `arms[arm_idx[i]]`: the probe's prefill only on another model."""
+        extra = self.probe_j
+        if self.probe_model is not None:
+            other = np.asarray([a.model != self.probe_model for a in arms], dtype=bool)[np.asarray(arm_idx)]
+            extra = np.where(other, self.probe_j, 0.0)
+        return self.features_j + self.predict_j + extra
 
     def summary(self) -> dict[str, Any]:
         """Mean joules per query of each part, the metering time, and the meter."""
@@ -81,7 +98,7 @@ def _pool(parts: Sequence[tuple[np.ndarray, Predictions]], n: int) -> Prediction
         feats[rows], preds[rows], probes[rows] = pr.overhead.features_j, pr.overhead.predict_j, pr.overhead.probe_j
     o = first.overhead
     duration = sum(pr.overhead.duration_s for _, pr in parts)
-    return Predictions(p, e, PolicyOverhead(feats, preds, probes, duration, o.meter, o.source))
+    return Predictions(p, e, PolicyOverhead(feats, preds, probes, duration, o.meter, o.source, o.probe_model))
 
 
 class EvalContext:
@@ -103,6 +120,7 @@ class EvalContext:
         seed: int = 0,
         overhead_meter: str = "estimate",
         folds: Sequence[Fold] | None = None,
+        probes: Any = None,
     ) -> None:
         if test.n_queries == 0:
             raise UsageError("no held-out query has an outcome for every arm of the policy; nothing to evaluate")
@@ -115,6 +133,8 @@ class EvalContext:
         self.big_model = big_model
         self.seed = seed
         self.overhead_meter = overhead_meter
+        #: the store's probe side table (train.dataset.ProbeTable) for "text+probe" policies
+        self.probes = probes
         self.arms = [Arm.parse(a) for a in test.arm_ids]
         self._predictions: dict[tuple[int, str], Predictions] = {}
         self._curves: dict[str, Curve] = {}
@@ -144,24 +164,21 @@ class EvalContext:
         return pd.Index(self.test.query_ids).get_indexer(list(self.folds[k].test.query_ids))
 
     def _probe(self, policy: Any, outcomes: Outcomes) -> tuple[np.ndarray | None, np.ndarray]:
+        """Raw probe vectors of `outcomes`' queries and their prefill joules (none for a text-only policy)."""
         n = outcomes.n_queries
         if not policy.needs_probe:
             return None, np.zeros(n)
-        if self.samples is None:
-            raise UsageError("this policy uses probe features: evaluation needs the store's samples with probe columns")
-        from policy.features import PROBE_NAMES
-
-        need = [*PROBE_NAMES, "probe_energy_j"]
-        missing = [c for c in need if c not in self.samples.columns]
-        if missing:
+        if self.probes is None:
             raise UsageError(
-                f"this policy uses probe features but the store lacks {', '.join(missing)}; "
-                "collect with probes (their joules are charged to the policy) or evaluate a 'text' policy"
+                "this policy reads a prefill probe: evaluate it on a store with a probe side table "
+                "(probes=train.dataset.load_probes(store, model)), or evaluate a 'text' policy"
             )
-        per_q = self.samples.groupby("query_id")[need].mean().reindex(outcomes.query_ids)
-        if per_q.isna().to_numpy().any():
-            raise UsageError("some evaluated queries have no probe values in the store; re-collect their probes")
-        return per_q[list(PROBE_NAMES)].to_numpy(np.float32), per_q["probe_energy_j"].to_numpy(np.float64)
+        if self.probes.model != policy.probe_model:
+            raise UsageError(
+                f"the policy's probe reads model {policy.probe_model!r} but the probes given are of "
+                f"{self.probes.model!r}; load the probes of {policy.probe_model!r}"
+            )
+        return self.probes.rows(outcomes.query_ids)
 
     def fold_predictions(self, k: int, which: str = "test") -> Predictions:
         """Fold k's policy on its held-out ("test") or training ("train") queries, metered."""
@@ -191,6 +208,7 @@ class EvalContext:
                 duration_s=m_feat.duration_s + m_pred.duration_s,
                 meter=meter.name,
                 source=meter.source,
+                probe_model=fold.policy.probe_model,
             )
             self._predictions[(k, which)] = Predictions(p, e, overhead)
         return self._predictions[(k, which)]

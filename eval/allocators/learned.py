@@ -1,7 +1,8 @@
 """Allocators that read the policy's predictions: `learned` (allocate swept over prices and budgets) and
 `difficulty_bins` (Snell et al.'s recipe: quantile bins of predicted difficulty, best arm per bin).
 
-Both are charged the metered joules of computing the policy's features and predictions.
+Both are charged the metered joules of computing the policy's features and predictions, and the
+probe's prefill when the chosen arm runs another model than the probe's (context.PolicyOverhead.charged).
 Never reads files or logs.
 """
 
@@ -32,13 +33,13 @@ class LearnedAllocator(Allocator):
         p, e = pred.p, pred.e
         qids = [str(q) for q in ctx.test.query_ids]
         col = {a: j for j, a in enumerate(ctx.arm_ids)}
-        overhead = pred.overhead.per_query_j
+        charged = pred.overhead.charged
         settings: list[tuple[np.ndarray, Any]] = []
         for lam in lambda_grid(hull_slopes(p, e), self.n_lambdas):
             dec = ctx.policy.allocate_predictions(p, e, qids, lam=float(lam))
             settings.append((np.asarray([col[d.arm_id] for d in dec]), ("price", float(lam))))
         points = [
-            _point(ctx, f"price lam={lam:.3g}", {"mode": "price", "lam": lam}, idx, overhead)
+            _point(ctx, f"price lam={lam:.3g}", {"mode": "price", "lam": lam}, idx, charged(idx, ctx.arms))
             for idx, (_, lam) in _dedupe(settings)
         ]
         floor_j, top_j = float(e.min(axis=1).mean()), float(e.max(axis=1).mean())
@@ -50,7 +51,7 @@ class LearnedAllocator(Allocator):
         for idx, (_, b) in _dedupe(budget_settings):
             predicted = float(e[rows, idx].mean())
             params = {"mode": "budget", "budget_j": b, "predicted_energy_j": predicted}
-            points.append(_point(ctx, f"budget {b:.3g} J", params, idx, overhead))
+            points.append(_point(ctx, f"budget {b:.3g} J", params, idx, charged(idx, ctx.arms)))
         notes = {f"overhead_{k}": v for k, v in pred.overhead.summary().items()}
         return Curve(self.name, points, notes=notes)
 
@@ -96,9 +97,9 @@ class DifficultyBinsAllocator(Allocator):
                 best = np.asarray([np.lexsort((joules[b], -score[b]))[0] for b in range(len(acc))])
                 idx[r] = best[bin_te]
             settings.append((idx, float(lam)))
-        overhead = ctx.predictions("test").overhead.per_query_j
+        charged = ctx.predictions("test").overhead.charged
         points = [
-            _point(ctx, f"bins lam={lam:.3g}", {"lam": lam, "n_bins": self.n_bins}, idx, overhead)
+            _point(ctx, f"bins lam={lam:.3g}", {"lam": lam, "n_bins": self.n_bins}, idx, charged(idx, ctx.arms))
             for idx, lam in _dedupe(settings)
         ]
         notes = folds[0][3] if len(folds) == 1 else {"folds": [f[3] for f in folds]}
