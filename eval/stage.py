@@ -157,13 +157,17 @@ def evaluate(
     work_dir: Path,
     meta: dict[str, Any],
     probes: Any = None,
+    feature_set: str | None = None,
 ) -> Evaluation:
-    """The work: fold policies (cross-fitting), outcome matrices, every allocator's curve, the report dict."""
+    """The work: fold policies (cross-fitting), outcome matrices, every allocator's curve, the report dict.
+
+    `feature_set`: the fold policies' (default: the bundle's, else "text"); "text+probe" needs `probes`.
+    """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     policies = [policy] * len(held.folds)
     if held.cross_fitted:
-        feature_set = policy.feature_set.name if policy is not None else "text"
+        feature_set = feature_set or (policy.feature_set.name if policy is not None else "text")
         policies = train_fold_policies(
             samples, held.folds, work_dir, feature_set=feature_set, n_trials=cfg.fold_trials,
             seed=cfg.seed, num_threads=cfg.num_threads, rule=policy.rule if policy is not None else None,

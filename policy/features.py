@@ -192,3 +192,27 @@ def row_matrix_from_block(query_x: np.ndarray, arm_x: np.ndarray) -> np.ndarray:
     """`row_matrix` from the arm columns already computed (`arm_block`)."""
     nq, na = query_x.shape[0], arm_x.shape[0]
     return np.hstack([np.repeat(query_x, na, axis=0), np.tile(arm_x, (nq, 1))]).astype(np.float32)
+
+
+#: First-sample confidence signals of the two-stage rule (eval/allocators/two_stage.py), in column order.
+FIRST_SAMPLE_NAMES = ("first_mean_logprob", "first_min_logprob", "first_mean_entropy", "first_answered", "first_tokens")
+
+
+def first_sample_signals(
+    token_logprob: Sequence[Sequence[float]],
+    token_entropy: Sequence[Sequence[float]],
+    answered: Sequence[bool],
+    tokens: Sequence[int],
+) -> np.ndarray:
+    """(n, 5) float32 `FIRST_SAMPLE_NAMES` of n first samples, each given up to its cap's tokens.
+
+    Mean and minimum chosen-token log-probability and mean entropy (nats, the model's
+    temperature-1 distribution; NaN when the sample has no token), whether an answer
+    was extracted, and its length in tokens.
+    """
+    rows = []
+    for lp, ent, ok, n in zip(token_logprob, token_entropy, answered, tokens, strict=True):
+        lp, ent = np.asarray(lp, dtype=np.float64), np.asarray(ent, dtype=np.float64)
+        stats = (lp.mean(), lp.min()) if lp.size else (math.nan, math.nan)
+        rows.append([*stats, ent.mean() if ent.size else math.nan, float(bool(ok)), float(n)])
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(FIRST_SAMPLE_NAMES))

@@ -24,6 +24,10 @@ name in `ALLOCATORS`, which the CLI's choices come from:
 - adaptive_consistency, esc: the published stopping rules (Aggarwal et al.
   2023's Beta criterion; Li et al. 2024's unanimous windows), replayed the same
   way and charged the samples they drew (eval/allocators/peers.py).
+- two_stage: one look (a sample of the cheapest one-sample arm), then the arm
+  of best predicted accuracy per marginal joule given that sample's confidence
+  signals; simulated exactly, stage 1 always charged and its sample reused
+  (eval/allocators/two_stage.py).
 - oracle: in hindsight, each query's cheapest correct arm (its cheapest arm if
   none is correct): the top point of the hindsight price sweep, whose points
   bound every one-arm-per-query assignment from above.
@@ -54,6 +58,7 @@ from eval.allocators.learned import DifficultyBinsAllocator, LearnedAllocator
 from eval.allocators.peers import AdaptiveConsistencyAllocator, ESCAllocator, ac_samples, beta_confidence, esc_window
 from eval.allocators.random_arms import RandomAllocator, max_entropy_mix
 from eval.allocators.stopping import EarlyStoppingAllocator, stop_after
+from eval.allocators.two_stage import TwoStageAllocator
 from policy.errors import UsageError, unknown_name
 
 __all__ = [
@@ -88,6 +93,7 @@ ALLOCATORS: dict[str, Callable[[], Allocator]] = {
     EarlyStoppingAllocator.name: EarlyStoppingAllocator,
     AdaptiveConsistencyAllocator.name: AdaptiveConsistencyAllocator,
     ESCAllocator.name: ESCAllocator,
+    TwoStageAllocator.name: TwoStageAllocator,
     OracleAllocator.name: OracleAllocator,
 }
 

@@ -1,0 +1,146 @@
+"""Difficulty from the model itself: text-only vs text+probe vs two-stage, cross-fitted, side by side.
+
+    .venv/bin/python benchmarks/probe.py --store data/reference-v2 [--folds 5] [--split query|task] [--n-boot 1000]
+
+For each policy, every query is held out once (eval/crossfit.py: K query folds,
+or leave-one-task-out with --split task) and a policy per fold is trained on
+the rest: "text" and "text+probe" (the probe of --probe-model, default the
+cheapest model; its PCA fitted per fold) through the `learned` allocator, and
+the `two_stage` allocator (first-sample signals + text) on the text folds.
+Printed per method: held-out Brier and AUC of the success predictor over every
+(query, arm) pair (hard labels), the energy saved at the best fixed arm's
+accuracy, the accuracy gain at its joules, the share of the oracle's saving,
+and the saving minus each peer rule's, each with a paired bootstrap 95%
+interval; then the probe's joules as a share of the cheapest arm's, and the
+decision latency of a probe policy per query excluding the model's prefill.
+Reads the store, writes only temporary fold bundles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.allocators.two_stage import stage_two_scores  # noqa: E402
+from eval.headline import compute_headline  # noqa: E402
+from eval.inputs import cross_fitted  # noqa: E402
+from eval.report import headline_inputs  # noqa: E402
+from eval.stage import EvalConfig, evaluate  # noqa: E402
+from store.loader import load_samples  # noqa: E402
+from train.dataset import default_probe_model, load_probes  # noqa: E402
+
+BASE = ("fixed", "oracle", "early_stopping", "adaptive_consistency", "esc")
+
+
+def _iv(iv) -> str:
+    """point [low, high]; "undef" where the frontier never reaches the reference accuracy (no equal-accuracy point)."""
+    if iv is None or not np.isfinite(iv.point):
+        return "undef"
+    return f"{iv.point:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+
+
+def _row(name: str, scores: dict, h) -> list[str]:
+    peers = {p.peer: p.learned_minus_peer_energy_saved for p in h.peers}
+    return [
+        name,
+        f"{scores['success_brier']:.4f}",
+        f"{scores['success_auc']:.3f}",
+        f"{h.learned_top_accuracy.point:.3f}",
+        _iv(h.energy_saved_at_equal_accuracy),
+        _iv(h.accuracy_gain_at_equal_energy),
+        _iv(h.oracle_share_of_energy_saving),
+        _iv(peers.get("adaptive_consistency")),
+        _iv(peers.get("esc")),
+    ]
+
+
+def run(store: str, folds: int, split: str, n_boot: int, fold_trials: int, probe_model: str | None, seed: int):
+    samples = load_samples(store)
+    probe_model = probe_model or default_probe_model(samples)
+    probes = load_probes(store, probe_model)
+    samples = samples[samples["query_id"].astype(str).isin(set(probes.query_ids))]  # queries with a probe
+    held = cross_fitted(samples, split, folds, seed)
+    table, evs = [], {}
+    for fs, extra in (("text", ("learned", "two_stage")), ("text+probe", ("learned",))):
+        cfg = EvalConfig(split, n_boot, seed, allocators=(*BASE, *extra), folds=folds, fold_trials=fold_trials)
+        with tempfile.TemporaryDirectory(prefix="ttc-probe-bench-") as work:
+            ev = evaluate(samples, None, held, cfg, Path(work), {"store": store}, probes, feature_set=fs)
+        evs[fs] = ev
+        pred = ev.ctx.predictions("test")
+        table.append(_row(f"learned {fs}", stage_two_scores(pred.p, ev.ctx.test.correct), ev.report["headline"]))
+        if "two_stage" in ev.curves:
+            ctx, curves = ev.ctx, dict(ev.curves)
+            curves["learned"] = curves["two_stage"]
+            cols = np.arange(ctx.test.n_queries)
+            h = compute_headline(headline_inputs(ctx, curves, cols), ev.report["energy"]["source"], n_boot, seed)
+            table.append(_row("two_stage (text)", curves["two_stage"].notes, h))
+    return samples, probes, evs, table
+
+
+def _latency(ev, probes, n: int = 2000) -> float:
+    """ms per query of Policy.allocate on a probe policy, given raw probes (no prefill), over n queries."""
+    policy = ev.ctx.folds[0].policy
+    t = ev.ctx.test
+    reps = -(-n // t.n_queries)
+    questions, tasks = (list(t.questions) * reps)[:n], (list(t.tasks) * reps)[:n]
+    raw = np.tile(probes.rows(list(t.query_ids))[0], (reps, 1))[:n]
+    policy.allocate(questions[:10], tasks[:10], probe=raw[:10])  # warm-up
+    t0 = time.perf_counter()
+    policy.allocate(questions, tasks, probe=raw)
+    return (time.perf_counter() - t0) * 1000 / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--split", default="query", choices=["query", "task"])
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--fold-trials", type=int, default=0, help="Optuna trials per fold predictor (0: defaults)")
+    ap.add_argument("--probe-model", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    samples, probes, evs, table = run(a.store, a.folds, a.split, a.n_boot, a.fold_trials, a.probe_model, a.seed)
+    ev = evs["text+probe"]
+    h = ev.report["headline"]
+    print(
+        f"store {a.store}: {samples['query_id'].nunique()} queries with a probe, {samples['task'].nunique()} tasks, "
+        f"{a.folds if a.split == 'query' else 'leave-one-task-out'} folds ({a.split}), probe of {probes.model} "
+        f"layer {probes.layer} ({probes.vectors.shape[1]} floats -> 16), best fixed arm {h.best_fixed_arm}, "
+        f"{ev.report['energy']['label']}"
+    )
+    print(f"best fixed arm accuracy {h.best_fixed_accuracy.point:.3f} at {h.best_fixed_energy_j.point:.4g} J/query")
+    head = [
+        "method",
+        "Brier",
+        "AUC",
+        "top acc",
+        "saved@eq.acc",
+        "acc.gain@eq.J",
+        "oracle share",
+        "saved-AC",
+        "saved-ESC",
+    ]
+    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
+    for r in [head, *table]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    ctx = ev.ctx
+    cheapest = int(np.argmin(ctx.test.energy_j.mean(axis=0)))
+    probe_j = float(np.mean(probes.rows(list(ctx.test.query_ids))[1]))
+    cheap_j = float(ctx.test.energy_j[:, cheapest].mean())
+    print(
+        f"probe prefill {probe_j:.4g} J/query = {probe_j / cheap_j:.1%} of the cheapest arm "
+        f"{ctx.arm_ids[cheapest]} ({cheap_j:.4g} J); charged only when the chosen arm runs another model"
+    )
+    print(f"decision latency (text+probe policy, raw probes given, numpy backend): {_latency(ev, probes):.3f} ms/query")
+
+
+if __name__ == "__main__":
+    main()
