@@ -1,0 +1,270 @@
+"""Difficulty from the model itself: the probe reduction in the bundle, probe policies on a real store,
+the probe's joules in eval, and the two-stage (look, then decide) simulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from policy_fixtures import build_synthetic_bundle, rehash_bundle, synthetic_probe, synthetic_questions
+
+from eval.allocators import EvalContext, Outcomes, PolicyOverhead
+from eval.allocators.two_stage import TwoStageAllocator, continues, stage_one_arm, stage_one_signals
+from policy.arms import Arm
+from policy.bundle import load_bundle
+from policy.errors import BundleError, UsageError
+from policy.features import FEATURE_SETS, FIRST_SAMPLE_NAMES, get_feature_set
+from policy.probe import PROBE_DIMS, fit_reduction
+
+SMALL = dict(
+    models=["smollm2-135m"],
+    tasks=["rg.basic_arithmetic_1d", "rg.products_1x1"],
+    items_per_task=6,
+    n_samples=2,
+    levels=[4, 12],
+    greedy=True,
+    queries_per_batch=6,
+    track=False,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def probe_bundle(tmp_path_factory) -> Path:
+    return build_synthetic_bundle(tmp_path_factory.mktemp("probe") / "policy", feature_set="text+probe")
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> Path:
+    """A real store: SmolLM2 on 12 queries of two tasks, with its probe side table."""
+    from collect.config import make_config
+    from collect.stage import collect_stage
+
+    store = tmp_path_factory.mktemp("probe_store")
+    collect_stage(make_config(None, store=str(store), **SMALL).validate(), progress=False)
+    return store
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+# ---------------------------------------------------------------- the reduction in the bundle
+
+
+def test_the_probe_reduction_round_trips_through_the_bundle(probe_bundle):
+    from policy_fixtures import synthetic_reduction
+
+    policy = load_bundle(probe_bundle)
+    r, want = policy.probe_reduction, synthetic_reduction(0)
+    assert (r.model, r.layer, r.components.shape) == (want.model, want.layer, (PROBE_DIMS, want.width))
+    assert np.array_equal(r.mean, want.mean) and np.array_equal(r.components, want.components)
+    questions, tasks, hard = synthetic_questions(6, seed=3)
+    raw = synthetic_probe(hard, 3)
+    x = policy.query_features(questions, tasks, raw)
+    expected = get_feature_set("text+probe").transform(questions, tasks, want.reduce(raw))
+    assert np.array_equal(x, expected)
+    assert policy.probe_model == "smollm2-135m" and "probe of smollm2-135m layer 30" in policy.describe()
+
+
+def test_a_changed_probe_file_is_refused_by_the_digest(probe_bundle, tmp_path):
+    copy = _copy(probe_bundle, tmp_path / "b")
+    d = json.loads((copy / "probe.json").read_text())
+    d["mean"][0] += 1.0
+    (copy / "probe.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="probe.json"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d["mean"].pop(), "'mean'"),
+        (lambda d: d["components"].pop(), "'components'"),
+        (lambda d: d["components"][0].append(0.5), "'components'"),
+        (lambda d: d["mean"].__setitem__(0, "x"), "'mean'"),
+        (lambda d: d.__setitem__("layer", "30"), "'layer'"),
+        (lambda d: d.__setitem__("dims", 8), "to 8 dims"),
+    ],
+)
+def test_probe_arrays_of_the_wrong_shape_or_type_are_refused_even_when_rehashed(probe_bundle, tmp_path, edit, match):
+    copy = _copy(probe_bundle, tmp_path / "b")
+    d = json.loads((copy / "probe.json").read_text())
+    edit(d)
+    (copy / "probe.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=match):
+        load_bundle(rehash_bundle(copy))
+
+
+def test_a_nan_in_the_probe_arrays_is_refused(probe_bundle, tmp_path):
+    copy = _copy(probe_bundle, tmp_path / "b")
+    text = (copy / "probe.json").read_text()
+    d = json.loads(text)
+    d["mean"][1] = float("nan")
+    (copy / "probe.json").write_text(json.dumps(d))  # json writes NaN, which json.loads reads back
+    with pytest.raises(BundleError, match="finite"):
+        load_bundle(rehash_bundle(copy))
+
+
+def test_a_probe_policy_without_its_probe_file_and_a_text_policy_with_one_are_refused(probe_bundle, tmp_path):
+    copy = _copy(probe_bundle, tmp_path / "p")
+    (copy / "probe.json").unlink()
+    d = json.loads((copy / "policy.json").read_text())
+    del d["files"]["probe.json"]
+    (copy / "policy.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="needs probe.json"):
+        load_bundle(rehash_bundle(copy))
+    text = _copy(build_synthetic_bundle(tmp_path / "t"), tmp_path / "t2")
+    (text / "probe.json").write_bytes((probe_bundle / "probe.json").read_bytes())
+    d = json.loads((text / "policy.json").read_text())
+    d["files"]["probe.json"] = ""
+    (text / "policy.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="reads no probe"):
+        load_bundle(rehash_bundle(text))
+
+
+def test_allocating_without_probes_or_with_the_wrong_width_names_the_fix(probe_bundle):
+    policy = load_bundle(probe_bundle)
+    questions, tasks, hard = synthetic_questions(4, seed=1)
+    with pytest.raises(UsageError, match="--probe-model smollm2-135m"):
+        policy.allocate(questions, tasks)
+    with pytest.raises(UsageError, match=r"shape \(n_questions, 24\)"):
+        policy.allocate(questions, tasks, probe=np.zeros((4, 23)))
+    assert len(policy.allocate(questions, tasks, probe=synthetic_probe(hard, 1))) == 4
+
+
+def test_the_pca_keeps_sixteen_dims_is_deterministic_and_centres_the_training_vectors():
+    x = np.random.default_rng(0).normal(size=(9, 40))  # fewer vectors than dims: padded with zero rows
+    a, b = fit_reduction(x, "m", 3), fit_reduction(x.copy(), "m", 3)
+    assert a.components.shape == (PROBE_DIMS, 40) and np.array_equal(a.components, b.components)
+    assert not a.components[9:].any()
+    assert np.allclose(a.reduce(x).mean(axis=0), 0, atol=1e-5)
+    with pytest.raises(UsageError, match="at least 2"):
+        fit_reduction(x[:1], "m", 3)
+
+
+def test_every_declared_feature_set_trains_exports_and_predicts(tmp_path):
+    """No feature set is declared without being computed: each one's bundle loads and predicts."""
+    for name, fs in FEATURE_SETS.items():
+        policy = load_bundle(build_synthetic_bundle(tmp_path / name.replace("+", "_"), feature_set=name))
+        questions, tasks, hard = synthetic_questions(3, seed=2)
+        p, e = policy.predict(questions, tasks, probe=synthetic_probe(hard, 2) if fs.probe else None)
+        assert p.shape == (3, len(policy.arms)) and (e > 0).all()
+
+
+# ---------------------------------------------------------------- a real store
+
+
+def test_a_probe_policy_trained_on_a_real_small_store_predicts(small_store, tmp_path):
+    from store.loader import load_samples
+    from train.dataset import load_probes
+    from train.fit import TrainConfig, fit_policy
+
+    samples = load_samples(small_store)
+    probes = load_probes(small_store, "smollm2-135m")
+    ids = sorted(samples["query_id"].unique())
+    assert len(ids) == 12 and probes.vectors.shape == (12, 2 * 576)
+    cfg = TrainConfig(feature_set="text+probe", n_trials=0, num_threads=1)
+    policy = load_bundle(fit_policy(samples, ids[:10], cfg, tmp_path / "b", probes=probes))
+    r = policy.probe_reduction
+    assert (r.model, r.layer) == ("smollm2-135m", probes.layer)
+    # the PCA was fitted on the training queries only
+    assert np.allclose(r.mean, probes.rows(ids[:10])[0].astype(np.float64).mean(axis=0))
+    q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids[10:]]
+    decisions = policy.allocate(q["question"].tolist(), q["task"].tolist(), probe=probes.rows(ids[10:])[0])
+    assert [d.arm_id in policy.arm_ids for d in decisions] == [True, True]
+    assert all(0.0 <= d.p_success <= 1.0 for d in decisions)
+
+
+# ---------------------------------------------------------------- the probe's joules in eval
+
+
+def test_the_probe_prefill_is_charged_only_when_the_chosen_arm_runs_another_model():
+    arms = [Arm("small", 1, 16, 0.7), Arm("big", 1, 16, 0.7)]
+    o = PolicyOverhead(np.full(3, 0.1), np.full(3, 0.01), np.array([1.0, 2.0, 3.0]), 0.0, "estimate", "estimated",
+                       probe_model="small")  # fmt: skip
+    assert np.allclose(o.charged(np.array([0, 1, 1]), arms), [0.11, 2.11, 3.11])
+    assert np.allclose(o.charged(np.array([0, 0, 0]), arms), [0.11, 0.11, 0.11])
+    text = PolicyOverhead(np.full(3, 0.1), np.full(3, 0.01), np.zeros(3), 0.0, "estimate", "estimated")
+    assert np.allclose(text.charged(np.array([0, 1, 1]), arms), 0.11)
+
+
+# ---------------------------------------------------------------- two-stage, on hand-built outcomes
+
+ARMS = [Arm("small", 1, 16, 0.7), Arm("small", 2, 32, 0.7), Arm("big", 1, 16, 0.0)]
+
+
+def _outcomes(qids: list[str], correct: list[list[int]], energy: list[list[float]]) -> Outcomes:
+    n = len(qids)
+    return Outcomes(
+        np.asarray(qids, dtype=object), np.asarray(["t"] * n, dtype=object), [f"What is {q}?" for q in qids],
+        [a.arm_id for a in ARMS], np.asarray(correct), np.asarray(energy), np.ones((n, 3)), np.ones((n, 3), bool),
+    )  # fmt: skip
+
+
+def _samples(qids: list[str], confident: list[bool]) -> pd.DataFrame:
+    rows = []
+    for q, ok in zip(qids, confident, strict=True):
+        for k in (1, 0):  # stored out of order: the first sample is sample_index 0, not the first row
+            lp = [-0.01, -0.02, -0.05] if ok else [-2.0, -3.0, -1.5]
+            rows.append(dict(query_id=q, model="small", temperature=0.7, sample_index=k, levels=[16, 32],
+                             level_output_tokens=[3, 3], level_answer=["1" if ok else None] * 2,
+                             token_logprob=lp if k == 0 else [-9.0] * 3, token_entropy=[-x for x in lp]))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+class _StubPolicy:
+    """A fold policy whose predicted joules are the realised ones (the two-stage rule reads only those)."""
+
+    needs_probe, probe_model = False, None
+
+    def __init__(self, e: dict[str, list[float]]) -> None:
+        self.arm_ids, self.arms, self._e = [a.arm_id for a in ARMS], ARMS, e
+
+    def query_features(self, questions, tasks, probe=None):
+        return np.asarray([self._e[q.split()[-1].rstrip("?")] for q in questions])
+
+    def predict_features(self, x):
+        return np.full(x.shape, 0.5), np.asarray(x, dtype=float)
+
+
+def test_stage_one_signals_read_the_first_sample_up_to_its_cap():
+    sig = stage_one_signals(_samples(["a", "b"], [True, False]), ["a", "b"], ARMS[0])
+    assert sig.shape == (2, len(FIRST_SAMPLE_NAMES))
+    assert np.allclose(sig[0, :3], [np.mean([-0.01, -0.02, -0.05]), -0.05, np.mean([0.01, 0.02, 0.05])])
+    assert list(sig[:, 3]) == [1.0, 0.0] and list(sig[:, 4]) == [3.0, 3.0]
+
+
+def test_two_stage_always_charges_stage_one_and_reuses_its_sample():
+    from eval.allocators import Fold
+
+    # training: confident first samples are right on the cheap arm; unsure ones need the big model
+    train_ids = [f"r{i}" for i in range(40)]
+    conf = [i % 2 == 0 for i in range(40)]
+    train_c = [[1, 1, 1] if c else [0, 0, 1] for c in conf]
+    e_row = [1.0, 2.5, 4.0]
+    test_ids = ["x", "y"]
+    test = _outcomes(test_ids, [[1, 1, 0], [0, 0, 1]], [[1.0, 2.5, 4.0], [1.2, 2.6, 4.4]])
+    train = _outcomes(train_ids, train_c, [e_row] * 40)
+    samples = _samples(train_ids + test_ids, conf + [True, False])
+    e = {q: e_row for q in train_ids} | {"x": [1.0, 2.5, 4.0], "y": [1.2, 2.6, 4.4]}
+    ctx = EvalContext(test, samples=samples, folds=[Fold("f", test, train, _StubPolicy(e))])
+    assert stage_one_arm(train, ARMS) == 0 and list(continues(ARMS, ARMS[0])) == [True, True, False]
+    curve = TwoStageAllocator().curve(ctx)
+    rows = np.arange(2)
+    for pt in curve.points:
+        idx = np.asarray([ctx.arm_ids.index(a) for a in pt.arm_ids])
+        own = test.energy_j[rows, idx]
+        stage1 = np.where(idx == 2, test.energy_j[rows, 0], 0.0)  # only the big model's arm pays stage 1 on top
+        overhead = pt.energy_j - own - stage1
+        assert (overhead >= 0).all() and (overhead < 0.05).all()
+        assert list(pt.correct) == list(test.correct[rows, idx])
+    chosen = {pt.arm_ids for pt in curve.points}
+    assert (ARMS[0].arm_id, ARMS[2].arm_id) in chosen  # the confident query stops, the unsure one escalates
+    assert (ARMS[0].arm_id, ARMS[0].arm_id) in chosen  # at a high price both stop after the look
