@@ -346,8 +346,9 @@ def test_cli_refuses_a_negative_actor_count_before_starting_ray(tmp_path):
 
     from ttc.cli import app
 
-    out = CliRunner().invoke(app, ["collect", "--ray", "local", "--ray-actors", "-1", "--store", str(tmp_path / "s")])
-    assert out.exit_code == 2 and "--ray-actors must be >= 0" in out.output
+    args = ["collect", "--ray", "local", "--ray-actors", "-1", "--store", str(tmp_path / "s")]
+    out = CliRunner().invoke(app, [*args, "--model", "smollm2-135m", "--task", "rg.basic_arithmetic_1d"])
+    assert out.exit_code == 2 and "--ray-actors must be >= 0" in out.output, out.output
 
 
 def test_cli_names_the_fix_for_an_address_where_no_cluster_answers(tmp_path):
