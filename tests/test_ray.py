@@ -116,20 +116,27 @@ def test_ray_collection_gives_the_single_process_samples(ray_cluster, reference,
     assert again.units_run == 0 and again.units_already_stored == 4 and again.collect.new_samples == 0
 
 
-class _KillOther:
-    """On the first unit back, SIGKILL the other actor's process (busy with its own unit)."""
+class _Killer:
+    """Kills an actor twice mid-unit: SIGKILL of the other actor's process when the first unit comes back,
+    `ray.kill` of the actor that returned the second (the pool has just handed it the last unit)."""
 
     def __init__(self) -> None:
         self.pids: list[int] = []
-        self.killed: int | None = None
+        self.handles: list = []
+        self.killed: list[str] = []
 
     def actors_ready(self, infos, handles) -> None:
-        self.pids = [i.pid for i in infos]
+        self.pids, self.handles = [i.pid for i in infos], handles
 
     def unit_done(self, result, progress) -> None:
-        if self.killed is None:
-            self.killed = next(p for p in self.pids if p != result.pid)
-            os.kill(self.killed, signal.SIGKILL)
+        import ray
+
+        if not self.killed:
+            os.kill(next(p for p in self.pids if p != result.pid), signal.SIGKILL)
+            self.killed.append("sigkill")
+        elif len(self.killed) == 1:
+            ray.kill(self.handles[result.actor], no_restart=False)
+            self.killed.append("ray.kill")
 
 
 @pytest.mark.slow
@@ -137,13 +144,13 @@ def test_actor_killed_mid_unit_loses_nothing_and_stores_nothing_twice(ray_cluste
     from collect.distributed import run_distributed
 
     store = tmp_path / "ray"
-    killer = _KillOther()
+    killer = _Killer()
     r = run_distributed(_cfg(store), ray_cluster, max_actors=2, progress=False, observer=killer)
-    assert killer.killed is not None and r.failed == ()
-    assert {x.pid for x in r.results} - set(killer.pids), "no unit ran on the restarted actor"
-    _assert_same_samples(store, reference[1])  # the retried unit regenerated the same samples
+    assert killer.killed == ["sigkill", "ray.kill"] and r.failed == ()
+    assert len({x.pid for x in r.results} - set(killer.pids)) >= 2, "the killed units did not run on restarts"
+    _assert_same_samples(store, reference[1])  # the retried units regenerated the same samples
     assert len(list(store.glob("shard-unit-*.parquet"))) == 4
-    assert not list(store.glob(".*.tmp"))  # the killed attempt's temporary file was cleaned by the driver
+    assert not list(store.glob(".*.tmp"))  # the killed attempts' temporary files were cleaned by the driver
 
 
 @pytest.mark.slow
