@@ -33,6 +33,7 @@ _STYLE = {
     "early_stopping": ("tab:purple", "v", "--"),
     "adaptive_consistency": ("tab:pink", "P", "--"),
     "esc": ("tab:olive", "*", "--"),
+    "two_stage": ("tab:cyan", "h", "-"),
     "oracle": ("black", "", "-"),
 }
 

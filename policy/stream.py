@@ -10,7 +10,7 @@ and allocate once at the end. Either way the result equals
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -33,8 +33,13 @@ def allocate_stream(
     lam: float | None = None,
     budget_j: float | None = None,
     chunk: int = CHUNK,
+    probe_fn: Callable[[list[str], list[str | None]], np.ndarray] | None = None,
 ) -> Iterator[Decision]:
-    """Decisions, in input order, for (query_id, question, task) triples under the stored rule or `lam`/`budget_j`."""
+    """Decisions, in input order, for (query_id, question, task) triples under the stored rule or `lam`/`budget_j`.
+
+    `probe_fn(questions, tasks)`: the raw probe vectors of a chunk, for a policy that reads a probe
+    (ttc.bundle_stages.prefill_probes runs the probe model's prefill).
+    """
     if lam is not None and budget_j is not None:
         raise UsageError("give a price (lam) or a budget (budget_j), not both")
     if chunk < 1:
@@ -43,13 +48,13 @@ def allocate_stream(
     batches = _batches(iter(queries), chunk)
     if not whole_batch:
         for ids, questions, tasks in batches:
-            p, e = policy.predict(questions, tasks)
+            p, e = policy.predict(questions, tasks, probe_fn(questions, tasks) if probe_fn else None)
             yield from policy.allocate_predictions(p, e, ids, lam=lam)
         return
     all_ids: list[str] = []
     ps, es = [], []
     for ids, questions, tasks in batches:
-        p, e = policy.predict(questions, tasks)
+        p, e = policy.predict(questions, tasks, probe_fn(questions, tasks) if probe_fn else None)
         all_ids.extend(ids)
         ps.append(p)
         es.append(e)

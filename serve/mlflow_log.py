@@ -62,7 +62,7 @@ def log_policy_model(
             code_paths=[str(policy_dir)],
             model_config={"backend": backend},
             signature=signature,
-            input_example=pd.DataFrame(INPUT_EXAMPLE),
+            input_example=pd.DataFrame(_input_example(policy)),
             pip_requirements=_requirements(mlflow.__version__, backend),
             registered_model_name=registered_name,
         )
@@ -75,6 +75,15 @@ def log_policy_model(
         mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, str(info.registered_model_version))
         return f"models:/{registered_name}@{alias}"
     return f"models:/{registered_name}/{info.registered_model_version}"
+
+
+def _input_example(policy) -> dict[str, list]:
+    """The example row; a probe policy's carries a probe vector of its width (zeros, for the shape only)."""
+    if policy.probe_reduction is None:
+        return INPUT_EXAMPLE
+    import json
+
+    return {**INPUT_EXAMPLE, "probe": [json.dumps([0.0] * policy.probe_reduction.width)]}
 
 
 def _requirements(mlflow_version: str, backend: str) -> list[str]:
@@ -101,6 +110,8 @@ def _signature():
                 ColSpec("string", "question"),
                 ColSpec("string", "task", required=False),
                 ColSpec("string", "query_id", required=False),
+                # a text+probe policy: the question's raw probe vector as a JSON list of numbers
+                ColSpec("string", "probe", required=False),
             ]
         ),
         outputs=Schema(

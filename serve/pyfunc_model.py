@@ -5,7 +5,10 @@ MLflow executes this file when it loads the model (`mlflow.pyfunc.load_model`,
 as the artifact "bundle" and the `policy` package as code. It imports mlflow
 at module level; `import policy` never imports it.
 
-Input: a DataFrame with column `question`, optional `task` and `query_id`.
+Input: a DataFrame with column `question`, optional `task` and `query_id`;
+a "text+probe" policy also needs `probe`: each question's raw probe vector
+(policy/probe.py: probe_last then probe_mean of the bundle's probe model) as a
+JSON list of numbers (or a list).
 Output: one row per input row with the chosen `arm_id`, its predicted
 `p_success` and `energy_j`, the `rule` that chose it, the price `lam`, and
 `energy_source` (whether the joules the policy learnt from were measured or
@@ -52,6 +55,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             questions,
             tasks,
             query_ids,
+            probe=_probes(df) if self.policy_.needs_probe else None,
             lam=None if lam is None else float(lam),
             budget_j=None if budget_j is None else float(budget_j),
         )
@@ -71,6 +75,23 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             ],
             columns=OUTPUT_COLUMNS,
         )
+
+
+def _probes(df: pd.DataFrame) -> Any:
+    """The `probe` column as an (n, width) float array; `UsageError` naming the column when absent or malformed."""
+    import json
+
+    import numpy as np
+
+    from policy.errors import UsageError
+
+    if "probe" not in df.columns:
+        raise UsageError("this policy reads a prefill probe: add a 'probe' column (a JSON list of numbers per row)")
+    try:
+        rows = [json.loads(v) if isinstance(v, str) else list(v) for v in df["probe"]]
+        return np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"the 'probe' column must hold one list of numbers per row of equal length: {exc}") from exc
 
 
 def _optional(df: pd.DataFrame, column: str) -> list[str | None] | None:

@@ -224,6 +224,7 @@ def test_unrunnable_allocators_are_skipped_by_default_and_refused_by_name(ctx):
         "early_stopping",
         "adaptive_consistency",
         "esc",
+        "two_stage",
     }
     with pytest.raises(UsageError, match="early_stopping"):
         run_allocators(bare, ["early_stopping"])

@@ -268,3 +268,71 @@ def test_two_stage_always_charges_stage_one_and_reuses_its_sample():
     chosen = {pt.arm_ids for pt in curve.points}
     assert (ARMS[0].arm_id, ARMS[2].arm_id) in chosen  # the confident query stops, the unsure one escalates
     assert (ARMS[0].arm_id, ARMS[0].arm_id) in chosen  # at a high price both stop after the look
+
+
+# ---------------------------------------------------------------- export: ttc allocate --probe-model, the pyfunc
+
+
+@pytest.fixture(scope="module")
+def small_policy(small_store, tmp_path_factory) -> Path:
+    from store.loader import load_samples
+    from train.dataset import load_probes
+    from train.fit import TrainConfig, fit_policy
+
+    samples = load_samples(small_store)
+    ids = sorted(samples["query_id"].unique())
+    cfg = TrainConfig(feature_set="text+probe", n_trials=0, num_threads=1)
+    out = tmp_path_factory.mktemp("small_policy") / "b"
+    return fit_policy(samples, ids, cfg, out, probes=load_probes(small_store, "smollm2-135m"))
+
+
+def test_ttc_allocate_computes_the_probes_collection_stored_and_decides_the_same(small_store, small_policy, tmp_path):
+    from typer.testing import CliRunner
+
+    from store.loader import load_samples
+    from train.dataset import load_probes
+    from ttc.bundle_stages import prefill_probes
+    from ttc.cli import app
+
+    q = load_samples(small_store).drop_duplicates("query_id").sort_values("query_id")
+    probes = load_probes(small_store, "smollm2-135m")
+    stored = probes.rows(list(q["query_id"]))[0]
+    fresh = prefill_probes("smollm2-135m", "cpu")(list(q["question"]), list(q["task"]))
+    # the same prompts and model; bfloat16 sums differ a little with the batch's padding, so compare directions
+    cos = (fresh * stored).sum(1) / np.linalg.norm(fresh, axis=1) / np.linalg.norm(stored, axis=1)
+    assert fresh.shape == stored.shape and cos.min() > 0.999
+    rows = zip(q["query_id"], q["question"], q["task"], strict=True)
+    lines = [json.dumps({"id": i, "question": s, "task": t}) for i, s, t in rows]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    args = ["allocate", "--bundle", str(small_policy), "--input", str(tmp_path / "q.jsonl")]
+    missing = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "x.jsonl")])
+    assert missing.exit_code == 2 and "--probe-model smollm2-135m" in missing.output
+    out = tmp_path / "d.jsonl"
+    ok = CliRunner().invoke(app, [*args, "--output", str(out), "--probe-model", "smollm2-135m", "--device", "cpu"])
+    assert ok.exit_code == 0, ok.output
+    got = [json.loads(line)["arm_id"] for line in out.read_text().splitlines()]
+    policy = load_bundle(small_policy)
+    want = [d.arm_id for d in policy.allocate(list(q["question"]), list(q["task"]), probe=fresh)]
+    assert got == want
+
+
+def test_the_mlflow_pyfunc_reads_a_probe_column(probe_bundle, tmp_path):
+    import mlflow
+
+    from serve.mlflow_log import log_policy_model
+
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment("p", artifact_location=tmp_path.as_uri()))
+        model = mlflow.pyfunc.load_model(log_policy_model(probe_bundle))
+        questions, tasks, hard = synthetic_questions(5, seed=4)
+        raw = synthetic_probe(hard, 4)
+        df = pd.DataFrame({"question": questions, "task": tasks, "probe": [json.dumps(r.tolist()) for r in raw]})
+        got = list(model.predict(df)["arm_id"])
+        with pytest.raises(Exception, match="'probe' column"):
+            model.predict(df.drop(columns=["probe"]))
+    finally:
+        mlflow.set_tracking_uri(old)
+    want = [d.arm_id for d in load_bundle(probe_bundle).allocate(questions, tasks, probe=raw.astype(np.float64))]
+    assert got == want

@@ -253,8 +253,14 @@ def allocate_stage(
     backend: str = "numpy",
     key: bytes | str | None = None,
     warn: Callable[[str], None] = _warn,
+    probe_model: str | None = None,
+    device: str = "auto",
 ) -> int:
-    """Decide an arm for every query of a JSONL file; writes one Decision per line. Returns the count."""
+    """Decide an arm for every query of a JSONL file; writes one Decision per line. Returns the count.
+
+    A policy that reads a probe needs `probe_model` (its bundle's probe model): that model is loaded
+    and prefills every question's prompt (`prefill_probes`), chunk by chunk.
+    """
     from policy.bundle import load_bundle
     from policy.records import Decision
     from policy.stream import allocate_stream
@@ -268,8 +274,7 @@ def allocate_stage(
     if not Path(input_path).is_file():
         raise UsageError(f"--input {input_path} is not a file; give a JSONL file of queries")
     policy = load_bundle(bundle, backend=backend, key=key)
-    if policy.needs_probe:
-        raise UsageError("this policy needs probe features from the answering model; use the Python API with probe=")
+    probe_fn = _probe_fn(policy, probe_model, device)
     queries = _with_known_tasks(iter_queries(input_path), _known_tasks(), warn)
     fields = [f for f in Decision.__dataclass_fields__]
     extra = {"energy_source": policy.energy_source, "energy_meter": policy.energy_meter}
@@ -278,7 +283,7 @@ def allocate_stage(
     n = 0
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            for d in allocate_stream(policy, queries, lam=lam, budget_j=budget_j):
+            for d in allocate_stream(policy, queries, lam=lam, budget_j=budget_j, probe_fn=probe_fn):
                 f.write(json.dumps({**{k: getattr(d, k) for k in fields}, **extra}) + "\n")
                 n += 1
         if n == 0:
@@ -287,3 +292,55 @@ def allocate_stage(
     finally:
         tmp.unlink(missing_ok=True)
     return n
+
+
+def _probe_fn(policy: Any, probe_model: str | None, device: str) -> Callable | None:
+    """The chunk -> raw probes function a probe policy needs; refuses a missing or mismatched --probe-model."""
+    if not policy.needs_probe:
+        if probe_model is not None:
+            raise UsageError(
+                f"this policy reads no probe (feature set {policy.feature_set.name!r}); drop --probe-model"
+            )
+        return None
+    if probe_model != policy.probe_model:
+        raise UsageError(
+            f"this policy reads the prefill probe of {policy.probe_model!r} (layer "
+            f"{policy.probe_reduction.layer}); pass --probe-model {policy.probe_model}"
+        )
+    return prefill_probes(probe_model, device, policy.probe_reduction.layer)
+
+
+def prefill_probes(model: str, device: str = "auto", layer: int | None = None) -> Callable:
+    """A function (questions, tasks) -> raw probe vectors (n, 2 x hidden), float32: probe_last then probe_mean.
+
+    Runs `model`'s prefill on each question's collection prompt (the task's few-shot demos, or the
+    JSONL demos for an unknown task) through collect.models.LoadedModel.generate with one greedy token,
+    the collection's own code path, so the vectors are the ones collection stores (collect/probe.py).
+    """
+    import numpy as np
+
+    from collect.models import LoadedModel, resolve_model
+    from collect.tasks import JSONL_DEMOS, TASKS, make_task
+
+    lm = LoadedModel(resolve_model(model), device=device)
+    if layer is not None and lm.probe_layer != layer:
+        raise UsageError(f"{model} gives its probe at layer {lm.probe_layer}, the policy was trained on layer {layer}")
+    demos: dict[str | None, list] = {}
+
+    def probe(questions: list[str], tasks: list[str | None]) -> np.ndarray:
+        rows = []
+        for i in range(0, len(questions), PROBE_BATCH):
+            prompts = []
+            for q, t in zip(questions[i : i + PROBE_BATCH], tasks[i : i + PROBE_BATCH], strict=True):
+                if t not in demos:
+                    demos[t] = make_task(t).demos if t in TASKS else JSONL_DEMOS
+                prompts.append(lm.build_prompt(q, demos[t]))
+            gen = lm.generate(prompts, 1, 1, 0.0, seed=0)
+            rows.append(np.hstack([gen.probe_last, gen.probe_mean]).astype(np.float32))
+        return np.vstack(rows)
+
+    return probe
+
+
+#: prompts prefilled at once by `prefill_probes`
+PROBE_BATCH = 16

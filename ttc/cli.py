@@ -240,6 +240,10 @@ def allocate(
         str, typer.Option(help=f"model backend: {', '.join(BACKENDS)} (numpy is safe for any bundle)")
     ] = "numpy",
     key_file: Annotated[Path | None, typer.Option(help=KEY_FILE_HELP)] = None,
+    probe_model: Annotated[
+        str | None, typer.Option(help="a text+probe policy: the model whose prefill it reads (see the bundle)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="device of --probe-model: auto, cpu, cuda, cuda:N or mps")] = "auto",
 ) -> None:
     """Pick an arm (model, votes, max tokens) for every query of a JSONL file."""
     from ttc.stages import allocate_stage
@@ -254,6 +258,8 @@ def allocate(
             backend,
             key=_key(key_file),
             warn=lambda m: typer.echo(f"warning: {m}", err=True),
+            probe_model=probe_model,
+            device=device,
         )
     except TTCError as e:
         _fail(e)
