@@ -182,7 +182,9 @@ def _notes(report: Mapping[str, Any], src: str) -> list[str]:
         out.append(
             f"- {', '.join(ov['charged_to']) or 'No allocator'} are charged {_fmt(ov.get(tagged('per_query_j', src)))}"
             f" J per query for features, predictions and probe ({ov['source']}: {ov['meter']} meter)."
-        )
+            + (f" The probe's share is charged only where the chosen arm runs another model than {ov['probe_model']}"
+               " (on that model generation reuses the probe's prefill)." if ov.get("probe_model") else "")
+        )  # fmt: skip
     out += [
         "- The oracle is not charged any policy cost; it bounds every one-arm-per-query allocator from above.",
         "- Random arms are matched to each learned point's mean joules (policy cost included).",

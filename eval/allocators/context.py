@@ -75,6 +75,8 @@ class PolicyOverhead:
             "probe_per_query_j": float(np.mean(self.probe_j)),
             "per_query_j": float(np.mean(self.per_query_j)),
             "duration_s": self.duration_s,
+            # the probe's prefill is charged only to queries whose chosen arm runs another model (`charged`)
+            "probe_model": self.probe_model,
             "meter": self.meter,
             "source": self.source,
         }
