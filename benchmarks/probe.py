@@ -10,9 +10,11 @@ the `two_stage` allocator (first-sample signals + text) on the text folds.
 Printed per method: held-out Brier and AUC of the success predictor over every
 (query, arm) pair (hard labels), the energy saved at the best fixed arm's
 accuracy, the accuracy gain at its joules, the share of the oracle's saving,
-and the saving minus each peer rule's, each with a paired bootstrap 95%
-interval; then the probe's joules as a share of the cheapest arm's, and the
-decision latency of a probe policy per query excluding the model's prefill.
+the saving minus each peer rule's (Adaptive-Consistency, ESC) and the accuracy
+minus random arms' at the best fixed arm's joules, each with a paired
+bootstrap 95% interval ("undef": the frontier never reaches that accuracy);
+then the probe's joules as a share of the cheapest arm's, and the decision
+latency of a probe policy per query excluding the model's prefill.
 Reads the store, writes only temporary fold bundles.
 """
 
@@ -22,6 +24,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,8 @@ from eval.stage import EvalConfig, evaluate  # noqa: E402
 from store.loader import load_samples  # noqa: E402
 from train.dataset import default_probe_model, load_probes  # noqa: E402
 
-BASE = ("fixed", "oracle", "early_stopping", "adaptive_consistency", "esc")
+BASE = ("fixed", "oracle", "random", "early_stopping", "adaptive_consistency", "esc")
+PEERS = ("adaptive_consistency", "esc", "random")
 
 
 def _iv(iv) -> str:
@@ -46,8 +50,17 @@ def _iv(iv) -> str:
     return f"{iv.point:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
 
 
+def _headline(ev, curve: str, n_boot: int, seed: int):
+    """The headline of `curve` in place of the learned one, the peers being AC, ESC and random arms."""
+    ctx, curves = ev.ctx, ev.curves
+    x = headline_inputs(ctx, {**curves, "learned": curves[curve]}, np.arange(ctx.test.n_queries))
+    x = replace(x, peers={n: curves[n].data() for n in PEERS if n in curves})
+    return compute_headline(x, ev.report["energy"]["source"], n_boot, seed)
+
+
 def _row(name: str, scores: dict, h) -> list[str]:
     peers = {p.peer: p.learned_minus_peer_energy_saved for p in h.peers}
+    vs_random = {p.peer: p.learned_minus_peer_accuracy_at_equal_energy for p in h.peers}.get("random")
     return [
         name,
         f"{scores['success_brier']:.4f}",
@@ -58,6 +71,7 @@ def _row(name: str, scores: dict, h) -> list[str]:
         _iv(h.oracle_share_of_energy_saving),
         _iv(peers.get("adaptive_consistency")),
         _iv(peers.get("esc")),
+        _iv(vs_random),
     ]
 
 
@@ -74,13 +88,12 @@ def run(store: str, folds: int, split: str, n_boot: int, fold_trials: int, probe
             ev = evaluate(samples, None, held, cfg, Path(work), {"store": store}, probes, feature_set=fs)
         evs[fs] = ev
         pred = ev.ctx.predictions("test")
-        table.append(_row(f"learned {fs}", stage_two_scores(pred.p, ev.ctx.test.correct), ev.report["headline"]))
+        scores = stage_two_scores(pred.p, ev.ctx.test.correct)
+        table.append(_row(f"learned {fs}", scores, _headline(ev, "learned", n_boot, seed)))
         if "two_stage" in ev.curves:
-            ctx, curves = ev.ctx, dict(ev.curves)
-            curves["learned"] = curves["two_stage"]
-            cols = np.arange(ctx.test.n_queries)
-            h = compute_headline(headline_inputs(ctx, curves, cols), ev.report["energy"]["source"], n_boot, seed)
-            table.append(_row("two_stage (text)", curves["two_stage"].notes, h))
+            table.append(
+                _row("two_stage (text)", ev.curves["two_stage"].notes, _headline(ev, "two_stage", n_boot, seed))
+            )
     return samples, probes, evs, table
 
 
@@ -127,6 +140,7 @@ def main() -> None:
         "oracle share",
         "saved-AC",
         "saved-ESC",
+        "acc-random@eq.J",
     ]
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
     for r in [head, *table]:
