@@ -336,3 +336,17 @@ def test_the_mlflow_pyfunc_reads_a_probe_column(probe_bundle, tmp_path):
         mlflow.set_tracking_uri(old)
     want = [d.arm_id for d in load_bundle(probe_bundle).allocate(questions, tasks, probe=raw.astype(np.float64))]
     assert got == want
+
+
+def test_the_probe_benchmark_compares_three_policies_cross_fitted_on_a_real_store(small_store):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_probe", Path(__file__).parents[1] / "benchmarks" / "probe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    samples, probes, evs, table = bench.run(str(small_store), 3, "query", 20, 0, None, 0)
+    assert [r[0] for r in table] == ["learned text", "two_stage (text)", "learned text+probe"]
+    for row in table:
+        assert 0.0 <= float(row[1]) <= 1.0  # held-out Brier
+    assert evs["text+probe"].ctx.folds[0].policy.probe_model == probes.model == "smollm2-135m"
+    assert bench._latency(evs["text+probe"], probes, n=200) < 5.0  # ms per query, prefill excluded
