@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/probe.py --store data/reference-v2 [--folds 5] [--split query|task] [--n-boot 1000]
 
+--store may be given more than once (one store per model, collected side by side): their samples
+are read together and the probe comes from the store that holds the probe model's probes.
+
 For each policy, every query is held out once (eval/crossfit.py: K query folds,
 or leave-one-task-out with --split task) and a policy per fold is trained on
 the rest: "text" and "text+probe" (the probe of --probe-model, default the
@@ -28,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +40,7 @@ from eval.headline import compute_headline  # noqa: E402
 from eval.inputs import cross_fitted  # noqa: E402
 from eval.report import headline_inputs  # noqa: E402
 from eval.stage import EvalConfig, evaluate  # noqa: E402
+from policy.errors import UsageError  # noqa: E402
 from store.loader import load_samples  # noqa: E402
 from train.dataset import default_probe_model, load_probes  # noqa: E402
 
@@ -75,17 +80,30 @@ def _row(name: str, scores: dict, h) -> list[str]:
     ]
 
 
-def run(store: str, folds: int, split: str, n_boot: int, fold_trials: int, probe_model: str | None, seed: int):
-    samples = load_samples(store)
+def _probes(stores: list[str], model: str):
+    """The probe table of `model` from the first store that holds it."""
+    for i, store in enumerate(stores):
+        try:
+            return load_probes(store, model)
+        except UsageError:
+            if i == len(stores) - 1:
+                raise
+    raise UsageError("no store given")
+
+
+def run(store: str | list[str], folds: int, split: str, n_boot: int, fold_trials: int, probe_model: str | None,
+        seed: int):  # fmt: skip
+    stores = [store] if isinstance(store, str) else list(store)
+    samples = pd.concat([load_samples(s) for s in stores], ignore_index=True)
     probe_model = probe_model or default_probe_model(samples)
-    probes = load_probes(store, probe_model)
+    probes = _probes(stores, probe_model)
     samples = samples[samples["query_id"].astype(str).isin(set(probes.query_ids))]  # queries with a probe
     held = cross_fitted(samples, split, folds, seed)
     table, evs = [], {}
     for fs, extra in (("text", ("learned", "two_stage")), ("text+probe", ("learned",))):
         cfg = EvalConfig(split, n_boot, seed, allocators=(*BASE, *extra), folds=folds, fold_trials=fold_trials)
         with tempfile.TemporaryDirectory(prefix="ttc-probe-bench-") as work:
-            ev = evaluate(samples, None, held, cfg, Path(work), {"store": store}, probes, feature_set=fs)
+            ev = evaluate(samples, None, held, cfg, Path(work), {"store": "+".join(stores)}, probes, feature_set=fs)
         evs[fs] = ev
         pred = ev.ctx.predictions("test")
         scores = stage_two_scores(pred.p, ev.ctx.test.correct)
@@ -112,7 +130,7 @@ def _latency(ev, probes, n: int = 2000) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", required=True, action="append", help="a store folder; repeatable")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--split", default="query", choices=["query", "task"])
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -124,7 +142,8 @@ def main() -> None:
     ev = evs["text+probe"]
     h = ev.report["headline"]
     print(
-        f"store {a.store}: {samples['query_id'].nunique()} queries with a probe, {samples['task'].nunique()} tasks, "
+        f"store {' + '.join(a.store)}: {ev.ctx.test.n_queries} queries evaluated (with a probe and every arm), "
+        f"{len(set(ev.ctx.test.tasks))} tasks, "
         f"{a.folds if a.split == 'query' else 'leave-one-task-out'} folds ({a.split}), probe of {probes.model} "
         f"layer {probes.layer} ({probes.vectors.shape[1]} floats -> 16), best fixed arm {h.best_fixed_arm}, "
         f"{ev.report['energy']['label']}"
