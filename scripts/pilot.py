@@ -123,6 +123,18 @@ CANDIDATES: dict[str, RGSpec] = {
         "name",
         RG_SPECS["rg.needle_haystack"].demos,
     ),
+    "c.needle_2": RGSpec(
+        "needle_haystack",
+        {"min_num_statements": 2, "max_num_statements": 2},
+        "name",
+        RG_SPECS["rg.needle_haystack"].demos,
+    ),
+    "c.lcm_12": RGSpec(
+        "lcm",
+        {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 12},
+        "number",
+        RG_SPECS["rg.lcm_small"].demos,
+    ),
     "c.gcd_small": RGSpec(
         "gcd",
         {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 20},
@@ -260,6 +272,28 @@ def row(model: str, r: dict) -> str:
     )
 
 
+def store_rows(path: str) -> list[tuple[str, dict]]:
+    """The same figures from a recorded store (e.g. data/reference), per (model, temperature, task)."""
+    from store.loader import load_samples
+
+    df = load_samples(path, columns=["task", "model", "temperature", "levels", "level_answer", "level_correct"])
+    out = []
+    for (model, temp, task), g in df[df.temperature > 0].groupby(["model", "temperature", "task"]):
+        greedy_df = df[(df.temperature == 0) & (df.model == model) & (df.task == task)].set_index("query_id")
+        sampled, greedy = [], []
+        for qid, gq in g.sort_values("sample_index").groupby("query_id", sort=True):
+            sampled.append(
+                [list(zip(a, c, strict=True)) for a, c in zip(gq.level_answer, gq.level_correct, strict=True)]
+            )
+            gr = greedy_df.loc[qid] if qid in greedy_df.index else None
+            greedy.append(
+                list(zip(gr.level_answer, gr.level_correct, strict=True)) if gr is not None else sampled[-1][0]
+            )
+        levels = [int(x) for x in g.levels.iloc[0]]
+        out.append((f"{model} t{temp:g}", summarize(str(task), sampled, greedy, levels, [0], 0.0)))
+    return out
+
+
 def mix_line(rows: list[dict]) -> str:
     """The query-weighted mean of every figure over the rows: the mix's figures if the rows are one mix."""
     total = sum(r["queries"] for r in rows)
@@ -285,7 +319,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("configs", nargs="*", help="registered task names or pilot candidates (see --list)")
     p.add_argument("--list", action="store_true", help="print the known configs and exit")
-    p.add_argument("--table", action="store_true", help="print the rows recorded in --out and exit")
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="print the rows recorded in --out (comma-separated files; only the configs named, if any) and exit",
+    )
+    p.add_argument("--store", help="print the figures of a recorded store (e.g. data/reference) instead and exit")
     p.add_argument("--model", default="smollm2-135m", help="built-in model name or path")
     p.add_argument("--queries", type=int, default=12, help="queries per config")
     p.add_argument("--n", type=int, default=8, help="samples per query at temperature 0.7")
@@ -311,8 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         print("registered:", ", ".join(TASKS))
         print("candidates:", ", ".join([*CANDIDATES, *FACT_CANDIDATES]))
         return 0
+    if args.store:
+        rows = store_rows(args.store)
+        print(HEADER)
+        for label, r in rows:
+            print(row(label, r))
+        for label in sorted({lb for lb, _ in rows}):
+            print(label, mix_line([r for lb, r in rows if lb == label]))
+        return 0
     if args.table:
-        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+        rows = [json.loads(line) for path in args.out.split(",") for line in Path(path).read_text().splitlines()]
+        rows = [r for r in rows if not args.configs or r["config"] in args.configs]
         print(HEADER)
         for r in rows:
             r["p1_at"] = {int(k): v for k, v in r["p1_at"].items()}
@@ -329,7 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         print(row(f"{args.model} t{args.temperature:g}", r), flush=True)
         with open(args.out, "a") as f:
             f.write(
-                json.dumps({"model": args.model, "temperature": args.temperature, "levels": args.levels, **r}) + "\n"
+                json.dumps(
+                    {
+                        "model": args.model,
+                        "temperature": args.temperature,
+                        "item_seed": args.item_seed,
+                        "levels": args.levels,
+                        **r,
+                    }
+                )
+                + "\n"
             )
     return 0
 

@@ -64,3 +64,20 @@ def test_mix_figures_weight_each_config_by_its_queries(pilot) -> None:
     line = pilot.mix_line([a, b])
     assert "16 queries" in line and "gain +0.188" in line and "never 0.250" in line
     assert "p1@32 0.375" in line and "p1@16" not in line  # only caps every row was graded at
+
+
+def test_store_figures_agree_with_the_arm_view(pilot, reference_store: Path, reference_samples) -> None:
+    # The pilot's vote must be the arm view's vote: the same stored samples give
+    # the same vote-of-8 and vote-of-1 accuracy as the n=8 and n=1 arms.
+    from policy.arms import Arm
+    from store.views import arm_outcomes
+
+    rows = [r for label, r in pilot.store_rows(str(reference_store)) if label == "smollm2-135m t0.7"]
+    queries = sum(r["queries"] for r in rows)
+    v8 = sum(r["v8"] * r["queries"] for r in rows) / queries
+    arms = arm_outcomes(reference_samples, [Arm("smollm2-135m", 8, 64, 0.7), Arm("smollm2-135m", 1, 64, 0.7)])
+    by_n = arms.groupby("n").correct.mean()
+    assert v8 == pytest.approx(by_n[8])
+    assert len(arms) == 2 * queries
+    p1_first = by_n[1]  # one sample; p1 averages all 8, so the two agree only on average
+    assert abs(p1_first - sum(r["p1"] * r["queries"] for r in rows) / queries) < 0.1
