@@ -97,7 +97,10 @@ def run(store: str | list[str], folds: int, split: str, n_boot: int, fold_trials
     samples = pd.concat([load_samples(s) for s in stores], ignore_index=True)
     probe_model = probe_model or default_probe_model(samples)
     probes = _probes(stores, probe_model)
-    samples = samples[samples["query_id"].astype(str).isin(set(probes.query_ids))]  # queries with a probe
+    # queries with a probe and samples of every model (stores collected side by side may be mid-way)
+    per_q = samples.groupby("query_id")["model"].nunique()
+    full = set(per_q.index[per_q == samples["model"].nunique()].astype(str))
+    samples = samples[samples["query_id"].astype(str).isin(full & set(probes.query_ids))]
     held = cross_fitted(samples, split, folds, seed)
     table, evs = [], {}
     for fs, extra in (("text", ("learned", "two_stage")), ("text+probe", ("learned",))):
