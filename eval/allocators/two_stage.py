@@ -79,7 +79,7 @@ def _fit_stage_two(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
         return float(y[0]) if len(y) else 0.0
     from lightgbm import LGBMClassifier
 
-    params = dict(n_estimators=150, learning_rate=0.05, num_leaves=15, min_child_samples=5, subsample=0.8)
+    params = dict(n_estimators=150, learning_rate=0.05, num_leaves=7, min_child_samples=20, subsample=0.8)
     model = LGBMClassifier(**params, subsample_freq=1, random_state=seed, n_jobs=1, verbose=-1)
     return model.fit(x, y)
 
