@@ -350,3 +350,16 @@ def test_the_probe_benchmark_compares_three_policies_cross_fitted_on_a_real_stor
         assert 0.0 <= float(row[1]) <= 1.0  # held-out Brier
     assert evs["text+probe"].ctx.folds[0].policy.probe_model == probes.model == "smollm2-135m"
     assert bench._latency(evs["text+probe"], probes, n=200) < 5.0  # ms per query, prefill excluded
+
+
+def test_the_train_stage_fits_the_probe_pca_on_its_training_split_only(small_store):
+    from store.loader import load_samples
+    from train.dataset import load_probes
+    from train.fit import TrainConfig, prepare
+
+    samples = load_samples(small_store)
+    data, sp = prepare(samples, TrainConfig(feature_set="text+probe", n_trials=0), small_store)
+    train_raw = load_probes(small_store, "smollm2-135m").rows(list(sp.train_query_ids))[0]
+    assert len(sp.test_query_ids) > 0
+    assert np.allclose(data.probe_reduction.mean, train_raw.astype(np.float64).mean(axis=0))
+    assert "probe_pc_15" in data.feature_names

@@ -158,13 +158,15 @@ def resolve_probes(samples: pd.DataFrame, cfg: TrainConfig, probes: Any) -> Prob
 def prepare(samples: pd.DataFrame, cfg: TrainConfig, probes: Any = None) -> tuple[TrainingData, RowSplit]:
     """Arm rows, features and labels of `samples`, and the held-out split `cfg` asks for.
 
-    `probes`: a `ProbeTable` or the store folder to read one from ("text+probe" only).
+    `probes`: a `ProbeTable` or the store folder to read one from ("text+probe" only); the probe's
+    PCA is then refitted on the training queries of the split, so the held-out ones never shape it.
     """
     probes = resolve_probes(samples, cfg, probes)
-    data = build_dataset(
-        samples, feature_set=cfg.feature_set, soft_labels=cfg.soft_labels, seed=cfg.seed, probes=probes
-    )
+    kw = dict(feature_set=cfg.feature_set, soft_labels=cfg.soft_labels, seed=cfg.seed, probes=probes)
+    data = build_dataset(samples, **kw)
     sp = make_split(data, cfg.split, test_size=cfg.test_size, seed=cfg.seed, holdout_tasks=cfg.holdout_tasks or None)
+    if probes is not None:  # the split reads only query ids and tasks, so it is the same split of the new rows
+        data = build_dataset(samples, **kw, probe_fit_ids=list(sp.train_query_ids))
     return data, sp
 
 
