@@ -135,6 +135,21 @@ CANDIDATES: dict[str, RGSpec] = {
         "number",
         RG_SPECS["rg.lcm_small"].demos,
     ),
+    "c.letter_count_2w": RGSpec(
+        "letter_counting",
+        {"min_words": 2, "max_words": 2},
+        "number",
+        [
+            (
+                'How many times does the letter "e" appear in the text: "seven trees"?',
+                "s, e, v, e, n, t, r, e, e, s: 4 times. The answer is 4.",
+            ),
+            (
+                'How many times does the letter "a" appear in the text: "a banana"?',
+                "a, b, a, n, a, n, a: 4 times. The answer is 4.",
+            ),
+        ],
+    ),
     "c.gcd_small": RGSpec(
         "gcd",
         {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 20},
