@@ -105,20 +105,25 @@ class SampleStore:
             return None
         return self._write(pa.Table.from_pylist([s.to_dict() for s in fresh]), {group_key(s) for s in fresh})
 
-    def import_store(self, source: str | Path, tasks: Iterable[str] | None = None) -> int:
-        """Copy another store's shards (optionally only some tasks' rows) into this one; returns samples added.
+    def import_store(
+        self, source: str | Path, tasks: Iterable[str] | None = None, query_ids: Iterable[str] | None = None
+    ) -> int:
+        """Copy another store's shards (optionally only some tasks' or queries' rows) into this one.
 
-        Rows stay Arrow tables end to end, so no value changes type on the way.
+        Returns the samples added. Rows stay Arrow tables end to end, so no value changes type on the way.
         """
         import pyarrow.compute as pc
 
         self.lock()
         wanted = pa.array(sorted(set(tasks))) if tasks is not None else None
+        wanted_ids = pa.array(sorted(set(query_ids)), pa.string()) if query_ids is not None else None
         added = 0
         for f in SampleStore(source).shards():
             table = read_shard(f)
             if wanted is not None:
                 table = table.filter(pc.is_in(table["task"], value_set=wanted))
+            if wanted_ids is not None:
+                table = table.filter(pc.is_in(table["query_id"], value_set=wanted_ids))
             keys = [group_key(r) for r in table.select(list(GROUP_KEY)).to_pylist()]
             keep = [k not in self.done_groups() for k in keys]
             if any(keep):

@@ -32,6 +32,7 @@ TINY = dict(
     items_per_task=2,
     n_samples=2,
     levels=[4, 12],
+    temperatures=[0.7],
     greedy=True,
     queries_per_batch=2,
     track=False,

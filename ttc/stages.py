@@ -23,9 +23,10 @@ from ttc.bundle_stages import _resolve_bundle_source, allocate_stage, export_sta
 
 __all__ = ["_resolve_bundle_source", "allocate_stage", "export_stage", "read_queries_jsonl", "run_pipeline"]
 
-REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference"
-#: queries per task in the committed reference collection (data/reference/README.md)
-REFERENCE_ITEMS_PER_TASK = 16
+#: the committed reference collection `ttc run` seeds its store from (v2: the pilot-chosen mix at
+#: temperature 1.0, one batch regime, bf16; data/reference_v2/README.md). It grows between sessions:
+#: the run uses the longest prefix of every task's items that it holds whole (see `_whole_prefix`).
+REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference_v2"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -71,21 +72,51 @@ class PipelineRun:
     export: dict[str, Any]
     eval: Any  # eval.report.EvalReport
     timings_s: dict[str, float]
+    reference_items_per_task: int = 0  # the reference's whole prefix the store was seeded with
 
 
-def _seed_store(store: Path, reference: Path | None, tasks: list[str] | None, say: Any) -> frozenset[str]:
-    """Copy the reference collection into a new `store`; returns the reference's collect-run ids."""
+def _whole_prefix(ref: Any, cfg: Any) -> tuple[int, list[str]]:
+    """K, and the ids of the first K items of every task of `cfg` that the reference holds whole.
+
+    Whole: every model of `cfg` has its greedy sample (if `cfg.greedy`) and `n_samples` samples at each
+    of its temperatures. Items are taken in the order `ttc collect` draws them (a prefix-stable order),
+    so the run then collects items K, K+1, ... as new queries, and a reference grown unevenly (one task
+    or one model ahead of the others) or collected with other settings (K = 0) is never half-used.
+    """
+    from collect.tasks import make_task
+
+    counts = ref.groupby(["query_id", "model", "temperature"]).size().to_dict()
+    need = [(m, float(t), cfg.n_samples) for m in cfg.models for t in cfg.temperatures]
+    need += [(m, 0.0, 1) for m in cfg.models] if cfg.greedy else []
+    held = ref.groupby("task")["query_id"].nunique().to_dict()
+    prefixes = []
+    for name in cfg.tasks:
+        ids = [it.query_id for it in make_task(name).items(int(held.get(name, 0)), cfg.item_seed)]
+        k = 0
+        while k < len(ids) and all(counts.get((ids[k], m, t), 0) >= n for m, t, n in need):
+            k += 1
+        prefixes.append(ids[:k])
+    k_all = min((len(ids) for ids in prefixes), default=0)
+    return k_all, [q for ids in prefixes for q in ids[:k_all]]
+
+
+def _seed_store(store: Path, reference: Path | None, cfg: Any, say: Any) -> tuple[int, frozenset[str]]:
+    """Copy the reference's whole prefix into a new `store`: (items per task seeded, the reference's run ids)."""
     from store.shards import SampleStore, read_samples
 
     if reference is None or not reference.is_dir():
-        return frozenset()
+        return 0, frozenset()
     ref = read_samples(reference)
-    if tasks:
-        ref = ref[ref["task"].isin(tasks)]
+    ref = ref[ref["task"].isin(cfg.tasks)]
+    k, ids = _whole_prefix(ref, cfg)
+    if k == 0:
+        say(f"[1/4] the reference collection {reference} holds no whole query of this grid; collecting all")
+        return 0, frozenset()
+    ref = ref[ref["query_id"].isin(ids)]
     if not store.exists():
-        say(f"[1/4] seeding {store} with the reference collection {reference} ({len(ref)} samples)")
-        SampleStore(store).import_store(reference, tasks=tasks)
-    return frozenset(ref["collect_run"])
+        say(f"[1/4] seeding {store} with {len(ids)} queries ({k} per task) of the reference collection {reference}")
+        SampleStore(store).import_store(reference, query_ids=ids)
+    return k, frozenset(ref["collect_run"])
 
 
 def run_stages(
@@ -105,12 +136,11 @@ def run_stages(
     from train.stage import train_stage
 
     store, timings, t0 = out / "store", {}, time.perf_counter()
-    reference_runs = _seed_store(store, reference, tasks, say)
-    base_items = REFERENCE_ITEMS_PER_TASK if reference_runs else 0
-    overrides: dict[str, Any] = {"store": str(store), "items_per_task": base_items + p.extra_items_per_task}
-    overrides["tracking_uri"] = tracking_uri
+    overrides: dict[str, Any] = {"store": str(store), "tracking_uri": tracking_uri}
     overrides |= ({"tasks": tasks} if tasks else {}) | ({"models": models} if models else {})
-    cfg = make_config(None, **overrides).validate()
+    grid = make_config(None, **overrides).validate()
+    base_items, reference_runs = _seed_store(store, reference, grid, say)
+    cfg = make_config(grid, items_per_task=base_items + p.extra_items_per_task).validate()
     say(f"[1/4] collect: {cfg.items_per_task} queries per task x {len(cfg.tasks)} tasks x {len(cfg.models)} models")
     c = collect_stage(cfg, progress=progress)
     timings["collect_s"] = time.perf_counter() - t0
@@ -139,7 +169,8 @@ def run_stages(
     rep = eval_stage(store, exp["bundle"], out / "eval", n_boot=p.n_boot, tracking_uri=tracking_uri, **split_args)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    return PipelineRun(out, store, reference if reference_runs else None, reference_runs, c, tr, exp, rep, timings)
+    ref_used = reference if reference_runs else None
+    return PipelineRun(out, store, ref_used, reference_runs, c, tr, exp, rep, timings, base_items)
 
 
 def summarize(run: PipelineRun) -> dict[str, Any]:
@@ -157,6 +188,7 @@ def summarize(run: PipelineRun) -> dict[str, Any]:
             "samples": len(samples),
             "queries": int(samples["query_id"].nunique()),
             "reference_collection": str(run.reference) if run.reference else None,
+            "reference_items_per_task": run.reference_items_per_task,
             "queries_from_reference": int(samples.loc[~from_run, "query_id"].nunique()),
             "queries_collected_by_this_or_earlier_runs": int(samples.loc[from_run, "query_id"].nunique()),
             "new_samples_this_run": run.collect.new_samples,
