@@ -65,7 +65,8 @@ class FakePowercap:
 
     def set_uj(self, zone: str, value: int) -> None:
         self.raw[zone] = value % self.max_uj
-        tmp = self.root / zone / "energy_uj.tmp"
+        # one temporary name per writer thread: a power-drawing thread and the test may write at once
+        tmp = self.root / zone / f"energy_uj.{threading.get_ident()}.tmp"
         tmp.write_text(f"{self.raw[zone]}\n")
         os.replace(tmp, self.root / zone / "energy_uj")  # atomic, like a sysfs read
 
