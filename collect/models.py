@@ -149,7 +149,9 @@ class LoadedModel:
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load: noise, not progress
         if threads:
             torch.set_num_threads(threads)
         if cache not in CACHES:

@@ -140,7 +140,7 @@ def ttc_vs_scaling(full: Outcomes, rows: np.ndarray, small: str, big: str, n_boo
         "small_model": small,
         "big_model": big,
         "big_arm": ref,
-        "small_best_arm_within_big_energy": full.arm_ids[s_cols[j_within]] if j_within is not None else None,
+        "small_best_arm_within_big_joules": full.arm_ids[s_cols[j_within]] if j_within is not None else None,
         "small_cheapest_arm_at_big_accuracy": full.arm_ids[s_cols[j_reach]] if j_reach is not None else None,
         **ivs,
         "verdict": result,

@@ -131,7 +131,7 @@ def _finding1(report: Mapping[str, Any], src: str) -> list[str]:
         t = e.get("ttc_vs_scaling")
         if t is not None:
             out.append(
-                f"| {task} | {e['kind']} | {t['small_best_arm_within_big_energy']} | "
+                f"| {task} | {e['kind']} | {t['small_best_arm_within_big_joules']} | "
                 f"{_fmt(t[tagged('accuracy_gain_at_big_energy', src)], True)} | "
                 f"{_fmt(t[tagged('energy_saved_at_big_accuracy', src)], True)} | {t['verdict']} | "
                 f"{t['paper_expects'] or 'n/a'} | {_fmt(t['agrees_with_paper'])} |"

@@ -52,9 +52,13 @@ def init_sqlite_db(db: Path, uri: str) -> None:
     with waiting_lock(db.with_name(f".{db.name}.lock")):
         if done():  # another process created it while this one waited
             return
+        import logging
+
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        # Constructing the store runs the migrations and creates the default experiment.
+        # Constructing the store runs the migrations and creates the default experiment; its INFO
+        # lines ("Creating initial MLflow database tables...") are not news to a `ttc` user.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         SqlAlchemyStore(uri, (db.parent / "artifacts").as_uri()).engine.dispose()
         ready.touch()
 

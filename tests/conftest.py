@@ -25,8 +25,9 @@ def reference_store() -> Path:
 
     Fails (never skips) when its shards are missing: the train and eval properties are checked on it.
     """
-    from ttc.stages import REFERENCE_STORE
-
+    # v1 (temperature 0.7, 8 tasks x 16): the properties below were measured on it; `ttc run` seeds
+    # from v2 (ttc.stages.REFERENCE_STORE), which these tests move to once it is complete
+    REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference"
     if not any(REFERENCE_STORE.glob("shard-*.parquet")):
         pytest.fail(f"no reference shards under {REFERENCE_STORE}; check out data/reference (see its README.md)")
     return Path(REFERENCE_STORE)
