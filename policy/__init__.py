@@ -12,7 +12,7 @@ from policy.allocate import DecisionRule, allocate, allocate_budget, allocate_pr
 from policy.arms import Arm
 from policy.bundle import Policy, load_bundle
 from policy.errors import BundleError, TTCError, UsageError
-from policy.records import ArmOutcome, Decision, EnergyMeasurement, Prediction, Sample
+from policy.records import ArmOutcome, Decision, EnergyMeasurement, Sample
 
 __all__ = [
     "Arm",
@@ -22,7 +22,6 @@ __all__ = [
     "DecisionRule",
     "EnergyMeasurement",
     "Policy",
-    "Prediction",
     "Sample",
     "TTCError",
     "UsageError",

@@ -1,7 +1,7 @@
 """Records that flow between the stages, each defined once.
 
 collect writes `Sample`s; the arm view turns them into `ArmOutcome`s; train and
-the policy produce `Prediction`s and `Decision`s; meters return
+the policy produces `Decision`s; meters return
 `EnergyMeasurement`s. Every record that holds joules also says where they came
 from (`meter`, `energy_source`), because estimated and measured energy must
 never be mixed silently.
@@ -170,16 +170,6 @@ class ArmOutcome:
     output_tokens: int
     meter: str
     energy_source: str
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A predictor's view of one (query, arm): success probability and joules."""
-
-    query_id: str
-    arm_id: str
-    p_success: float
-    energy_j: float
 
 
 @dataclass(frozen=True)
