@@ -30,7 +30,7 @@ from policy.errors import UsageError
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    #: "package-gguf", "gguf", "path" or "hub"
+    #: "package-gguf", "gguf", "path", "hub" or "openai" (an engine: location is its /v1 URL)
     source: str
     location: str
     gguf_file: str | None = None
@@ -65,7 +65,11 @@ def _cache_root() -> Path:
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """A built-in name, a local folder, a .gguf file, or a hub id ("org/name")."""
+    """A built-in name, a local folder, a .gguf file, a hub id ("org/name"), or an engine (openai:MODEL@URL)."""
+    from collect.engine import parse_engine
+
+    if ref := parse_engine(name):
+        return ModelSpec(ref.label, "openai", ref.base_url)
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name]()
     p = Path(name)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 from collect.config import CollectConfig
 from collect.energy import make_meter
 from collect.energy.attribution import RULE, Share, attribute
+from collect.engine import EngineModel, engine_meter, parse_engine, stored_name
 from collect.probe import ProbeRow, ProbeStore
 from collect.tasks import Item, Task, make_task
 from policy.records import EnergyMeasurement, Sample
@@ -136,7 +137,7 @@ def plan_batches(cfg: CollectConfig, tasks: list[Task]) -> list[_Batch]:
     """
     batches = []
     rows = batch_rows(cfg)
-    for model in cfg.models:
+    for model in map(stored_name, cfg.models):
         settings = [(t, cfg.n_samples) for t in cfg.temperatures] + ([(0.0, 1)] if cfg.greedy else [])
         for temp, n in settings:
             per = max(rows // n, 1)
@@ -271,7 +272,9 @@ def run_batch(lm: Any, meter: Any, batch: _Batch, cfg: CollectConfig, run_name: 
         "run_name": run_name,
     }
     samples = [_sample(lm, gen, k, ctx) for k in range(len(gen.output_ids))]
-    return BatchOutput(samples, _probes(lm, gen, batch, m, shares, run_name))
+    # an engine gives no hidden states, hence no probe rows
+    probes = _probes(lm, gen, batch, m, shares, run_name) if gen.probe_last is not None else []
+    return BatchOutput(samples, probes)
 
 
 def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> CollectResult:
@@ -281,8 +284,10 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
     obs = observer or _Silent()
     cfg.validate()
     tasks = [make_task(t) for t in cfg.tasks]
-    specs = {m: resolve_model(m) for m in cfg.models}  # fail on a bad model before any work
-    meter = make_meter(cfg.meter, **({"watts_per_core": cfg.watts_per_core} if cfg.meter == "estimate" else {}))
+    specs = {stored_name(m): resolve_model(m) for m in cfg.models}  # fail on a bad model before any work
+    wpc = {"watts_per_core": cfg.watts_per_core} if cfg.meter.startswith("estimate") else {}
+    engines = {r.label: r for m in cfg.models if (r := parse_engine(m))}
+    meter = engine_meter(cfg.meter, cfg.watts_per_core, list(engines.values())) or make_meter(cfg.meter, **wpc)
     store, probes = SampleStore(cfg.store), ProbeStore(cfg.store)
     store.clean_partial()
     probes.clean_partial()
@@ -297,7 +302,10 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
         if lm_name != batch.model:
             obs.loading(batch.model)
             lm = None  # free the previous model before loading the next
-            lm = LoadedModel(specs[batch.model], cfg.device, cfg.threads or None, dtype=cfg.dtype)
+            if batch.model in engines:  # an engine serves it (collect/engine.py)
+                lm = EngineModel(engines[batch.model], cfg.levels)
+            else:
+                lm = LoadedModel(specs[batch.model], cfg.device, cfg.threads or None, dtype=cfg.dtype)
             lm_name = batch.model
             _warm_up(lm, batch)
         out = run_batch(lm, meter, batch, cfg, run_name)

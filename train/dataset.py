@@ -122,6 +122,11 @@ def _check_samples(samples: pd.DataFrame) -> None:
     if missing:
         raise UsageError(f"the store lacks sample columns {', '.join(missing)}; re-collect with this version")
     energy = pd.to_numeric(samples["energy_j"], errors="coerce")
+    if (samples["energy_source"].astype(str) == "unmeasured").any():  # collect/engine.py: a remote engine
+        raise UsageError(
+            "the store holds samples from an engine on another machine, whose energy was not measured; "
+            "collect on the engine's machine (a 127.0.0.1 URL), or fill energy_j per batch_id from its meter"
+        )
     if energy.isna().any():
         raise UsageError(
             f"{int(energy.isna().sum())} of {len(samples)} samples have no energy_j; "

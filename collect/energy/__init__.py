@@ -17,6 +17,7 @@ from typing import Any
 from collect.energy.auto import auto_meter, choose_meter
 from collect.energy.base import COUNTER_NOT_TICKED, SHORTER_THAN_COUNTER_UPDATE, Meter, Reading
 from collect.energy.estimate import EstimateMeter
+from collect.energy.machine import MachineEstimateMeter
 from collect.energy.nvml import NvmlMeter
 from collect.energy.rapl import RaplMeter
 from policy.errors import MixedEnergyError, unknown_name
@@ -24,6 +25,7 @@ from policy.records import ENERGY_SOURCES
 
 METERS: dict[str, Callable[..., Meter]] = {
     "estimate": EstimateMeter,
+    "estimate-machine": MachineEstimateMeter,
     "nvml": NvmlMeter,
     "rapl": RaplMeter,
     "auto": auto_meter,
@@ -54,6 +56,7 @@ __all__ = [
     "METERS",
     "SHORTER_THAN_COUNTER_UPDATE",
     "EstimateMeter",
+    "MachineEstimateMeter",
     "Meter",
     "NvmlMeter",
     "RaplMeter",
