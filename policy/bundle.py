@@ -17,6 +17,8 @@ Layout of a bundle (schema 2):
     parity.json          numpy vs LightGBM vs ONNX on reference rows
     probe.json           "text+probe" policies only: the probe's model, layer
                          and PCA (mean, components) as plain arrays (policy/probe.py)
+    stage2.json          optional: the look-then-decide rule (policy/two_stage.py): the
+                         first arm, the price, and the stage-2 success trees as plain data
 
 Loading reads exactly those names (policy/bundle_files.py: no links, capped
 sizes, nothing else in a zip), checks every field's type (policy/manifest.py),
@@ -42,7 +44,14 @@ from policy.allocate import PRICE, DecisionRule, allocate, allocate_budget, allo
 from policy.arms import Arm
 from policy.bundle_files import BUNDLE_FILES, KNOWN_FILES, MANIFEST, PARITY, REQUIRED_FILES, read_blobs
 from policy.errors import BundleError, UsageError
-from policy.features import FeatureSet, arm_block, get_feature_set, row_names
+from policy.features import (
+    FIRST_SAMPLE_NAMES,
+    FeatureSet,
+    arm_block,
+    get_feature_set,
+    row_matrix_from_block,
+    row_names,
+)
 from policy.manifest import (
     ENERGY_TARGET,
     SCHEMA_VERSION,
@@ -56,6 +65,16 @@ from policy.manifest import (
 from policy.probe import PROBE_FILE, ProbeReduction
 from policy.records import ENERGY_SOURCES, Decision
 from policy.runtime import BACKENDS, DEFAULT_BACKEND, Backend, calibrate, make_backend
+from policy.two_stage import (
+    STAGE2_FEATURES,
+    STAGE2_FILE,
+    StageTwo,
+    StageTwoDecision,
+    check_signals,
+    choose,
+    continues,
+    marginal_joules,
+)
 
 __all__ = [
     "BUNDLE_FILES",
@@ -152,6 +171,8 @@ class Policy:
         self._arm_block = arm_block(self.arms, self.models)
         #: the probe's model, layer and PCA ("text+probe" policies), checked on load
         self.probe_reduction = _probe_reduction(self.feature_set, self.files)
+        #: the look-then-decide rule (stage2.json), checked on load; None when the bundle carries none
+        self.stage_two = _stage_two(self.files, self.arm_ids, self.models)
 
     def with_rule(self, rule: DecisionRule | Mapping[str, Any]) -> Policy:
         """A new policy with `rule` in place of the stored one (checked); this policy is unchanged.
@@ -175,6 +196,11 @@ class Policy:
         """The model whose prefill the probe reads (None for a text-only policy)."""
         return self.probe_reduction.model if self.probe_reduction is not None else None
 
+    @property
+    def first_arm(self) -> str | None:
+        """The cheap one-sample arm to draw first before `decide_after_look` (None: no stage-2 rule)."""
+        return self.stage_two.first_arm if self.stage_two is not None else None
+
     def describe(self) -> str:
         r = self.rule
         how = f"price lam={r.lam:g} acc/J" if r.mode == PRICE else f"budget {r.budget_j:g} J/query"
@@ -183,6 +209,7 @@ class Policy:
             f"v{self.feature_set.version}{self._probe_words()}, rule {how}, "
             f"p_floor {r.p_floor:g}, energy {self.energy_source} by meter {self.energy_meter!r}, "
             f"backend {self.backend.name}"
+            + ("" if self.stage_two is None else f", look-then-decide from {self.stage_two.first_arm}")
         )
 
     def _probe_words(self) -> str:
@@ -266,6 +293,62 @@ class Policy:
         if lam is not None:
             return allocate_price(p, e, self.arm_ids, ids, float(lam), p_floor)
         return allocate(p, e, self.arm_ids, ids, self.rule, on_infeasible)
+
+    def decide_after_look(
+        self,
+        questions: Sequence[str],
+        first_sample: Any,
+        tasks: Sequence[str | None] | None = None,
+        query_ids: Sequence[str] | None = None,
+        probe: np.ndarray | None = None,
+        first_energy_j: Sequence[float] | None = None,
+        lam: float | None = None,
+    ) -> list[StageTwoDecision]:
+        """Stage 2 after one sample of `first_arm`: stop, continue it (more samples, a longer cap) or switch.
+
+        `first_sample`: (n, 5) signals in `FIRST_SAMPLE_NAMES` order (policy.features.first_sample_signals);
+        `first_energy_j`: the first sample's metered joules (default: the policy's prediction for
+        `first_arm`); `lam` replaces the stored stage-2 price.
+        """
+        s2 = self.stage_two
+        if s2 is None:
+            raise UsageError("this bundle carries no stage-2 rule; retrain with samples that hold token log-probs")
+        if isinstance(questions, str):
+            raise UsageError("questions must be a list of strings, not one string")
+        n = len(questions)
+        sig = check_signals(first_sample, n)
+        x = self.query_features(questions, tasks, probe)
+        _, e = self.predict_features(x)
+        a1 = self.arm_ids.index(s2.first_arm)
+        e1 = e[:, a1] if first_energy_j is None else np.asarray(first_energy_j, dtype=np.float64).reshape(-1)
+        if e1.shape != (n,) or not np.isfinite(e1).all() or (e1 < 0).any():
+            raise UsageError(f"first_energy_j must be {n} finite joules >= 0, one per question")
+        price = s2.lam if lam is None else float(lam)
+        if not (np.isfinite(price) and price >= 0):
+            raise UsageError(f"lam (accuracy per joule) must be finite and >= 0, got {lam}")
+        n_text = len(get_feature_set(STAGE2_FEATURES).names())
+        query_x = np.hstack([x[:, :n_text], sig])
+        p2 = s2.predict(row_matrix_from_block(query_x, self._arm_block)).reshape(n, len(self.arms))
+        cont = continues(self.arms, self.arms[a1])
+        marginal = marginal_joules(e, e1, cont)
+        idx = choose(p2, marginal, price)
+        ids = [str(i) for i in range(n)] if query_ids is None else [str(q) for q in query_ids]
+        return [
+            StageTwoDecision(q, self.arm_ids[j], _action(j, a1, cont), float(p2[i, j]), float(marginal[i, j]), price)
+            for i, (q, j) in enumerate(zip(ids, idx.tolist(), strict=True))
+        ]
+
+
+def _action(j: int, first: int, cont: np.ndarray) -> str:
+    return "stop" if j == first else "continue" if cont[j] else "switch"
+
+
+def _stage_two(files: Mapping[str, bytes], arm_ids: list[str], models: list[str]) -> StageTwo | None:
+    """The bundle's stage-2 rule, checked against its arms and row width; None when it has none."""
+    if STAGE2_FILE not in files:
+        return None
+    n_features = len(row_names(get_feature_set(STAGE2_FEATURES), models)) + len(FIRST_SAMPLE_NAMES)
+    return StageTwo.from_json(files[STAGE2_FILE], arm_ids, n_features)
 
 
 def _probe_reduction(fs: FeatureSet, files: Mapping[str, bytes]) -> ProbeReduction | None:

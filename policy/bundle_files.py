@@ -28,12 +28,13 @@ ONNX_FILES = ("success.onnx", "energy.onnx")
 PARITY = "parity.json"
 BUNDLE_FILES = (MANIFEST, *TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PARITY)
 PROBE = "probe.json"  # "text+probe" policies only: the probe's reduction (policy/probe.py)
-#: every name a bundle may hold: its files and the optional probe reduction
-KNOWN_FILES = (*BUNDLE_FILES, PROBE)
+STAGE2 = "stage2.json"  # optional: the look-then-decide rule (policy/two_stage.py)
+#: every name a bundle may hold: its files, the optional probe reduction and stage-2 rule
+KNOWN_FILES = (*BUNDLE_FILES, PROBE, STAGE2)
 #: files every bundle must hold besides policy.json (the model files of the optional backends may be absent)
 REQUIRED_FILES = (*TREE_FILES, PARITY)
 _MIB = 1 << 20
-_BIG_FILES = (*TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PROBE)
+_BIG_FILES = (*TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PROBE, STAGE2)
 MAX_BYTES = {MANIFEST: _MIB, PARITY: _MIB} | {name: 64 * _MIB for name in _BIG_FILES}
 _CHUNK = _MIB
 

@@ -102,7 +102,8 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from serve.pyfunc_model import OUTPUT_COLUMNS
+    from policy.features import FIRST_SAMPLE_NAMES
+    from serve.pyfunc_model import OUTPUT_COLUMNS, STAGE2_COLUMNS
 
     return ModelSignature(
         inputs=Schema(
@@ -112,6 +113,8 @@ def _signature():
                 ColSpec("string", "query_id", required=False),
                 # a text+probe policy: the question's raw probe vector as a JSON list of numbers
                 ColSpec("string", "probe", required=False),
+                # a bundle with a look-then-decide rule: the first sample's signals, and its metered joules
+                *[ColSpec("double", c, required=False) for c in (*FIRST_SAMPLE_NAMES, "first_energy_j")],
             ]
         ),
         outputs=Schema(
@@ -119,6 +122,7 @@ def _signature():
                 ColSpec("double" if c in ("p_success", "energy_j", "lam") else "string", c, required=c != "next_arm_id")
                 for c in OUTPUT_COLUMNS
             ]
+            + [ColSpec("string", c, required=False) for c in STAGE2_COLUMNS]
         ),
         params=ParamSchema([ParamSpec("lam", "double", None), ParamSpec("budget_j", "double", None)]),
     )

@@ -8,7 +8,12 @@ at module level; `import policy` never imports it.
 Input: a DataFrame with column `question`, optional `task` and `query_id`;
 a "text+probe" policy also needs `probe`: each question's raw probe vector
 (policy/probe.py: probe_last then probe_mean of the bundle's probe model) as a
-JSON list of numbers (or a list).
+JSON list of numbers (or a list). A bundle with a look-then-decide rule
+(stage2.json) also reads, when all are present, the first sample's signals as
+columns `first_mean_logprob`, `first_min_logprob`, `first_mean_entropy`,
+`first_answered`, `first_tokens` (policy.features.FIRST_SAMPLE_NAMES, of a
+sample of `first_arm_id`) and optional `first_energy_j`; the output then adds
+`stage2_arm_id` and `stage2_action` ("stop", "continue" or "switch").
 Output: one row per input row with the chosen `arm_id`, its predicted
 `p_success` and `energy_j`, the `rule` that chose it, the price `lam`, and
 `energy_source` (whether the joules the policy learnt from were measured or
@@ -25,6 +30,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+#: added by a bundle with a look-then-decide rule (the stage-2 pair only when the signals are given)
+STAGE2_COLUMNS = ["first_arm_id", "stage2_arm_id", "stage2_action"]
 OUTPUT_COLUMNS = ["query_id", "arm_id", "p_success", "energy_j", "next_arm_id", "rule", "lam", "energy_source"]
 
 
@@ -59,7 +66,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             lam=None if lam is None else float(lam),
             budget_j=None if budget_j is None else float(budget_j),
         )
-        return pd.DataFrame(
+        out = pd.DataFrame(
             [
                 (
                     d.query_id,
@@ -75,6 +82,27 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             ],
             columns=OUTPUT_COLUMNS,
         )
+        return self._after_look(out, df, questions, tasks, query_ids, lam)
+
+    def _after_look(self, out: pd.DataFrame, df: pd.DataFrame, questions, tasks, query_ids, lam) -> pd.DataFrame:
+        """Stage-2 columns when the bundle has the rule and the input has every first-sample signal column."""
+        from policy.features import FIRST_SAMPLE_NAMES
+
+        policy = self.policy_
+        if policy.stage_two is None:
+            return out
+        out["first_arm_id"] = policy.first_arm
+        if not all(c in df.columns for c in FIRST_SAMPLE_NAMES):
+            return out
+        sig = df[list(FIRST_SAMPLE_NAMES)].astype("float64").to_numpy()
+        e1 = df["first_energy_j"].astype("float64").to_numpy() if "first_energy_j" in df.columns else None
+        probe = _probes(df) if policy.needs_probe else None
+        after = policy.decide_after_look(
+            questions, sig, tasks, query_ids, probe, e1, None if lam is None else float(lam)
+        )
+        out["stage2_arm_id"] = [d.arm_id for d in after]
+        out["stage2_action"] = [d.action for d in after]
+        return out
 
 
 def _probes(df: pd.DataFrame) -> Any:

@@ -42,9 +42,13 @@ from train.dataset import (
 )
 from train.registry import PREDICTORS, PredictorSpec
 from train.tune import TrialRecord, TuneResult, check_storage, tune
+from train.two_stage import StageTwoFit, fit_stage_two, has_signals
 
 if TYPE_CHECKING:
     from train.dataset import RowSplit  # the split with row indices (store.splits.Split inside)
+
+
+TWO_STAGE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class TrainConfig:
     study_name: str | None = None
     #: "text+probe": the model whose prefill the probe reads (None: the cheapest model of the store)
     probe_model: str | None = None
+    #: the look-then-decide rule (stage2.json): "auto" when the samples hold token log-probs, "on", "off"
+    two_stage: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "holdout_tasks", tuple(self.holdout_tasks or ()))
@@ -81,6 +87,8 @@ class TrainConfig:
             raise unknown_name("split", self.split, SPLITS)
         if self.calibration not in CALIBRATIONS:
             raise unknown_name("calibration", self.calibration, CALIBRATIONS)
+        if self.two_stage not in TWO_STAGE_MODES:
+            raise unknown_name("two_stage mode", str(self.two_stage), TWO_STAGE_MODES)
         if self.n_trials < 0:
             raise UsageError(f"n_trials must be >= 0 (0 = default hyperparameters), got {self.n_trials}")
         if self.num_threads < 1:
@@ -120,6 +128,8 @@ class Fitted:
     data: TrainingData
     train_idx: np.ndarray
     predictors: dict[str, FittedPredictor]
+    #: the look-then-decide rule of the training queries (None: off, or the samples hold no token log-probs)
+    stage_two: StageTwoFit | None = None
 
     @property
     def estimators(self) -> dict[str, Any]:
@@ -178,11 +188,13 @@ def fit(
     study_prefix: str | None = None,
     on_trial: Callable[[TrialRecord], None] | None = None,
     clock: Clock | None = None,
+    samples: pd.DataFrame | None = None,
 ) -> Fitted:
     """Tune, then refit on every row of `train_idx`, each predictor of the registry.
 
     Studies are named `<study_prefix>-<predictor>`: `cfg.study_name` when set
     (a study shared with other workers), else `study_prefix`, else a fresh id.
+    With `samples`, the look-then-decide rule is fitted too (`cfg.two_stage`).
     """
     prefix = cfg.study_name or study_prefix or f"ttc-train-{uuid.uuid4().hex[:12]}"
     X = pd.DataFrame(data.X[train_idx], columns=data.feature_names)
@@ -211,7 +223,19 @@ def fit(
         out[name] = FittedPredictor(spec, spec.refit(est, X, y, groups, cfg.calibration), tuned)
         if clock:
             clock.lap(f"refit_{name}")
-    return Fitted(data, np.asarray(train_idx), out)
+    return Fitted(data, np.asarray(train_idx), out, _stage_two(samples, data, train_idx, cfg))
+
+
+def _stage_two(samples: pd.DataFrame | None, data: TrainingData, train_idx: np.ndarray, cfg: TrainConfig) -> Any:
+    """The stage-2 rule on the training rows when `cfg.two_stage` and the samples allow it, else None."""
+    if cfg.two_stage == "off" or samples is None:
+        return None
+    if not has_signals(samples):
+        if cfg.two_stage == "on":
+            raise UsageError("two_stage='on' needs samples with token log-probs; recollect, or use two_stage='auto'")
+        return None
+    # lam is the bundle rule's, set when the bundle is written (write_policy_bundle)
+    return fit_stage_two(samples, data.rows.iloc[train_idx], data.arms, data.models, 0.0, cfg.seed)
 
 
 def evaluate(fitted: Fitted, sp: RowSplit) -> Evaluation:
@@ -243,11 +267,17 @@ def train_query_rows(data: TrainingData, train_query_ids: Iterable[str]) -> np.n
 
 
 def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float], rule: Any = None) -> Path:
-    """Write `fitted`'s success and energy models as a policy bundle folder at `out_dir`; returns it."""
+    """Write `fitted`'s success and energy models as a policy bundle folder at `out_dir`; returns it.
+
+    A fitted stage-2 rule goes in as stage2.json, priced at the rule's lam.
+    """
+    import dataclasses
+
     from policy.allocate import DecisionRule
     from train.export import write_bundle
 
     data = fitted.data
+    rule = rule if rule is not None else DecisionRule()
     # Parity reference: query features (not rows) of up to 64 training queries.
     n_query_cols = len(data.feature_set.names())
     first_rows = pd.Series(fitted.train_idx).groupby(data.groups[fitted.train_idx]).first().to_numpy()
@@ -259,15 +289,21 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
         data.arms,
         data.models,
         data.feature_set,
-        rule if rule is not None else DecisionRule(),
+        rule,
         {k: v for k, v in metrics.items() if np.isfinite(v)},
         data.meter,
         data.energy_source,
         calibration=fitted.calibration,
         reference_x=data.X[np.sort(pick), :n_query_cols],
         probe_reduction=data.probe_reduction,
+        stage_two=None if fitted.stage_two is None else dataclasses.replace(fitted.stage_two, lam=_lam(rule)),
     )
     return Path(out_dir)
+
+
+def _lam(rule: Any) -> float:
+    lam = rule.lam if hasattr(rule, "lam") else dict(rule).get("lam", 0.0)
+    return float(lam)
 
 
 def fit_policy(
@@ -291,5 +327,5 @@ def fit_policy(
         probes=resolve_probes(samples, cfg, probes),
         probe_fit_ids=list(train_query_ids) if get_feature_set(cfg.feature_set).probe else None,
     )
-    fitted = fit(data, train_query_rows(data, train_query_ids), cfg)
+    fitted = fit(data, train_query_rows(data, train_query_ids), cfg, samples=samples)
     return write_policy_bundle(Path(out_dir), fitted, fitted.tuning_metrics(), rule)

@@ -164,7 +164,7 @@ def train_stage(
         with _Progress(progress, cfg.n_trials * len(PREDICTORS)) as bar:
             on_trial = TrialLog(mlflow, tags, data.energy_source, bar.advance)
             prefix = f"ttc-train-{parent.info.run_id}"
-            fitted = fit(data, sp.train, cfg, study_prefix=prefix, on_trial=on_trial, clock=clock)
+            fitted = fit(data, sp.train, cfg, study_prefix=prefix, on_trial=on_trial, clock=clock, samples=samples)
         ev = evaluate(fitted, sp)
         clock.lap("evaluate")
         with _staged(out_dir) as tmp:

@@ -20,7 +20,8 @@ stage 1's; any other arm (other model or temperature) is charged stage 1's
 joules on top of its own, and its vote is its own samples' (stage 1's answer
 is not added to it). Plus the policy's metered features/predictions (and
 probe, context.PolicyOverhead.charged) and the metered stage-2 prediction.
-Never reads files, never logs; the stage-2 rule is not exported to bundles.
+Never reads files, never logs. The fitting (train/two_stage.py) and the choice
+(policy/two_stage.py) are the ones `ttc train` exports into a bundle's stage2.json.
 """
 
 from __future__ import annotations
@@ -28,64 +29,26 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from eval.allocators.base import Allocator, Curve, Outcomes, _dedupe, _point, hull_slopes, lambda_grid
 from eval.allocators.context import EvalContext
 from policy.arms import Arm
 from policy.errors import UsageError
-from policy.features import first_sample_signals, get_feature_set, row_matrix
+from policy.two_stage import choose, continues, marginal_joules
+from train.two_stage import (
+    fit_stage_two_model,
+    predict_stage_two,
+    stage_one_index,
+    stage_one_signals,
+    stage_two_rows,
+)
+
+__all__ = ["TwoStageAllocator", "continues", "stage_one_arm", "stage_one_signals", "stage_two_scores"]
 
 
 def stage_one_arm(train: Outcomes, arms: list[Arm]) -> int:
     """The one-sample arm with the lowest mean training joules (ties: arm order)."""
-    ones = [j for j, a in enumerate(arms) if a.n == 1]
-    if not ones:
-        raise UsageError("two_stage needs a one-sample arm in the grid (n=1) for its first look")
-    mean_j = train.energy_j.mean(axis=0)
-    return min(ones, key=lambda j: (mean_j[j], j))
-
-
-def continues(arms: list[Arm], first: Arm) -> np.ndarray:
-    """Per arm: whether it starts from the stage-1 sample (same model and temperature, cap >= stage 1's)."""
-    return np.asarray(
-        [a.model == first.model and a.temperature == first.temperature and a.max_new_tokens >= first.max_new_tokens
-         for a in arms]
-    )  # fmt: skip
-
-
-def stage_one_signals(samples: pd.DataFrame, query_ids: Any, arm: Arm) -> np.ndarray:
-    """(n, 5) first-sample signals of `arm` (n=1) for `query_ids`: the generation's first sample, cut at the cap."""
-    g = samples[(samples["model"] == arm.model) & (samples["temperature"] == arm.temperature)]
-    first = g.sort_values("sample_index", kind="stable").drop_duplicates("query_id").set_index("query_id")
-    missing = [q for q in query_ids if q not in first.index]
-    if missing:
-        raise UsageError(f"{len(missing)} queries have no sample of {arm.arm_id}; evaluate on the store's queries")
-    lps, ents, answered, tokens = [], [], [], []
-    for q in query_ids:
-        r = first.loc[q]
-        li = [int(x) for x in r["levels"]].index(arm.max_new_tokens)
-        k = int(r["level_output_tokens"][li])
-        lps.append(list(r.get("token_logprob", []))[:k])
-        ents.append(list(r.get("token_entropy", []))[:k])
-        answered.append(r["level_answer"][li] is not None)
-        tokens.append(k)
-    return first_sample_signals(lps, ents, answered, tokens)
-
-
-def _fit_stage_two(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
-    """LightGBM on (query, signals, arm) rows; a constant when the labels hold one class only."""
-    if len(np.unique(y)) < 2:
-        return float(y[0]) if len(y) else 0.0
-    from lightgbm import LGBMClassifier
-
-    params = dict(n_estimators=150, learning_rate=0.05, num_leaves=7, min_child_samples=20, subsample=0.8)
-    model = LGBMClassifier(**params, subsample_freq=1, random_state=seed, n_jobs=1, verbose=-1)
-    return model.fit(x, y)
-
-
-def _predict(model: Any, x: np.ndarray) -> np.ndarray:
-    return np.full(len(x), model) if isinstance(model, float) else model.predict_proba(x)[:, 1]
+    return stage_one_index(train.energy_j.mean(axis=0), arms)
 
 
 class TwoStageAllocator(Allocator):
@@ -104,24 +67,32 @@ class TwoStageAllocator(Allocator):
         """Fold k: stage-1 arm, stage-2 p on held-out queries, marginal joules, continuation mask, overhead."""
         from collect.energy import make_meter
 
-        fold, arms, text = ctx.folds[k], ctx.arms, get_feature_set("text")
+        fold, arms = ctx.folds[k], ctx.arms
         models = sorted({a.model for a in arms})
         a1 = stage_one_arm(fold.train, arms)
 
         def rows(o: Outcomes) -> np.ndarray:
             sig = stage_one_signals(ctx.samples, list(o.query_ids), arms[a1])
-            return row_matrix(np.hstack([text.transform(o.questions, list(o.tasks)), sig]), arms, models)
+            return stage_two_rows(o.questions, list(o.tasks), sig, arms, models)
 
-        model = _fit_stage_two(rows(fold.train), fold.train.correct.reshape(-1).astype(int), ctx.seed)
+        model = fit_stage_two_model(rows(fold.train), fold.train.correct.reshape(-1).astype(int), ctx.seed)
         meter = make_meter(ctx.overhead_meter)
         meter.begin_window("two_stage")
-        p2 = _predict(model, rows(fold.test)).reshape(fold.test.n_queries, len(arms))
+        p2 = predict_stage_two(model, rows(fold.test)).reshape(fold.test.n_queries, len(arms))
         stage2_j = meter.end_window("two_stage").energy_j / max(fold.test.n_queries, 1)
         pred = ctx.fold_predictions(k, "test")
         cont = continues(arms, arms[a1])
         e1 = fold.test.energy_j[:, a1]
-        marginal = np.where(cont[None, :], np.maximum(pred.e - e1[:, None], 0.0), pred.e)
-        return {"a1": a1, "p2": p2, "marginal": marginal, "cont": cont, "pred": pred, "stage2_j": stage2_j}
+        marginal = marginal_joules(pred.e, e1, cont)
+        return {
+            "model": model,
+            "a1": a1,
+            "p2": p2,
+            "marginal": marginal,
+            "cont": cont,
+            "pred": pred,
+            "stage2_j": stage2_j,
+        }
 
     def curve(self, ctx: EvalContext) -> Curve:
         if ctx.samples is None:
@@ -136,10 +107,8 @@ class TwoStageAllocator(Allocator):
         pred, q = ctx.predictions("test"), np.arange(n)
         settings = []
         for lam in lambda_grid(hull_slopes(p2, marginal + 1e-9), self.n_lambdas):
-            score = p2 - lam * marginal
-            # ties go to the cheaper arm (lexsort's last key is primary)
-            idx = np.asarray([np.lexsort((marginal[i], -score[i]))[0] for i in range(n)])
-            settings.append((idx, float(lam)))
+            # the exported rule's own choice (policy.two_stage.choose), so a bundle decides as simulated here
+            settings.append((choose(p2, marginal, float(lam)), float(lam)))
         points = []
         for idx, lam in _dedupe(settings):
             # an arm that does not continue the stage-1 sample pays for stage 1 on top of its own joules

@@ -1,0 +1,158 @@
+"""The exported look-then-decide rule: stage 2 of the two-stage policy, read from a bundle's stage2.json.
+
+Stage 1 draws one sample from `first_arm` (the cheapest one-sample arm of the
+training queries). Its signals (`policy.features.FIRST_SAMPLE_NAMES`) join the
+question's "text" features; a success model (plain-data trees, sigmoid output)
+predicts each arm's P(correct) given them, and stage 2 takes the arm with the
+most predicted accuracy minus λ x its *marginal* joules: the policy's
+predicted joules, less the stage-1 joules already spent when the arm
+continues the first sample (same model and temperature, cap >= stage 1's).
+Choosing `first_arm` itself means "stop". `choose` and `marginal_joules` are
+the very functions eval/allocators/two_stage.py simulates with, so the
+exported decisions are the evaluated ones.
+
+stage2.json is untrusted: every field's type and shape is checked on load and
+any mismatch is a `BundleError`. numpy and the standard library only; never
+imports lightgbm, torch or mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from policy.arms import Arm
+from policy.errors import BundleError, UsageError
+from policy.features import FIRST_SAMPLE_NAMES
+from policy.trees import TreeEnsemble
+
+STAGE2_FILE = "stage2.json"
+#: the query feature set stage 2 reads (before the signals and the arm columns)
+STAGE2_FEATURES = "text"
+#: what a stage-2 choice means for the first sample
+ACTIONS = ("stop", "continue", "switch")
+
+
+def continues(arms: Sequence[Arm], first: Arm) -> np.ndarray:
+    """Per arm: whether it starts from the stage-1 sample (same model and temperature, cap >= stage 1's)."""
+    return np.asarray(
+        [a.model == first.model and a.temperature == first.temperature and a.max_new_tokens >= first.max_new_tokens
+         for a in arms]
+    )  # fmt: skip
+
+
+def marginal_joules(e: np.ndarray, e1: np.ndarray, cont: np.ndarray) -> np.ndarray:
+    """(n, n_arms) joules still to spend: predicted joules, less stage 1's for an arm that continues its sample."""
+    return np.where(cont[None, :], np.maximum(e - e1[:, None], 0.0), e)
+
+
+def choose(p2: np.ndarray, marginal: np.ndarray, lam: float) -> np.ndarray:
+    """(n,) arm index of most p2 - lam x marginal; ties go to the cheaper arm, then the first one."""
+    score = p2 - lam * marginal
+    # lexsort's last key is primary and it is stable, so equal (score, marginal) keep arm order
+    return np.lexsort((marginal, -score), axis=-1)[:, 0] if len(p2) else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class StageTwoDecision:
+    """Stage 2's choice for one query after the look: the arm, and whether that stops, continues or switches."""
+
+    query_id: str
+    arm_id: str
+    action: str
+    p_success: float
+    marginal_j: float
+    lam: float
+
+
+@dataclass(frozen=True, eq=False)
+class StageTwo:
+    """The stage-2 success model and rule of a bundle (stage2.json)."""
+
+    first_arm: str
+    lam: float
+    trees: TreeEnsemble | None  # None: a constant success probability (one-class training labels)
+    constant: float = 0.0
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """P(correct) of (text features, signals, arm features) rows."""
+        if self.trees is None:
+            return np.full(len(rows), self.constant)
+        return self.trees.predict(rows)
+
+    @classmethod
+    def from_json(cls, raw: bytes, arm_ids: Sequence[str], n_features: int) -> StageTwo:
+        """Parse and check stage2.json for a bundle of `arm_ids` whose stage-2 rows have `n_features` columns."""
+        try:
+            d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise BundleError(f"{STAGE2_FILE} is not valid UTF-8 JSON; re-export the bundle") from exc
+        if not isinstance(d, dict):
+            raise BundleError(f"{STAGE2_FILE} must hold a JSON object")
+        for key, ok, what in _FIELDS:
+            if key not in d or not ok(d[key]):
+                raise BundleError(f"{STAGE2_FILE} field {key!r} must be {what}; re-export the bundle")
+        if d["signals"] != list(FIRST_SAMPLE_NAMES) or d["features"] != STAGE2_FEATURES:
+            raise BundleError(
+                f"{STAGE2_FILE} reads {d['features']!r} + {d['signals']}; this package computes "
+                f"{STAGE2_FEATURES!r} + {list(FIRST_SAMPLE_NAMES)}; retrain and re-export the policy"
+            )
+        if d["first_arm"] not in arm_ids:
+            raise BundleError(f"{STAGE2_FILE} names first arm {d['first_arm']!r}, which is not an arm of the bundle")
+        if Arm.parse(d["first_arm"]).n != 1:
+            raise BundleError(f"{STAGE2_FILE} first arm {d['first_arm']!r} draws more than one sample")
+        trees = d["trees"]
+        if (trees is None) == (d["constant"] is None):
+            raise BundleError(f"{STAGE2_FILE} must hold either 'trees' or a 'constant', not both or neither")
+        ens = None
+        if trees is not None:
+            ens = TreeEnsemble.from_json(trees, n_features)
+            if ens.transform != "sigmoid":
+                raise BundleError(f"{STAGE2_FILE} trees must output a probability (sigmoid); re-export the bundle")
+        return cls(d["first_arm"], float(d["lam"]), ens, float(d["constant"] or 0.0))
+
+
+def stage_two_json(first_arm: str, lam: float, trees: dict[str, Any] | None, constant: float | None) -> bytes:
+    """stage2.json bytes (the writer's half of `StageTwo.from_json`)."""
+    d = {"first_arm": first_arm, "lam": float(lam), "features": STAGE2_FEATURES, "signals": list(FIRST_SAMPLE_NAMES),
+         "trees": trees, "constant": None if constant is None else float(constant)}  # fmt: skip
+    return (json.dumps(d, sort_keys=True, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_FIELDS = (
+    ("first_arm", lambda v: isinstance(v, str), "an arm id string"),
+    ("lam", lambda v: _num(v) and v >= 0, "a finite number >= 0 (accuracy per joule)"),
+    ("features", lambda v: isinstance(v, str), "a feature set name"),
+    ("signals", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of signal names"),
+    ("trees", lambda v: v is None or isinstance(v, dict), "null or a plain-data tree ensemble"),
+    ("constant", lambda v: v is None or (_num(v) and 0 <= v <= 1), "null or a probability in [0, 1]"),
+)
+
+
+def check_signals(first_sample: Any, n: int) -> np.ndarray:
+    """(n, 5) float32 first-sample signals; `UsageError` naming the columns when the shape or values are wrong."""
+    try:
+        x = np.asarray(first_sample, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"first_sample must be numbers, columns {list(FIRST_SAMPLE_NAMES)}: {exc}") from exc
+    if x.shape != (n, len(FIRST_SAMPLE_NAMES)):
+        raise UsageError(
+            f"first_sample must have shape ({n}, {len(FIRST_SAMPLE_NAMES)}), columns {list(FIRST_SAMPLE_NAMES)} "
+            f"(policy.features.first_sample_signals computes them), got {x.shape}"
+        )
+    if np.isinf(x).any():
+        raise UsageError("first_sample holds infinite values; NaN (no token) is allowed, inf is not")
+    return x.astype(np.float32)

@@ -1,0 +1,220 @@
+"""The exported look-then-decide rule: stage2.json in the bundle, `Policy.decide_after_look`, the pyfunc.
+
+Synthetic (query, arm) outcomes and first samples from tests/policy_fixtures.py:
+the eval simulation (eval/allocators/two_stage.py) runs on them with the
+synthetic bundle as its fold policy, its fold's stage-2 model is exported, and
+the bundle must then decide exactly as the simulation did at every price.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from policy_fixtures import (
+    MODELS,
+    build_synthetic_bundle,
+    rehash_bundle,
+    synthetic_arms,
+    synthetic_outcomes,
+    synthetic_questions,
+    train_boosters,
+)
+
+from eval.allocators import EvalContext, Fold, Outcomes
+from eval.allocators.two_stage import TwoStageAllocator
+from policy.bundle import load_bundle
+from policy.errors import BundleError, UsageError
+from policy.features import FIRST_SAMPLE_NAMES
+from train.two_stage import StageTwoFit, has_signals, stage_one_signals
+
+ARMS = synthetic_arms()
+LEVELS = sorted({a.max_new_tokens for a in ARMS})
+
+
+def _world(n: int, seed: int):
+    """(questions, tasks, correct, energy, samples): outcomes per arm; first samples' confidence tracks difficulty."""
+    questions, tasks, hard = synthetic_questions(n, seed)
+    _, energy, p_true = synthetic_outcomes(hard, ARMS, seed)
+    rng = np.random.default_rng(seed + 7)
+    correct = (rng.random(p_true.shape) < p_true).astype(int)
+    rows = []
+    for i in range(n):
+        for model in MODELS:
+            for temp in sorted({a.temperature for a in ARMS}):
+                lp = rng.normal(-0.2 - 2.5 * hard[i], 0.3, 40)
+                rows.append(dict(query_id=f"q{seed}_{i}", question=questions[i], task=tasks[i], model=model,
+                                 temperature=temp, sample_index=0, levels=LEVELS, level_output_tokens=[20, 40],
+                                 level_answer=[None if hard[i] > 0.7 else "1"] * 2, token_logprob=list(lp),
+                                 token_entropy=list(np.abs(lp) * 0.8)))  # fmt: skip
+    return questions, tasks, correct, energy, pd.DataFrame(rows)
+
+
+def _outcomes(ids, questions, tasks, correct, energy) -> Outcomes:
+    n = len(ids)
+    return Outcomes(
+        np.asarray(ids, dtype=object), np.asarray(tasks, dtype=object), list(questions), [a.arm_id for a in ARMS],
+        np.asarray(correct), np.asarray(energy), np.ones((n, len(ARMS))), np.ones((n, len(ARMS)), bool),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """The eval simulation on 30 held-out synthetic queries, and a bundle carrying its fold's stage-2 model."""
+    tmp = tmp_path_factory.mktemp("two_stage")
+    plain = load_bundle(build_synthetic_bundle(tmp / "plain"))
+    tr, te = _world(160, 11), _world(30, 12)
+    train = _outcomes([f"q11_{i}" for i in range(160)], *tr[:4])
+    test = _outcomes([f"q12_{i}" for i in range(30)], *te[:4])
+    samples = pd.concat([tr[4], te[4]], ignore_index=True)
+    ctx = EvalContext(test, samples=samples, folds=[Fold("f", test, train, plain)])
+    alloc = TwoStageAllocator(n_lambdas=12)
+    fold = alloc._fold(ctx, 0)
+    curve = alloc.curve(ctx)
+    success, energy = train_boosters(seed=0)
+    from train.export import write_bundle
+
+    st = StageTwoFit(ARMS[fold["a1"]].arm_id, 0.01, fold["model"])
+    ref = plain.manifest
+    out = write_bundle(tmp / "two", success, energy, ARMS, MODELS, "text", ref.rule, {"synthetic": 1}, "synthetic",
+                       "estimated", reference_x=None, stage_two=st)  # fmt: skip
+    return ctx, fold, curve, out
+
+
+def test_the_exported_stage_two_decides_as_the_eval_simulation_at_every_price(simulated):
+    ctx, fold, curve, bundle = simulated
+    policy = load_bundle(bundle)
+    a1 = fold["a1"]
+    assert policy.first_arm == ARMS[a1].arm_id
+    test = ctx.test
+    sig = stage_one_signals(ctx.samples, list(test.query_ids), ARMS[a1])
+    assert len(curve.points) >= 3
+    for pt in curve.points:
+        got = policy.decide_after_look(
+            test.questions, sig, list(test.tasks), first_energy_j=test.energy_j[:, a1], lam=pt.params["lam"]
+        )
+        assert tuple(d.arm_id for d in got) == tuple(pt.arm_ids)
+    # the numpy trees give the simulation's own probabilities
+    d0 = policy.decide_after_look(test.questions, sig, list(test.tasks), first_energy_j=test.energy_j[:, a1], lam=0.0)
+    chosen = np.asarray([policy.arm_ids.index(d.arm_id) for d in d0])
+    assert np.allclose([d.p_success for d in d0], fold["p2"][np.arange(len(chosen)), chosen], atol=1e-9)
+
+
+def test_stage_two_actions_say_stop_continue_or_switch(simulated):
+    ctx, fold, _, bundle = simulated
+    policy = load_bundle(bundle)
+    first = ARMS[fold["a1"]]
+    sig = stage_one_signals(ctx.samples, list(ctx.test.query_ids), first)
+    for lam in (0.0, 1e3):
+        for d in policy.decide_after_look(ctx.test.questions, sig, list(ctx.test.tasks), lam=lam):
+            arm = ARMS[policy.arm_ids.index(d.arm_id)]
+            want = (
+                "stop"
+                if arm == first
+                else "continue"
+                if arm.model == first.model and arm.temperature == first.temperature
+                else "switch"
+            )  # noqa: E501
+            assert d.action == want
+    stops = policy.decide_after_look(ctx.test.questions, sig, list(ctx.test.tasks), lam=1e3)
+    assert {d.action for d in stops} == {"stop"}  # at a very high price nothing is worth more joules
+
+
+def test_bad_first_sample_input_is_a_usage_error_naming_the_columns(simulated):
+    _, _, _, bundle = simulated
+    policy = load_bundle(bundle)
+    with pytest.raises(UsageError, match="first_mean_logprob"):
+        policy.decide_after_look(["What is 2 + 2?"], np.zeros((1, 4)))
+    with pytest.raises(UsageError, match="first_energy_j"):
+        policy.decide_after_look(["What is 2 + 2?"], np.zeros((1, 5)), first_energy_j=[-1.0])
+    plain = load_bundle(build_synthetic_bundle(Path(bundle).parent / "p2"))
+    assert plain.first_arm is None
+    with pytest.raises(UsageError, match="no stage-2 rule"):
+        plain.decide_after_look(["What is 2 + 2?"], np.zeros((1, 5)))
+
+
+def test_a_changed_stage_two_file_is_refused_by_the_digest(simulated, tmp_path):
+    copy = _copy(simulated[3], tmp_path / "b")
+    d = json.loads((copy / "stage2.json").read_text())
+    d["lam"] = 5.0
+    (copy / "stage2.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="stage2.json"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d.__setitem__("lam", "0.1"), "'lam'"),
+        (lambda d: d.__setitem__("lam", -1), "'lam'"),
+        (lambda d: d.__setitem__("first_arm", 3), "'first_arm'"),
+        (lambda d: d.__setitem__("first_arm", "nosuch|n=1|L=32|T=0.7"), "not an arm"),
+        (lambda d: d.__setitem__("signals", ["first_mean_logprob"]), "this package computes"),
+        (lambda d: d.__setitem__("trees", [1, 2]), "'trees'"),
+        (lambda d: d.__setitem__("constant", 0.5), "either 'trees' or a 'constant'"),
+        (lambda d: d["trees"]["trees"][0].__setitem__("split_feature", "x"), "tree model"),
+        (lambda d: d["trees"].__setitem__("n_features", 7), "tree model"),
+        (lambda d: d.pop("constant"), "'constant'"),
+        (lambda d: d.__setitem__("first_arm", ARMS[-1].arm_id), "more than one sample"),
+    ],
+)
+def test_wrong_typed_stage_two_data_is_refused_even_when_rehashed(simulated, tmp_path, edit, match):
+    copy = _copy(simulated[3], tmp_path / "b")
+    d = json.loads((copy / "stage2.json").read_text())
+    edit(d)
+    (copy / "stage2.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=match):
+        load_bundle(rehash_bundle(copy))
+
+
+def test_a_rewritten_policy_keeps_its_stage_two(simulated, tmp_path):
+    from train.export import write_policy
+
+    policy = load_bundle(simulated[3])
+    again = load_bundle(write_policy(policy.with_rule({"mode": "price", "lam": 0.5}), tmp_path / "w"))
+    assert again.first_arm == policy.first_arm and again.stage_two.lam == policy.stage_two.lam
+
+
+def test_signals_are_detected_only_when_samples_hold_token_logprobs():
+    _, _, _, _, samples = _world(3, 1)
+    assert has_signals(samples)
+    assert not has_signals(samples.drop(columns=["token_logprob"]))
+    assert not has_signals(samples.assign(token_logprob=[[] for _ in range(len(samples))]))
+
+
+def test_the_mlflow_pyfunc_reads_the_signal_columns(simulated, tmp_path):
+    import mlflow
+
+    from serve.mlflow_log import log_policy_model
+
+    ctx, fold, _, bundle = simulated
+    test, a1 = ctx.test, fold["a1"]
+    sig = stage_one_signals(ctx.samples, list(test.query_ids), ARMS[a1])
+    df = pd.DataFrame({"question": test.questions, "task": list(test.tasks)})
+    df[list(FIRST_SAMPLE_NAMES)] = sig.astype(np.float64)
+    df["first_energy_j"] = test.energy_j[:, a1]
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment("s", artifact_location=tmp_path.as_uri()))
+        model = mlflow.pyfunc.load_model(log_policy_model(bundle))
+        out = model.predict(df, params={"lam": 0.01})
+        plain = model.predict(df[["question", "task"]])
+    finally:
+        mlflow.set_tracking_uri(old)
+    want = load_bundle(bundle).decide_after_look(
+        test.questions, sig, list(test.tasks), first_energy_j=test.energy_j[:, a1], lam=0.01
+    )
+    assert list(out["stage2_arm_id"]) == [d.arm_id for d in want]
+    assert list(out["stage2_action"]) == [d.action for d in want]
+    assert set(out["first_arm_id"]) == {ARMS[a1].arm_id} and "stage2_arm_id" not in plain.columns
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in Path(src).iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst

@@ -1,0 +1,110 @@
+"""Training the look-then-decide rule: first-sample signals from the samples, the stage-2 success model.
+
+Shared by `ttc train` (train/fit.py writes the result into the bundle's
+stage2.json through train/export.py) and the eval simulation
+(eval/allocators/two_stage.py), so both learn the same model from the same
+rows: (question's "text" features, the first sample's `FIRST_SAMPLE_NAMES`,
+arm features) labelled with the arm's realised vote. Stage 1 is the one-sample
+arm with the lowest mean joules on the training queries. Never writes files,
+never logs; lightgbm is imported only when a model is fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from policy.arms import Arm
+from policy.errors import UsageError
+from policy.features import first_sample_signals, get_feature_set, row_matrix
+from policy.two_stage import STAGE2_FEATURES
+
+#: the sample columns the signals are read from (collection stores them per token)
+SIGNAL_COLUMNS = ("token_logprob", "token_entropy")
+
+
+@dataclass(frozen=True, eq=False)
+class StageTwoFit:
+    """A fitted stage-2 rule: the first arm, the price, and the model (a LightGBM classifier or a constant)."""
+
+    first_arm: str
+    lam: float
+    model: Any
+
+
+def has_signals(samples: pd.DataFrame) -> bool:
+    """True when the samples hold per-token log-probabilities (collections before issue 12 do not)."""
+    if not all(c in samples.columns for c in SIGNAL_COLUMNS) or samples.empty:
+        return False
+    return bool(samples["token_logprob"].map(lambda v: v is not None and len(v) > 0).any())
+
+
+def stage_one_index(mean_j: np.ndarray, arms: Sequence[Arm]) -> int:
+    """The one-sample arm with the lowest mean training joules (ties: arm order)."""
+    ones = [j for j, a in enumerate(arms) if a.n == 1]
+    if not ones:
+        raise UsageError("two_stage needs a one-sample arm in the grid (n=1) for its first look")
+    return min(ones, key=lambda j: (mean_j[j], j))
+
+
+def stage_one_signals(samples: pd.DataFrame, query_ids: Any, arm: Arm) -> np.ndarray:
+    """(n, 5) first-sample signals of `arm` (n=1) for `query_ids`: the generation's first sample, cut at the cap."""
+    g = samples[(samples["model"] == arm.model) & (samples["temperature"] == arm.temperature)]
+    first = g.sort_values("sample_index", kind="stable").drop_duplicates("query_id").set_index("query_id")
+    missing = [q for q in query_ids if q not in first.index]
+    if missing:
+        raise UsageError(f"{len(missing)} queries have no sample of {arm.arm_id}; evaluate on the store's queries")
+    lps, ents, answered, tokens = [], [], [], []
+    for q in query_ids:
+        r = first.loc[q]
+        li = [int(x) for x in r["levels"]].index(arm.max_new_tokens)
+        k = int(r["level_output_tokens"][li])
+        lps.append(list(r.get("token_logprob", []))[:k])
+        ents.append(list(r.get("token_entropy", []))[:k])
+        answered.append(r["level_answer"][li] is not None)
+        tokens.append(k)
+    return first_sample_signals(lps, ents, answered, tokens)
+
+
+def stage_two_rows(
+    questions: Sequence[str], tasks: Sequence[str | None], signals: np.ndarray, arms: Sequence[Arm], models: list[str]
+) -> np.ndarray:
+    """(query, arm) rows of the stage-2 model: text features, the signals, then the arm columns."""
+    text = get_feature_set(STAGE2_FEATURES).transform(list(questions), list(tasks))
+    return row_matrix(np.hstack([text, signals]), arms, models)
+
+
+def fit_stage_two_model(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    """LightGBM on (query, signals, arm) rows; a constant when the labels hold one class only."""
+    if len(np.unique(y)) < 2:
+        return float(y[0]) if len(y) else 0.0
+    from lightgbm import LGBMClassifier
+
+    params = dict(n_estimators=150, learning_rate=0.05, num_leaves=7, min_child_samples=20, subsample=0.8)
+    model = LGBMClassifier(**params, subsample_freq=1, random_state=seed, n_jobs=1, verbose=-1)
+    return model.fit(x, y)
+
+
+def predict_stage_two(model: Any, x: np.ndarray) -> np.ndarray:
+    return np.full(len(x), model) if isinstance(model, float) else model.predict_proba(x)[:, 1]
+
+
+def fit_stage_two(
+    samples: pd.DataFrame, rows: pd.DataFrame, arms: list[Arm], models: list[str], lam: float, seed: int
+) -> StageTwoFit:
+    """The stage-2 rule of the training arm rows `rows` (query-major over `arms`, as train.dataset builds them)."""
+    ids = sorted(rows["query_id"].unique())
+    arm_ids = [a.arm_id for a in arms]
+    grid = rows.set_index(["query_id", "arm_id"])[["energy_j", "correct"]].unstack("arm_id").reindex(index=ids)
+    if grid.isna().to_numpy().any():
+        raise UsageError("the stage-2 rule needs every arm's outcome for every training query")
+    a1 = stage_one_index(grid["energy_j"][arm_ids].to_numpy(dtype=np.float64).mean(axis=0), arms)
+    q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids]
+    sig = stage_one_signals(samples, ids, arms[a1])
+    x = stage_two_rows(q["question"].tolist(), q["task"].tolist(), sig, arms, models)
+    y = grid["correct"][arm_ids].to_numpy(dtype=np.float64).reshape(-1).astype(int)
+    return StageTwoFit(arm_ids[a1], float(lam), fit_stage_two_model(x, y, seed))
