@@ -16,9 +16,12 @@ accuracy, the accuracy gain at its joules, the share of the oracle's saving,
 the saving minus each peer rule's (Adaptive-Consistency, ESC) and the accuracy
 minus random arms' at the best fixed arm's joules, each with a paired
 bootstrap 95% interval ("undef": the frontier never reaches that accuracy);
-then the probe's joules as a share of the cheapest arm's, and the decision
-latency of a probe policy per query excluding the model's prefill.
-Reads the store, writes only temporary fold bundles.
+then the probe's joules as a share of the cheapest arm's, the decision
+latency of a probe policy per query excluding the model's prefill, and the
+latency of the exported stage-2 decision (`Policy.decide_after_look`, a text
+policy trained on the whole store with its stage2.json) at batch 1 and 1,000.
+`--stage-two-latency-only` prints only that last line (no cross-fitting).
+Reads the store, writes only temporary bundles.
 """
 
 from __future__ import annotations
@@ -144,6 +147,49 @@ def _latency_one(ev, probes, n: int = 200) -> float:
     return float(np.median(times) * 1000)
 
 
+def _stage_two_latency(samples: pd.DataFrame, n_one: int = 200, n_batch: int = 1000) -> tuple[str, float, float, float]:
+    """(first arm, p50 ms of decide_after_look on one query, ms/query in a batch of n_batch, p50 ms of allocate)."""
+    from policy.bundle import load_bundle
+    from train.fit import TrainConfig, fit_policy
+    from train.two_stage import stage_one_signals
+
+    ids = sorted(samples["query_id"].astype(str).unique())
+    with tempfile.TemporaryDirectory(prefix="ttc-stage2-bench-") as work:
+        cfg = TrainConfig(n_trials=0, num_threads=1, two_stage="on")
+        policy = load_bundle(fit_policy(samples, ids, cfg, Path(work) / "b"))
+    first = next(a for a in policy.arms if a.arm_id == policy.first_arm)
+    has_first = (samples["model"] == first.model) & (samples["temperature"] == first.temperature)
+    ids = sorted(samples.loc[has_first, "query_id"].astype(str).unique())  # queries the first arm was drawn on
+    q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids]
+    questions, tasks = q["question"].tolist(), q["task"].tolist()
+    sig = stage_one_signals(samples, ids, first)
+    policy.decide_after_look(questions[:10], sig[:10], tasks[:10])  # warm-up
+    times, alloc = [], []
+    for i in range(n_one):
+        j = i % len(ids)
+        t0 = time.perf_counter()
+        policy.decide_after_look([questions[j]], sig[j : j + 1], [tasks[j]])
+        t1 = time.perf_counter()
+        policy.allocate([questions[j]], [tasks[j]])  # the same policy's one-stage decision, same moment, for scale
+        times.append(t1 - t0)
+        alloc.append(time.perf_counter() - t1)
+    reps = -(-n_batch // len(ids))
+    qs, ts = (questions * reps)[:n_batch], (tasks * reps)[:n_batch]
+    t0 = time.perf_counter()
+    policy.decide_after_look(qs, np.tile(sig, (reps, 1))[:n_batch], ts)
+    batch = (time.perf_counter() - t0) * 1000 / n_batch
+    return first.arm_id, float(np.median(times) * 1000), batch, float(np.median(alloc) * 1000)
+
+
+def _print_stage_two_latency(samples: pd.DataFrame) -> None:
+    first, one, batch, alloc = _stage_two_latency(samples)
+    print(
+        f"stage-2 decision latency (decide_after_look, text policy + stage2.json, numpy backend, first sample of "
+        f"{first} given): p50 {one:.3f} ms for one query; {batch:.4f} ms/query in a batch of 1,000 "
+        f"(Policy.allocate on the same policy, interleaved: p50 {alloc:.3f} ms for one query)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True, action="append", help="a store folder; repeatable")
@@ -153,7 +199,11 @@ def main() -> None:
     ap.add_argument("--fold-trials", type=int, default=0, help="Optuna trials per fold predictor (0: defaults)")
     ap.add_argument("--probe-model", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage-two-latency-only", action="store_true", help="print only the stage-2 latency line")
     a = ap.parse_args()
+    if a.stage_two_latency_only:
+        _print_stage_two_latency(pd.concat([load_samples(s) for s in a.store], ignore_index=True))
+        return
     samples, probes, evs, table = run(a.store, a.folds, a.split, a.n_boot, a.fold_trials, a.probe_model, a.seed)
     ev = evs["text+probe"]
     h = ev.report["headline"]
@@ -193,6 +243,7 @@ def main() -> None:
         f"in a batch of 2,000; p50 {_latency_one(ev, probes):.3f} ms for one query at a time "
         f"(text policy: p50 {_latency_one(evs['text'], probes):.3f} ms)"
     )
+    _print_stage_two_latency(samples)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ from policy.features import (
     FeatureSet,
     arm_block,
     get_feature_set,
-    row_matrix_from_block,
     row_names,
 )
 from policy.manifest import (
@@ -318,7 +317,8 @@ class Policy:
         n = len(questions)
         sig = check_signals(first_sample, n)
         x = self.query_features(questions, tasks, probe)
-        _, e = self.predict_features(x)
+        # joules only: the first-stage success model plays no part after the look
+        e = np.exp(self.backend.predict_energy_grid(np.asarray(x, dtype=np.float32), self._arm_block))
         a1 = self.arm_ids.index(s2.first_arm)
         e1 = e[:, a1] if first_energy_j is None else np.asarray(first_energy_j, dtype=np.float64).reshape(-1)
         if e1.shape != (n,) or not np.isfinite(e1).all() or (e1 < 0).any():
@@ -328,7 +328,7 @@ class Policy:
             raise UsageError(f"lam (accuracy per joule) must be finite and >= 0, got {lam}")
         n_text = len(get_feature_set(STAGE2_FEATURES).names())
         query_x = np.hstack([x[:, :n_text], sig])
-        p2 = s2.predict(row_matrix_from_block(query_x, self._arm_block)).reshape(n, len(self.arms))
+        p2 = s2.predict_grid(query_x, self._arm_block)
         cont = continues(self.arms, self.arms[a1])
         marginal = marginal_joules(e, e1, cont)
         idx = choose(p2, marginal, price)

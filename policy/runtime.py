@@ -46,6 +46,10 @@ class Backend(ABC):
         p, log_e = self.predict_rows(row_matrix_from_block(query_x, arm_x))
         return p.reshape(nq, na), log_e.reshape(nq, na)
 
+    def predict_energy_grid(self, query_x: np.ndarray, arm_x: np.ndarray) -> np.ndarray:
+        """log_energy_j (n_queries, n_arms) alone (the stage-2 rule needs no first-stage success model)."""
+        return self.predict_grid(query_x, arm_x)[1]
+
 
 def _missing(blobs: Mapping[str, bytes], files: tuple[str, ...], backend: str) -> None:
     absent = [f for f in files if f not in blobs]
@@ -76,6 +80,9 @@ class NumpyBackend(Backend):
         # arm columns decided ahead per tree: see TreeEnsemble.raw_score_grid
         p = self.success_.transformed(self.success_.raw_score_grid(query_x, arm_x))
         return p, self.energy_.raw_score_grid(query_x, arm_x)
+
+    def predict_energy_grid(self, query_x: np.ndarray, arm_x: np.ndarray) -> np.ndarray:
+        return self.energy_.raw_score_grid(query_x, arm_x)
 
 
 class LightGBMBackend(Backend):

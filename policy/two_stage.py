@@ -79,11 +79,12 @@ class StageTwo:
     trees: TreeEnsemble | None  # None: a constant success probability (one-class training labels)
     constant: float = 0.0
 
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """P(correct) of (text features, signals, arm features) rows."""
+    def predict_grid(self, query_x: np.ndarray, arm_x: np.ndarray) -> np.ndarray:
+        """(n_queries, n_arms) P(correct) of every row [query_x[i] (text features, signals), arm_x[j]]."""
         if self.trees is None:
-            return np.full(len(rows), self.constant)
-        return self.trees.predict(rows)
+            return np.full((len(query_x), len(arm_x)), self.constant)
+        # arm columns decided ahead per tree (TreeEnsemble.raw_score_grid): the same bits as on full rows
+        return self.trees.transformed(self.trees.raw_score_grid(query_x, arm_x))
 
     @classmethod
     def from_json(cls, raw: bytes, arm_ids: Sequence[str], n_features: int) -> StageTwo:

@@ -96,12 +96,16 @@ def predict_stage_two(model: Any, x: np.ndarray) -> np.ndarray:
 def fit_stage_two(
     samples: pd.DataFrame, rows: pd.DataFrame, arms: list[Arm], models: list[str], lam: float, seed: int
 ) -> StageTwoFit:
-    """The stage-2 rule of the training arm rows `rows` (query-major over `arms`, as train.dataset builds them)."""
+    """The stage-2 rule of the training arm rows `rows`, on the queries that have an outcome of every arm."""
     ids = sorted(rows["query_id"].unique())
     arm_ids = [a.arm_id for a in arms]
     grid = rows.set_index(["query_id", "arm_id"])[["energy_j", "correct"]].unstack("arm_id").reindex(index=ids)
-    if grid.isna().to_numpy().any():
-        raise UsageError("the stage-2 rule needs every arm's outcome for every training query")
+    grid = grid.reindex(columns=pd.MultiIndex.from_product([["energy_j", "correct"], arm_ids]))
+    # queries with every arm's outcome only (stores collected model by model may be mid-way)
+    grid = grid[~grid.isna().any(axis=1)]
+    ids = list(grid.index)
+    if len(ids) < 2:
+        raise UsageError("the stage-2 rule needs at least 2 training queries with every arm's outcome")
     a1 = stage_one_index(grid["energy_j"][arm_ids].to_numpy(dtype=np.float64).mean(axis=0), arms)
     q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids]
     sig = stage_one_signals(samples, ids, arms[a1])
