@@ -175,3 +175,34 @@ def test_remote_engine_samples_are_unmeasured_and_train_refuses_them(engine, tmp
     assert set(s["energy_source"]) == {"unmeasured"} and s["energy_j"].isna().all()
     with pytest.raises(UsageError, match="not measured"):
         build_dataset(s)
+
+
+@pytest.mark.slow
+def test_cli_collect_names_the_same_engine_batches_so_a_rerun_resumes(engine, collected):
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    args = ["collect", "--model", f"openai:smollm2@{engine}", "--task", TASK, "--items-per-task", "10"]
+    args += ["--n-samples", "2", "--level", "8", "--level", "16", "--queries-per-batch", "4"]
+    r = CliRunner().invoke(app, [*args, "--store", str(collected[0].store), "--no-track"])
+    assert r.exit_code == 0, r.output
+    assert "collected 0 new samples (20 query groups already stored)" in r.output  # 10 sampled, 10 greedy
+
+
+@pytest.mark.slow
+def test_train_stage_fits_on_engine_samples(collected, tmp_path):
+    from train.stage import train_stage
+
+    # export_bundle=False: the bundle's look-then-decide export (stage2.json) currently fails on a
+    # one-leaf stage-2 tree from so few queries (policy/trees.py _check_shape); see the report
+    r = train_stage(
+        collected[0].store,
+        tmp_path / "train",
+        n_trials=2,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        progress=False,
+        export_bundle=False,
+    )
+    assert r.energy_meter == "estimate-machine" and r.n_rows == 10 * 6
+    assert all(p.is_file() for p in r.model_paths.values())
