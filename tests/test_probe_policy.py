@@ -363,3 +363,25 @@ def test_the_train_stage_fits_the_probe_pca_on_its_training_split_only(small_sto
     assert len(sp.test_query_ids) > 0
     assert np.allclose(data.probe_reduction.mean, train_raw.astype(np.float64).mean(axis=0))
     assert "probe_pc_15" in data.feature_names
+
+
+def test_ttc_train_writes_the_stage_two_rule_when_the_store_holds_token_logprobs(small_store, tmp_path):
+    from store.loader import load_samples
+    from train.fit import TrainConfig, fit_policy
+    from train.two_stage import stage_one_signals
+
+    samples = load_samples(small_store)
+    ids = sorted(samples["query_id"].unique())
+    auto = load_bundle(fit_policy(samples, ids[:10], TrainConfig(n_trials=0, num_threads=1), tmp_path / "a"))
+    first = next(a for a in auto.arms if a.arm_id == auto.first_arm)
+    assert first.n == 1 and "stage2.json" in auto.files
+    q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids[10:]]
+    sig = stage_one_signals(samples, ids[10:], first)
+    after = auto.decide_after_look(q["question"].tolist(), sig, q["task"].tolist(), query_ids=ids[10:])
+    assert [d.query_id for d in after] == ids[10:] and all(d.arm_id in auto.arm_ids for d in after)
+    assert all(d.action in ("stop", "continue", "switch") for d in after)
+    off = TrainConfig(n_trials=0, num_threads=1, two_stage="off")
+    assert load_bundle(fit_policy(samples, ids[:10], off, tmp_path / "o")).first_arm is None
+    no_signals = samples.drop(columns=["token_logprob"])
+    with pytest.raises(UsageError, match="token log-probs"):
+        fit_policy(no_signals, ids[:10], TrainConfig(n_trials=0, num_threads=1, two_stage="on"), tmp_path / "n")
