@@ -234,8 +234,12 @@ def _stage_two(samples: pd.DataFrame | None, data: TrainingData, train_idx: np.n
         if cfg.two_stage == "on":
             raise UsageError("two_stage='on' needs samples with token log-probs; recollect, or use two_stage='auto'")
         return None
-    # lam is the bundle rule's, set when the bundle is written (write_policy_bundle)
-    return fit_stage_two(samples, data.rows.iloc[train_idx], data.arms, data.models, 0.0, cfg.seed)
+    try:  # lam is the bundle rule's, set when the bundle is written (write_policy_bundle)
+        return fit_stage_two(samples, data.rows.iloc[train_idx], data.arms, data.models, 0.0, cfg.seed)
+    except UsageError:
+        if cfg.two_stage == "on":
+            raise
+        return None  # "auto": a grid without a one-sample arm, or too few complete queries, trains without it
 
 
 def evaluate(fitted: Fitted, sp: RowSplit) -> Evaluation:
