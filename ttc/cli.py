@@ -37,7 +37,8 @@ def collect(
         Path | None, typer.Option(help="TOML config file (keys of CollectConfig); default: built-in")
     ] = None,
     model: Annotated[
-        list[str] | None, typer.Option(help="model name, folder, .gguf file, hub id, or openai:MODEL@URL (an engine); repeatable")
+        list[str] | None,
+        typer.Option(help="model name, folder, .gguf file, hub id, or openai:MODEL@URL (an engine); repeatable"),
     ] = None,
     task: Annotated[
         list[str] | None, typer.Option(help="task name (see `ttc tasks`) or jsonl:PATH; repeatable")
