@@ -82,6 +82,10 @@ def _choice_list(tree: Mapping[str, Any], key: str, n: int, known: Any) -> list:
 def _check_shape(left: list[int], right: list[int], n_leaves: int) -> int:
     """Depth of a tree whose every node and leaf has exactly one parent and children come after parents."""
     n_internal = len(left)
+    if not n_internal:  # LightGBM's tree when no split helps (tiny data): the root is its one leaf
+        if n_leaves != 1:
+            raise _fail(f"a tree without splits must have exactly one leaf, not {n_leaves}")
+        return 0
     seen_node = [False] * n_internal
     seen_leaf = [False] * n_leaves
     depth = [0] * n_internal

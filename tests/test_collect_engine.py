@@ -194,15 +194,17 @@ def test_cli_collect_names_the_same_engine_batches_so_a_rerun_resumes(engine, co
 def test_train_stage_fits_on_engine_samples(collected, tmp_path):
     from train.stage import train_stage
 
-    # export_bundle=False: the bundle's look-then-decide export (stage2.json) currently fails on a
-    # one-leaf stage-2 tree from so few queries (policy/trees.py _check_shape); see the report
-    r = train_stage(
-        collected[0].store,
-        tmp_path / "train",
-        n_trials=2,
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        progress=False,
-        export_bundle=False,
-    )
+    # so few queries give LightGBM trees without a split: the bundle's parity check must load them
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = train_stage(collected[0].store, tmp_path / "train", n_trials=2, tracking_uri=tracking, progress=False)
     assert r.energy_meter == "estimate-machine" and r.n_rows == 10 * 6
-    assert all(p.is_file() for p in r.model_paths.values())
+    assert all(p.is_file() for p in r.model_paths.values()) and (r.bundle_dir / "policy.json").is_file()
+
+
+def test_a_tree_without_splits_is_one_leaf_and_nothing_else():
+    from policy.errors import BundleError
+    from policy.trees import _check_shape
+
+    assert _check_shape([], [], 1) == 0
+    with pytest.raises(BundleError, match="exactly one leaf"):
+        _check_shape([], [], 2)
