@@ -108,12 +108,18 @@ def _seed_store(store: Path, reference: Path | None, cfg: Any, say: Any) -> tupl
         return 0, frozenset()
     ref = read_samples(reference)
     ref = ref[ref["task"].isin(cfg.tasks)]
+    rerun = any(store.glob("shard-*.parquet"))
+    if rerun:
+        # a rerun: the prefix is what was seeded then, even if the reference has grown since
+        runs = set(ref["collect_run"])
+        seeded = read_samples(store)
+        ref = seeded[seeded["collect_run"].isin(runs) & seeded["task"].isin(cfg.tasks)]
     k, ids = _whole_prefix(ref, cfg)
     if k == 0:
         say(f"[1/4] the reference collection {reference} holds no whole query of this grid; collecting all")
         return 0, frozenset()
     ref = ref[ref["query_id"].isin(ids)]
-    if not store.exists():
+    if not rerun:
         say(f"[1/4] seeding {store} with {len(ids)} queries ({k} per task) of the reference collection {reference}")
         SampleStore(store).import_store(reference, query_ids=ids)
     return k, frozenset(ref["collect_run"])
