@@ -89,14 +89,18 @@ def _whole_prefix(ref: Any, cfg: Any) -> tuple[int, list[str]]:
     need = [(m, float(t), cfg.n_samples) for m in cfg.models for t in cfg.temperatures]
     need += [(m, 0.0, 1) for m in cfg.models] if cfg.greedy else []
     held = ref.groupby("task")["query_id"].nunique().to_dict()
-    prefixes = []
+    prefixes, limits = [], []
     for name in cfg.tasks:
-        ids = [it.query_id for it in make_task(name).items(int(held.get(name, 0)), cfg.item_seed)]
+        task, n_held = make_task(name), int(held.get(name, 0))
+        ids = [it.query_id for it in task.items(n_held, cfg.item_seed)]
         k = 0
         while k < len(ids) and all(counts.get((ids[k], m, t), 0) >= n for m, t, n in need):
             k += 1
         prefixes.append(ids[:k])
-    k_all = min((len(ids) for ids in prefixes), default=0)
+        # a task whose whole pool is held (no item beyond it) never limits the others' prefix
+        exhausted = k == len(ids) and len(task.items(n_held + 1, cfg.item_seed)) == n_held
+        limits += [] if exhausted and k > 0 else [k]
+    k_all = min(limits, default=min((len(ids) for ids in prefixes), default=0))
     return k_all, [q for ids in prefixes for q in ids[:k_all]]
 
 
