@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from ttc import console
+
 # `train` first: importing it sets OMP_WAIT_POLICY=PASSIVE (its one definition, in
 # train/__init__.py) before LightGBM or torch load OpenMP. The choice lists below are
 # read from the registries, so help and validation never disagree.
@@ -317,19 +319,8 @@ def eval_(
         )
     except TTCError as e:
         _fail(e)
-    _print_headline(json.loads(r.to_json()))
+    console.print_headline(json.loads(r.to_json()))
     typer.echo(f"report: {r.markdown_path}  |  MLflow: mlflow ui --backend-store-uri {r.tracking_uri}")
-
-
-def _print_headline(rep: dict) -> None:
-    """The headline intervals of an eval report, one line each, with the energy source."""
-    src = rep.get("energy_source", "estimated")
-    for key, value in rep.items():
-        if isinstance(value, dict) and {"point", "low", "high"} <= set(value):
-            if None in (value["point"], value["low"], value["high"]):
-                typer.echo(f"  {key}: undefined on this data")
-            else:
-                typer.echo(f"  {key} ({src}): {value['point']:.3g}  [95% CI {value['low']:.3g} .. {value['high']:.3g}]")
 
 
 @app.command()
@@ -364,9 +355,9 @@ def run(
     typer.echo(
         f"\ndata: {d['queries']} queries ({d['queries_from_reference']} from the reference collection, "
         f"{d['queries_collected_by_this_or_earlier_runs']} collected by ttc run; {d['new_samples_this_run']} "
-        f"new samples now); held out {d['held_out_queries']}; energy {d['energy_source']} ({d['energy_meter']})"
+        f"new samples now); {console.held_out(d)}; energy {d['energy_source']} ({d['energy_meter']})"
     )
-    _print_headline(s["eval"])
+    console.print_headline(s["eval"])
     typer.echo(
         f"report: {s['eval'].get('markdown_path')}\nsummary: {Path(out) / 'run_summary.json'}\n"
         f"MLflow: {s['mlflow_ui']}  (took {s['timings_s']['total_s']:.0f} s)"
@@ -410,6 +401,7 @@ def tasks() -> None:
 
 
 def main() -> None:
+    console.quiet_libraries()
     try:
         app()
     except TTCError as e:  # a stage raised outside a command's own handler
