@@ -54,15 +54,7 @@ CANDIDATES: dict[str, RGSpec] = {
             ("Calculate 7 + 5 + 8.", "7 + 5 + 8 = 20. The answer is 20."),
         ],
     ),
-    "c.add3_1d_steps": RGSpec(
-        "basic_arithmetic",
-        arith_config(1, ("+",), terms=3),
-        "number",
-        [
-            ("Calculate 2 + 6 + 3.", "2 + 6 = 8. 8 + 3 = 11. The answer is 11."),
-            ("Calculate 7 + 5 + 8.", "7 + 5 = 12. 12 + 8 = 20. The answer is 20."),
-        ],
-    ),
+    "c.add3_1d_steps": RG_SPECS["rg.add3_1d_steps"],  # promoted to the registry under that name (same spec)
     "c.add4_1d_steps": RGSpec(
         "basic_arithmetic",
         arith_config(1, ("+",), terms=4),
@@ -165,36 +157,8 @@ CANDIDATES: dict[str, RGSpec] = {
             ),
         ],
     ),
-    "c.lcm_small": RGSpec(
-        "lcm",
-        {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 10},
-        "number",
-        [
-            (
-                "Find the Least Common Multiple (LCM) of these numbers: 4, 6",
-                "4 * 3 = 12 and 6 * 2 = 12. The answer is 12.",
-            ),
-            (
-                "Find the Least Common Multiple (LCM) of these numbers: 3, 5",
-                "3 * 5 = 15 and 5 * 3 = 15. The answer is 15.",
-            ),
-        ],
-    ),
-    "c.letter_count_1w": RGSpec(
-        "letter_counting",
-        {"min_words": 1, "max_words": 1},
-        "number",
-        [
-            (
-                'How many times does the letter "e" appear in the text: "seven"?',
-                "s, e, v, e, n: 2 times. The answer is 2.",
-            ),
-            (
-                'How many times does the letter "a" appear in the text: "banana"?',
-                "b, a, n, a, n, a: 3 times. The answer is 3.",
-            ),
-        ],
-    ),
+    "c.lcm_small": RG_SPECS["rg.lcm_small"],  # promoted to the registry under that name (same spec)
+    "c.letter_count_1w": RG_SPECS["rg.letter_count_1w"],  # promoted to the registry under that name (same spec)
 }
 
 
