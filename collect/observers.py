@@ -135,17 +135,7 @@ class _Both:
     def batch_done(self, step: int, batch: _Batch, progress: Progress) -> None:
         self.bar.batch_done(batch, progress)
         if self.tracker:
-            elapsed = max(progress.elapsed_s, 1e-9)
-            self.tracker.log_metrics(
-                {
-                    "samples": progress.samples,
-                    "output_tokens": progress.output_tokens,
-                    f"energy_j.{self.source}": progress.energy_j,
-                    "sample_accuracy": progress.correct / max(progress.samples, 1),
-                    "tokens_per_s": progress.output_tokens / elapsed,
-                },
-                step,
-            )
+            self.tracker.log_metrics(progress.metrics(self.source), step)
 
 
 def run_observed(cfg: CollectConfig, progress: bool) -> CollectResult:

@@ -56,17 +56,7 @@ class RunTracking:
         self.tracker.mlflow.log_params({"ray_actors": len(infos)})
 
     def progress(self, step: int, p: Progress) -> None:
-        elapsed = max(p.elapsed_s, 1e-9)
-        self.tracker.log_metrics(
-            {
-                "samples": p.samples,
-                "output_tokens": p.output_tokens,
-                f"energy_j.{self.source}": p.energy_j,
-                "sample_accuracy": p.correct / max(p.samples, 1),
-                "tokens_per_s": p.output_tokens / elapsed,
-            },
-            step,
-        )
+        self.tracker.log_metrics(p.metrics(self.source), step)
 
     def finish(self, store_uri: str, result: DistributedResult) -> None:
         """End the nested runs, log the run's outcome, and close the parent with the store's summary."""

@@ -93,6 +93,16 @@ class Progress:
         self.queries_done += queries
         self.elapsed_s = elapsed_s
 
+    def metrics(self, energy_source: str) -> dict[str, float]:
+        """The totals as MLflow metrics (one set of names for the single-process and the Ray paths)."""
+        return {
+            "samples": self.samples,
+            "output_tokens": self.output_tokens,
+            f"energy_j.{energy_source}": self.energy_j,
+            "sample_accuracy": self.correct / max(self.samples, 1),
+            "tokens_per_s": self.output_tokens / max(self.elapsed_s, 1e-9),
+        }
+
 
 class Observer(Protocol):
     """What the work reports; `collect_stage` plugs in the progress bar and MLflow."""
