@@ -143,10 +143,11 @@ def _decode(
     tokens, stats = [], []
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float(), dim=-1)
-        nxt = _draw(logits, temperature) if temperature > 0 else logp.argmax(dim=-1)
+        probs = logp.exp()  # one pass over the vocabulary, shared by the entropy and a temperature-1 draw
+        nxt = _draw(logits, temperature, probs) if temperature > 0 else logp.argmax(dim=-1)
         top1 = logp.max(dim=-1).values
         chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)
-        entropy = -(logp.exp() * logp).nan_to_num().sum(dim=-1)
+        entropy = -(probs * logp).nan_to_num().sum(dim=-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens.append(nxt)
         stats.append(torch.stack([chosen, top1, entropy]))
@@ -162,11 +163,15 @@ def _decode(
     return torch.stack(tokens, 1), torch.stack(stats, 2)
 
 
-def _draw(logits: Any, temperature: float) -> Any:
-    """One token per row from softmax(logits / temperature), by inverse CDF (one uniform per row)."""
+def _draw(logits: Any, temperature: float, probs: Any = None) -> Any:
+    """One token per row from softmax(logits / temperature), by inverse CDF (one uniform per row).
+
+    `probs`: softmax(logits), already computed by the caller; reused at temperature 1.
+    """
     import torch
 
-    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)
+    p = probs if probs is not None and temperature == 1.0 else torch.softmax(logits.float() / temperature, dim=-1)
+    cdf = p.cumsum(dim=-1)
     u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
 
