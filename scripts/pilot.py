@@ -273,6 +273,30 @@ def store_rows(path: str) -> list[tuple[str, dict]]:
     return out
 
 
+def joules_lines(path: str) -> list[str]:
+    """Per model: the greedy / sampled joules per output token of the n=1 arms, metered and attributed."""
+    from store.loader import load_samples
+
+    df = load_samples(path)
+    if "metered_energy_j" not in df.columns:
+        return []
+    out = []
+    for model, g in df.groupby("model"):
+        greedy, first = g[g.temperature == 0], g[(g.temperature > 0) & (g.sample_index == 0)]
+        if greedy.empty or first.empty:
+            continue
+
+        def per_token(d, col):
+            return d[col].sum() / max(d.output_tokens.sum(), 1)
+
+        ratios = [per_token(greedy, c) / per_token(first, c) for c in ("metered_energy_j", "energy_j")]
+        out.append(
+            f"{model}: n1 greedy/sampled joules per output token: metered window shares {ratios[0]:.2f}, "
+            f"charged ({df.attribution.iloc[0]}) {ratios[1]:.2f}"
+        )
+    return out
+
+
 def mix_line(rows: list[dict]) -> str:
     """The query-weighted mean of every figure over the rows: the mix's figures if the rows are one mix."""
     total = sum(r["queries"] for r in rows)
@@ -336,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             print(row(label, r))
         for label in sorted({lb for lb, _ in rows}):
             print(label, mix_line([r for lb, r in rows if lb == label]))
+        for line in joules_lines(args.store):
+            print(line)
         return 0
     if args.table:
         rows = [json.loads(line) for path in args.out.split(",") for line in Path(path).read_text().splitlines()]

@@ -14,6 +14,10 @@ Copies of a sample that are identical in every column read are dropped, keeping
 the first, with one `DuplicateSamplesWarning` naming the count (a shard copied
 twice into a store is harmless).
 
+Joules come out charged by the declared attribution (`store.attribution`: a
+sample's tokens at its model's metered rates, pooled over everything loaded);
+the collector's window share stays in `metered_energy_j`.
+
 This module never writes anything.
 """
 
@@ -32,7 +36,10 @@ import pyarrow.parquet as pq
 
 from policy.errors import UsageError
 from policy.records import sample_fields
+from store.attribution import NEEDS, attribute_by_model_rate
 from store.schema import SAMPLE_KEY
+
+_ENERGY = {"energy_j", "prefill_energy_j", "energy_above_idle_j", "level_energy_j"}
 
 
 class DuplicateSamplesWarning(UserWarning):
@@ -86,12 +93,15 @@ def load_samples(source: str | Path | pd.DataFrame, columns: Sequence[str] | Non
     and copies count as identical when they agree on the columns read.
     """
     wanted = sample_fields() if columns is None else list(dict.fromkeys([*SAMPLE_KEY, *columns]))
+    asked = wanted
+    if columns is not None and _ENERGY & set(columns):  # joules need the columns their attribution reads
+        wanted = list(dict.fromkeys([*wanted, *NEEDS]))
     if isinstance(source, pd.DataFrame):
         where, files, sizes = "the samples given", [], [len(source)]
-        missing = [c for c in (SAMPLE_KEY if columns is None else wanted) if c not in source.columns]
+        missing = [c for c in (SAMPLE_KEY if columns is None else asked) if c not in source.columns]
         if missing:
             raise UsageError(f"the samples given lack columns {missing}; pass rows of a `ttc collect` store")
-        df = source if columns is None else source[wanted]
+        df = source if columns is None else source[[c for c in wanted if c in source.columns]]
     else:
         path = Path(source)
         where, files = f"store {str(path)!r}", shard_files(path)
@@ -103,7 +113,10 @@ def load_samples(source: str | Path | pd.DataFrame, columns: Sequence[str] | Non
             raise UsageError(f"{where} lacks sample columns {missing}: it was not written by ttc collect")
     if df.empty:
         raise UsageError(f"{where} holds no samples; run `ttc collect` first")
-    return _drop_identical_copies(df, where, files, sizes)
+    df = attribute_by_model_rate(_drop_identical_copies(df, where, files, sizes))
+    if columns is not None:
+        df = df[[c for c in (*asked, "metered_energy_j") if c in df.columns]]
+    return df
 
 
 def _canonical(value: Any) -> Any:

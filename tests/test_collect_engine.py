@@ -125,9 +125,9 @@ def test_engine_samples_are_charged_by_the_machine_meter(collected):
     assert result.meter == "estimate-machine" and len(s) == 10 * 3  # 2 sampled + 1 greedy per query
     assert set(s["model"]) == {"smollm2"} and set(s["meter"]) == {"estimate-machine"}
     assert (s["energy_j"] > 0).all() and set(s["energy_source"]) == {"estimated"}
-    # one window per batch of concurrent requests: its samples' shares add up to the window
+    # one window per batch of concurrent requests: its samples' metered shares add up to the window
     for _, w in s.groupby("batch_id"):
-        assert w["energy_j"].sum() == pytest.approx(w["window_energy_j"].iloc[0])
+        assert w["metered_energy_j"].sum() == pytest.approx(w["window_energy_j"].iloc[0])
 
 
 @pytest.mark.slow
