@@ -31,4 +31,5 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow's logging setup and its subprocesses
     logging.getLogger("mlflow").setLevel(logging.WARNING)
