@@ -1,6 +1,6 @@
 """Benchmark `ttc eval`: the cross-fitted headline on the reference collection, and how long it took.
 
-Runs `eval_stage` twice on a store (default: data/reference, 128 real queries x
+Runs `eval_stage` twice on a store (default: data/reference/v1, 128 real queries x
 8 tasks x 2 models, estimated joules), each time training one policy per fold
 (`--fold-trials` Optuna trials per predictor) into a temp folder with its own
 SQLite MLflow database:
@@ -16,7 +16,7 @@ spread over folds; the same saving per held-out task; and the wall seconds of
 each run (fold training, allocators, report). Nothing printed is typed in:
 every number comes from the reports these runs write.
 
-    python benchmarks/eval.py [--store data/reference] [--folds 5] [--fold-trials 5] [--n-boot 1000]
+    python benchmarks/eval.py [--store data/reference/v1] [--folds 5] [--fold-trials 5] [--n-boot 1000]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def show(doc: dict, wall_s: float, timing: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default=str(ROOT / "data" / "reference"))
+    ap.add_argument("--store", default=str(ROOT / "data" / "reference" / "v1"))
     ap.add_argument("--folds", type=int, default=5, help="query folds of the first run")
     ap.add_argument("--fold-trials", type=int, default=5, help="Optuna trials per predictor per fold")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the queries")

@@ -1,6 +1,6 @@
 """Difficulty from the model itself: text-only vs text+probe vs two-stage, cross-fitted, side by side.
 
-    .venv/bin/python benchmarks/probe.py --store data/reference-v2 [--folds 5] [--split query|task] [--n-boot 1000]
+    .venv/bin/python benchmarks/probe.py --store data/reference [--folds 5] [--split query|task] [--n-boot 1000]
 
 --store may be given more than once (one store per model, collected side by side): their samples
 are read together and the probe comes from the store that holds the probe model's probes.

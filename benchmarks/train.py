@@ -7,7 +7,7 @@ memory: `ru_maxrss` of this process (KiB on Linux), plus the peak of Python
 allocations when `--tracemalloc` is given (that slows the run a lot; numpy and
 LightGBM buffers allocated in C are not seen by it).
 
-The store: queries of the reference store (data/reference) resampled with
+The store: queries of the reference store (data/reference/v1) resampled with
 replacement under new query ids when it holds at least `--min-reference-queries`
 queries, else the synthetic generator of tests/synthetic.py. Resampled copies
 share features with their originals, so the model metrics of a resampled run
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument(
         "--source", choices=("auto", "reference", "synthetic"), default="auto", help="where queries come from"
     )
-    ap.add_argument("--reference", type=Path, default=ROOT / "data" / "reference", help="reference store folder")
+    ap.add_argument("--reference", type=Path, default=ROOT / "data" / "reference" / "v1", help="reference store folder")
     ap.add_argument("--min-reference-queries", type=int, default=100, help="fewer: use synthetic (auto)")
     ap.add_argument("--tracemalloc", action="store_true", help="also report peak Python allocations (slow)")
     ap.add_argument("--no-bundle", action="store_true", help="skip writing the policy bundle (ONNX export)")

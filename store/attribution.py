@@ -8,7 +8,7 @@ running, and on this CPU a sampled decoding step costs more than a greedy one
 (the sampler's pass over a 262k-token vocabulary). Measured on reference v2
 (12,615 samples): the greedy n=1 arm's metered joules per output token were
 0.70x the sampled one's for Gemma-3-270M and 0.82x for SmolLM2 (`scripts/pilot.py
---store data/reference_v2` prints both ratios).
+--store data/reference` prints both ratios).
 
 So every stage charges one declared regime, `RULE` ("model_rate"), derived here
 from the metered shares and nothing else:

@@ -1,6 +1,6 @@
 """Shared helpers of the eval tests: split, fixture bundle, context, one stage run (fixtures: eval_fixtures.py).
 
-The reference collection (data/reference: 128 real queries of 8 tasks x 2 models, smollm2-135m and the
+The reference collection (data/reference/v1: 128 real queries of 8 tasks x 2 models, smollm2-135m and the
 bigger gemma3-270m, 8 samples at temperature 0.7 plus one greedy per (query, model), graded at
 16/32/64 tokens, estimated joules), read once per session by conftest.py's `reference_samples`; a
 LightGBM policy trained on 70% of its queries and exported with train.export.write_bundle (the other

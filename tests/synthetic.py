@@ -1,6 +1,6 @@
 """A synthetic Sample table with known structure, for the few checks the real data cannot make.
 
-The train and eval tests run on the real reference collection (data/reference,
+The train and eval tests run on the real reference collection (data/reference/v1,
 the `reference_samples` fixture of conftest.py). This generator stays for what
 needs controlled structure or scale: checks that the learned policy finds
 structure *where structure is known to exist* (the reference's 39 held-out

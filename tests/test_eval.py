@@ -1,7 +1,7 @@
 """Properties of the allocators and the bootstrap on real outcomes (the stage and its report: test_eval_report.py).
 
 The allocators, the bootstrap on real outcomes and the stage's report run on the
-committed reference collection (data/reference: 128 real queries of 8 tasks x
+committed reference collection (data/reference/v1: 128 real queries of 8 tasks x
 2 models, smollm2-135m and the bigger gemma3-270m, 8 samples at temperature 0.7
 plus one greedy per (query, model), graded at 16/32/64 tokens, estimated
 joules), read once per session by conftest.py's `reference_samples`. The

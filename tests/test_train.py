@@ -1,6 +1,6 @@
 """Tests of the train stage: dataset, predictors, tuning with MLflow, the stage entry.
 
-Everything runs on the committed reference collection (data/reference: 128 real
+Everything runs on the committed reference collection (data/reference/v1: 128 real
 queries of 8 tasks x 2 models, 8 samples at temperature 0.7 plus one greedy,
 graded at 16/32/64 tokens, estimated joules), read once per session by the
 `reference_samples` fixture of conftest.py. One small `train_stage` run on it

@@ -24,9 +24,9 @@ from ttc.bundle_stages import _resolve_bundle_source, allocate_stage, export_sta
 __all__ = ["_resolve_bundle_source", "allocate_stage", "export_stage", "read_queries_jsonl", "run_pipeline"]
 
 #: the committed reference collection `ttc run` seeds its store from (v2: the pilot-chosen mix at
-#: temperature 1.0, one batch regime, bf16; data/reference_v2/README.md). It grows between sessions:
+#: temperature 1.0, one batch regime, bf16, 877 queries x 2 models; data/reference/README.md). It may grow:
 #: the run uses the longest prefix of every task's items that it holds whole (see `_whole_prefix`).
-REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference_v2"
+REFERENCE_STORE = Path(__file__).resolve().parents[1] / "data" / "reference"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
