@@ -55,7 +55,8 @@ def log_policy_model(
         numeric = {k: float(v) for k, v in policy.metrics.items() if isinstance(v, int | float)}
         if numeric:
             mlflow.log_metrics(numeric)
-        info = mlflow.pyfunc.log_model(
+        info = _quietly(
+            mlflow.pyfunc.log_model,
             name="policy",
             python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
             artifacts={"bundle": str(bundle_dir)},
@@ -75,6 +76,24 @@ def log_policy_model(
         mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, str(info.registered_model_version))
         return f"models:/{registered_name}@{alias}"
     return f"models:/{registered_name}/{info.registered_model_version}"
+
+
+def _quietly(fn, *args, **kwargs):
+    """`fn` with MLflow's own stderr lines ("Successfully registered model ...") held back; shown if it fails.
+
+    The caller prints the returned model URI itself: a quiet console.
+    """
+    import contextlib
+    import io
+    import sys
+
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            return fn(*args, **kwargs)
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
 
 
 def _input_example(policy) -> dict[str, list]:
