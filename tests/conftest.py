@@ -39,3 +39,21 @@ def reference_samples(reference_store: Path):
     from store.loader import load_samples
 
     return load_samples(reference_store)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    """A small synthetic policy bundle (tests/policy_fixtures.py), built once per module: read it, never edit it."""
+    from policy_fixtures import build_synthetic_bundle
+
+    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "policy")
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of `bundle_dir`, for tests that edit or break a bundle."""
+    import shutil
+
+    dst = tmp_path / "policy"
+    shutil.copytree(bundle_dir, dst)
+    return dst

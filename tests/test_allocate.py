@@ -251,13 +251,6 @@ def test_a_gain_below_float_noise_never_buys_a_costlier_arm():
 # ---------------------------------------------------------------- `ttc allocate` on a query file (streamed)
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    from policy_fixtures import build_synthetic_bundle
-
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "policy")
-
-
 def _write(path, rows) -> str:
     import json
 

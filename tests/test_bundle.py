@@ -35,18 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "policy")
-
-
-@pytest.fixture
-def bundle_copy(bundle_dir, tmp_path) -> Path:
-    dst = tmp_path / "policy"
-    shutil.copytree(bundle_dir, dst)
-    return dst
-
-
-@pytest.fixture(scope="module")
 def fresh_queries() -> tuple[list[str], list[str]]:
     questions, tasks, _ = synthetic_questions(50, seed=7)
     return questions + ["", "hello world", "What is 2 + 2?"], tasks + [None, None, "unknown-task"]
@@ -125,14 +113,14 @@ def test_both_success_objectives_export_with_parity(tmp_path, objective):
 
 
 def test_zip_and_folder_load_to_the_same_decisions(bundle_dir, fresh_queries, tmp_path):
-    copy = tmp_path / "b"
-    shutil.copytree(bundle_dir, copy)
-    zipped = zip_bundle(copy)
+    bundle_copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, bundle_copy)
+    zipped = zip_bundle(bundle_copy)
     assert zipped == tmp_path / "b.zip"
     with zipfile.ZipFile(zipped) as zf:
         assert sorted(zf.namelist()) == sorted(BUNDLE_FILES)
     for backend in ("numpy", "lightgbm", "onnx"):
-        assert load_bundle(zipped, backend).allocate(*fresh_queries) == load_bundle(copy, backend).allocate(
+        assert load_bundle(zipped, backend).allocate(*fresh_queries) == load_bundle(bundle_copy, backend).allocate(
             *fresh_queries
         )
 

@@ -12,24 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from policy_fixtures import build_synthetic_bundle
 
 from policy.bundle import load_bundle
 from policy.errors import BundleError, UsageError
 from train.export import zip_bundle
 from ttc.bundle_stages import export_stage
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "policy")
-
-
-@pytest.fixture
-def copy(bundle_dir, tmp_path) -> Path:
-    dst = tmp_path / "copy"
-    shutil.copytree(bundle_dir, dst)
-    return dst
 
 
 def _members(bundle: Path) -> list[tuple[str, bytes]]:
@@ -113,10 +100,10 @@ def test_an_export_from_a_zip_of_members_outside_the_root_leaves_nothing(bundle_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.zip"]
 
 
-def test_export_copies_only_bundle_files(copy, tmp_path):
-    (copy / "evil.sh").write_text("#!/bin/sh\n")
-    r = export_stage(str(copy), tmp_path / "P")
-    listed = sorted([*json.loads((copy / "policy.json").read_text())["files"], "policy.json"])
+def test_export_copies_only_bundle_files(bundle_copy, tmp_path):
+    (bundle_copy / "evil.sh").write_text("#!/bin/sh\n")
+    r = export_stage(str(bundle_copy), tmp_path / "P")
+    listed = sorted([*json.loads((bundle_copy / "policy.json").read_text())["files"], "policy.json"])
     assert sorted(p.name for p in Path(r["bundle"]).iterdir()) == listed
     with zipfile.ZipFile(r["zip"]) as zf:
         assert sorted(zf.namelist()) == listed

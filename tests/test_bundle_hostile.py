@@ -17,24 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from policy_fixtures import build_synthetic_bundle, rehash_bundle
+from policy_fixtures import rehash_bundle
 
 from policy.bundle import load_bundle
 from policy.errors import BundleError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "policy")
-
-
-@pytest.fixture
-def copy(bundle_dir, tmp_path) -> Path:
-    dst = tmp_path / "copy"
-    shutil.copytree(bundle_dir, dst)
-    return dst
 
 
 def _edit(bundle: Path, change) -> None:
@@ -85,27 +73,31 @@ CRAFTED = {
 
 
 @pytest.mark.parametrize("name", sorted(CRAFTED))
-def test_a_crafted_tree_model_exits_2_cleanly_in_a_subprocess(copy, name):
-    crafted = CRAFTED[name](copy)
+def test_a_crafted_tree_model_exits_2_cleanly_in_a_subprocess(bundle_copy, name):
+    crafted = CRAFTED[name](bundle_copy)
     text = crafted if isinstance(crafted, str) else json.dumps(crafted, allow_nan=True)
-    (copy / "success.trees.json").write_text(text, encoding="utf-8", errors="surrogateescape")
-    rehash_bundle(copy)
+    (bundle_copy / "success.trees.json").write_text(text, encoding="utf-8", errors="surrogateescape")
+    rehash_bundle(bundle_copy)
     code = (
         "import sys\nfrom policy import load_bundle\nfrom policy.errors import TTCError\n"
-        f"try:\n    load_bundle({str(copy)!r})\nexcept TTCError as e:\n    print(e)\n    sys.exit(2)\n"
+        f"try:\n    load_bundle({str(bundle_copy)!r})\nexcept TTCError as e:\n    print(e)\n    sys.exit(2)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
     assert "tree model" in proc.stdout and len(proc.stdout.strip().splitlines()) == 1
 
 
-def test_a_crafted_lightgbm_text_is_never_parsed_by_the_default_backend(copy):
+def test_a_crafted_lightgbm_text_is_never_parsed_by_the_default_backend(bundle_copy):
     # the text that crashed LightGBM's native parser (exit 139) once its sha256 was updated
-    text = (copy / "success.txt").read_text()
-    (copy / "success.txt").write_text(text.replace("num_leaves=", "num_leaves=2000000000\nx=", 1))
-    rehash_bundle(copy)
-    code = (
-        f"from policy import load_bundle\np = load_bundle({str(copy)!r})\nprint(p.allocate(['What is 2+2?'])[0].arm_id)"
+    text = (bundle_copy / "success.txt").read_text()
+    (bundle_copy / "success.txt").write_text(text.replace("num_leaves=", "num_leaves=2000000000\nx=", 1))
+    rehash_bundle(bundle_copy)
+    code = "\n".join(
+        [
+            "from policy import load_bundle",
+            f"p = load_bundle({str(bundle_copy)!r})",
+            "print(p.allocate(['What is 2+2?'])[0].arm_id)",
+        ]
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-500:]
@@ -123,22 +115,22 @@ def test_a_crafted_lightgbm_text_is_never_parsed_by_the_default_backend(copy):
         ("metrics", lambda d: d["metrics"].update(synthetic=2)),
     ],
 )
-def test_an_edited_manifest_field_is_refused_by_the_digest(copy, field, change):
-    _edit(copy, change)
+def test_an_edited_manifest_field_is_refused_by_the_digest(bundle_copy, field, change):
+    _edit(bundle_copy, change)
     with pytest.raises(BundleError, match="digest.*changed after export"):
-        load_bundle(copy)
+        load_bundle(bundle_copy)
 
 
-def test_a_signed_bundle_loads_with_its_key_and_is_refused_with_another_or_after_a_rehash(copy, tmp_path):
+def test_a_signed_bundle_loads_with_its_key_and_is_refused_with_another_or_after_a_rehash(bundle_copy, tmp_path):
     from policy.bundle import load_bundle as load
     from train.export import write_policy
 
-    signed = write_policy(load(copy), tmp_path / "signed", key=b"secret-1")
-    assert load(signed, key=b"secret-1").rule == load(copy).rule
+    signed = write_policy(load(bundle_copy), tmp_path / "signed", key=b"secret-1")
+    assert load(signed, key=b"secret-1").rule == load(bundle_copy).rule
     with pytest.raises(BundleError, match="signature.*does not match"):
         load(signed, key=b"secret-2")
     with pytest.raises(BundleError, match="not signed but a key was given"):
-        load(copy, key=b"secret-1")
+        load(bundle_copy, key=b"secret-1")
     _edit(signed, lambda d: d["rule"].update(lam=0.5))
     rehash_bundle(signed)  # an attacker without the key can fix the digest, not the signature
     load(signed)
@@ -146,27 +138,27 @@ def test_a_signed_bundle_loads_with_its_key_and_is_refused_with_another_or_after
         load(signed, key=b"secret-1")
 
 
-def test_the_key_is_read_from_the_environment_when_none_is_given(copy, tmp_path, monkeypatch):
+def test_the_key_is_read_from_the_environment_when_none_is_given(bundle_copy, tmp_path, monkeypatch):
     from train.export import write_policy
 
-    unsigned = load_bundle(copy)
+    unsigned = load_bundle(bundle_copy)
     monkeypatch.setenv("TTC_BUNDLE_KEY", "from-env")
     signed = write_policy(unsigned, tmp_path / "s")
     assert load_bundle(signed).manifest.signature is not None
     with pytest.raises(BundleError, match="not signed"):
-        load_bundle(copy)
+        load_bundle(bundle_copy)
 
 
 # ---------------------------------------------------------------- links and zips
 
 
 @pytest.mark.parametrize("name", ["parity.json", "policy.json", "success.trees.json"])
-def test_a_symlink_in_a_bundle_folder_is_refused(copy, tmp_path, name):
+def test_a_symlink_in_a_bundle_folder_is_refused(bundle_copy, tmp_path, name):
     outside = tmp_path / f"outside-{name}"
-    shutil.move(copy / name, outside)
-    (copy / name).symlink_to(outside)
+    shutil.move(bundle_copy / name, outside)
+    (bundle_copy / name).symlink_to(outside)
     with pytest.raises(BundleError, match="symbolic link"):
-        load_bundle(copy)
+        load_bundle(bundle_copy)
 
 
 def _zip(path: Path, members: list[tuple[str, bytes]]) -> Path:
@@ -180,37 +172,38 @@ def _members(bundle: Path) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in sorted(bundle.iterdir())]
 
 
-def test_a_zip_with_a_second_policy_json_in_a_subfolder_is_refused(copy, tmp_path):
-    z = _zip(tmp_path / "b.zip", _members(copy) + [("sub/policy.json", (copy / "policy.json").read_bytes())])
+def test_a_zip_with_a_second_policy_json_in_a_subfolder_is_refused(bundle_copy, tmp_path):
+    second = ("sub/policy.json", (bundle_copy / "policy.json").read_bytes())
+    z = _zip(tmp_path / "b.zip", [*_members(bundle_copy), second])
     with pytest.raises(BundleError, match="'sub/policy.json'.*not a bundle file"):
         load_bundle(z)
 
 
-def test_a_zip_with_a_duplicate_member_is_refused(copy, tmp_path):
+def test_a_zip_with_a_duplicate_member_is_refused(bundle_copy, tmp_path):
     with pytest.warns(UserWarning, match="Duplicate name"):
-        z = _zip(tmp_path / "b.zip", _members(copy) + [("parity.json", b"{}")])
+        z = _zip(tmp_path / "b.zip", _members(bundle_copy) + [("parity.json", b"{}")])
     with pytest.raises(BundleError, match="parity.json twice"):
         load_bundle(z)
 
 
 @pytest.mark.parametrize("extra", ["evil.sh", "junk.bin", "a/success.txt"])
-def test_a_zip_with_any_extra_member_is_refused(copy, tmp_path, extra):
-    z = _zip(tmp_path / "b.zip", _members(copy) + [(extra, b"#!/bin/sh\n")])
+def test_a_zip_with_any_extra_member_is_refused(bundle_copy, tmp_path, extra):
+    z = _zip(tmp_path / "b.zip", _members(bundle_copy) + [(extra, b"#!/bin/sh\n")])
     with pytest.raises(BundleError, match="not a bundle file at the archive root"):
         load_bundle(z)
 
 
-def test_a_zip_whose_files_are_all_in_a_subfolder_is_refused(copy, tmp_path):
-    z = _zip(tmp_path / "b.zip", [(f"policy/{n}", b) for n, b in _members(copy)])
+def test_a_zip_whose_files_are_all_in_a_subfolder_is_refused(bundle_copy, tmp_path):
+    z = _zip(tmp_path / "b.zip", [(f"policy/{n}", b) for n, b in _members(bundle_copy)])
     with pytest.raises(BundleError, match="archive root"):
         load_bundle(z)
 
 
-def test_a_big_zip_member_is_refused_before_it_is_inflated(copy, tmp_path):
+def test_a_big_zip_member_is_refused_before_it_is_inflated(bundle_copy, tmp_path):
     # 256 MiB of zeros in one member, about 256 KB on disk
     big = tmp_path / "bomb.zip"
     with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in _members(copy):
+        for name, data in _members(bundle_copy):
             if name != "success.txt":
                 zf.writestr(name, data)
         with zf.open("success.txt", "w", force_zip64=True) as f:
@@ -230,10 +223,10 @@ def test_a_big_zip_member_is_refused_before_it_is_inflated(copy, tmp_path):
     assert int(rss_kib) < 200 * 1024, f"peak RSS {int(rss_kib) >> 10} MiB while refusing a 256 MiB member"
 
 
-def test_a_member_larger_than_its_header_says_is_refused_while_reading(copy, tmp_path, monkeypatch):
+def test_a_member_larger_than_its_header_says_is_refused_while_reading(bundle_copy, tmp_path, monkeypatch):
     import policy.bundle_files as bf
 
-    z = _zip(tmp_path / "b.zip", _members(copy))
+    z = _zip(tmp_path / "b.zip", _members(bundle_copy))
     # a lying header passes the header check: the capped chunked read must still stop
     monkeypatch.setattr(bf, "_check_member", lambda info, seen, path: None)
     monkeypatch.setitem(bf.MAX_BYTES, "parity.json", 16)
@@ -260,44 +253,44 @@ def test_a_member_larger_than_its_header_says_is_refused_while_reading(copy, tmp
         (lambda d: d.update(files={**d["files"], "../etc/passwd": "0" * 64}), "not a bundle file"),
     ],
 )
-def test_a_wrong_typed_manifest_field_is_a_bundle_error(copy, change, match):
-    _edit(copy, change)
+def test_a_wrong_typed_manifest_field_is_a_bundle_error(bundle_copy, change, match):
+    _edit(bundle_copy, change)
     if "files" not in match and "bundle file" not in match:  # (a bad file map cannot be re-hashed)
-        rehash_bundle(copy)
+        rehash_bundle(bundle_copy)
     with pytest.raises(BundleError, match=match):
-        load_bundle(copy)
+        load_bundle(bundle_copy)
 
 
-def test_an_onnx_output_column_out_of_range_is_a_bundle_error(copy):
-    _edit(copy, lambda d: d["onnx"].update(success_column=7))
-    rehash_bundle(copy)
-    load_bundle(copy)  # the numpy backend does not read ONNX
+def test_an_onnx_output_column_out_of_range_is_a_bundle_error(bundle_copy):
+    _edit(bundle_copy, lambda d: d["onnx"].update(success_column=7))
+    rehash_bundle(bundle_copy)
+    load_bundle(bundle_copy)  # the numpy backend does not read ONNX
     with pytest.raises(BundleError, match="column 7"):
-        load_bundle(copy, backend="onnx")
+        load_bundle(bundle_copy, backend="onnx")
 
 
-def test_models_of_another_feature_count_are_a_bundle_error(copy, tmp_path):
+def test_models_of_another_feature_count_are_a_bundle_error(bundle_copy, tmp_path):
     import lightgbm as lgb
 
     from train.export import trees_json
 
     x = np.random.default_rng(0).normal(size=(100, 5))
     small = lgb.train({"objective": "regression", "verbose": -1}, lgb.Dataset(x, x[:, 0]), 3)
-    (copy / "energy.trees.json").write_text(json.dumps(trees_json(small, "identity")))
-    (copy / "energy.txt").write_text(small.model_to_string())
-    rehash_bundle(copy)
+    (bundle_copy / "energy.trees.json").write_text(json.dumps(trees_json(small, "identity")))
+    (bundle_copy / "energy.txt").write_text(small.model_to_string())
+    rehash_bundle(bundle_copy)
     with pytest.raises(BundleError, match="n_features is 5"):
-        load_bundle(copy)
+        load_bundle(bundle_copy)
     with pytest.raises(BundleError, match="takes 5 features"):
-        load_bundle(copy, backend="lightgbm")
+        load_bundle(bundle_copy, backend="lightgbm")
 
 
-def test_a_fifo_or_an_oversized_file_in_a_bundle_folder_is_refused_without_reading_it(copy):
-    (copy / "parity.json").unlink()
-    os.mkfifo(copy / "parity.json")  # reading it would block forever
+def test_a_fifo_or_an_oversized_file_in_a_bundle_folder_is_refused_without_reading_it(bundle_copy):
+    (bundle_copy / "parity.json").unlink()
+    os.mkfifo(bundle_copy / "parity.json")  # reading it would block forever
     with pytest.raises(BundleError, match="parity.json.*not a regular file"):
-        load_bundle(copy)
-    (copy / "parity.json").unlink()
-    (copy / "parity.json").write_bytes(b" " * (2 << 20))
+        load_bundle(bundle_copy)
+    (bundle_copy / "parity.json").unlink()
+    (bundle_copy / "parity.json").write_bytes(b" " * (2 << 20))
     with pytest.raises(BundleError, match="parity.json.*larger than 1 MiB"):
-        load_bundle(copy)
+        load_bundle(bundle_copy)

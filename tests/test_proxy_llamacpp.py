@@ -23,7 +23,7 @@ from policy.bundle import load_bundle
 from serve.proxy import create_app
 from serve.upstream import parse_upstreams
 from tests.fakes.openai_upstream import ThreadServer, make_recording_shim, wait_http
-from tests.policy_fixtures import MODELS, build_synthetic_bundle
+from tests.policy_fixtures import MODELS
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python[server] is not installed; bash scripts/setup.sh builds it")
 pytestmark = pytest.mark.slow
@@ -67,11 +67,6 @@ def _start_llama(log: Path) -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise RuntimeError(f"llama.cpp server did not start; its log: {log.read_text()[-2000:]}") from None
     return proc, f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b")
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-import pytest
-from policy_fixtures import MODELS, build_synthetic_bundle, synthetic_arms, synthetic_questions, train_boosters
+from policy_fixtures import MODELS, synthetic_arms, synthetic_questions, train_boosters
 
 from policy.bundle import load_bundle
 from policy.features import arm_block, get_feature_set, row_matrix
 from train.export import _float32_safe_thresholds
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "policy")
 
 
 def test_numpy_trees_match_lightgbm_within_1e6_on_many_rows_and_through_the_grid_path(bundle_dir):
