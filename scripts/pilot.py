@@ -33,13 +33,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reasoning_gym.logic.aiw import TaskType  # noqa: E402
+
 from collect.tasks import RG_SPECS, TASKS, AtomicNumberTask, Item, ReasoningGymTask, RGSpec, Task, make_task  # noqa: E402
 from collect.tasks.rg import arith_config  # noqa: E402
 from store.views import vote  # noqa: E402
 
+_AIW_SIBLINGS = TaskType.SIBLINGS
+
 _MUL = "Solve the following multiplication: {}. Give only the result as your final answer."
 _GCD = "Find the Greatest Common Divisor (GCD) of these numbers: {}. Give only the GCD as your final answer."
 _CHAIN = "State the final answer to the following arithmetic problem: {} ="
+_LEGS = (
+    "Your task is to count how many legs there are in total when given a list of animals.\n\n"
+    "Now, how many legs are there in total if you have {}?\n"
+)
+_TRI = (
+    "A convex polygon has 3 sides. The measures of the first 2 interior angles are: {}. Find the measure of the "
+    "last interior angle.Return only the angle as your answer.Do not give the units in your answer."
+)
+_ZEBRA = (
+    "This is a logic puzzle. There are 2 houses (numbered 1 on the left, 2 on the right), from the perspective of "
+    "someone standing across the street from them. Each has a different person in them. They have different "
+    "characteristics:\n - Each person has a unique name: {}\n - {}\n\n1. {}\n\nWhat is Name of the person who "
+    "lives in House 1?? Provide only the name of the person as your final answer."
+)
 
 # Candidate settings and prompts not (yet) registered. "steps" prompts make the
 # model write intermediate results before the answer: the place where a longer
@@ -159,6 +177,169 @@ CANDIDATES: dict[str, RGSpec] = {
     ),
     "c.lcm_small": RG_SPECS["rg.lcm_small"],  # promoted to the registry under that name (same spec)
     "c.letter_count_1w": RG_SPECS["rg.letter_count_1w"],  # promoted to the registry under that name (same spec)
+    # Pilot 4: short-answer tasks where a vote of 8 might concentrate scattered errors.
+    "c.count_bits_63": RGSpec(
+        "count_bits",
+        {"min_n": 1, "max_n": 63},
+        "number",
+        [
+            (
+                "How many 1 bits are there in the binary representation of the number 11?",
+                "11 in binary is 1011. 1, 0, 1, 1: 3 ones. The answer is 3.",
+            ),
+            (
+                "How many 1 bits are there in the binary representation of the number 36?",
+                "36 in binary is 100100. 1, 0, 0, 1, 0, 0: 2 ones. The answer is 2.",
+            ),
+        ],
+    ),
+    "c.count_primes_12": RGSpec(
+        "count_primes",
+        {"min_n": 1, "max_n": 12},
+        "number",
+        [
+            (
+                "Count how many prime numbers there are between 2 and 9 (inclusive) ?",
+                "The primes between 2 and 9 are 2, 3, 5, 7: 4 primes. The answer is 4.",
+            ),
+            (
+                "Count how many prime numbers there are between 8 and 12 (inclusive) ?",
+                "The primes between 8 and 12 are 11: 1 prime. The answer is 1.",
+            ),
+        ],
+    ),
+    "c.legs_1kind": RGSpec(
+        "leg_counting",
+        {"min_animals": 1, "max_animals": 1, "min_instances": 1, "max_instances": 3},
+        "number",
+        [
+            (
+                _LEGS.format("2 dogs"),
+                "A dog has 4 legs. 2 * 4 = 8. The answer is 8.",
+            ),
+            (
+                _LEGS.format("3 ducks"),
+                "A duck has 2 legs. 3 * 2 = 6. The answer is 6.",
+            ),
+        ],
+    ),
+    "c.legs_2kinds": RGSpec(
+        "leg_counting",
+        {"min_animals": 2, "max_animals": 2, "min_instances": 1, "max_instances": 1},
+        "number",
+        [
+            (
+                _LEGS.format("1 dog, 1 spider"),
+                "A dog has 4 legs. A spider has 8 legs. 4 + 8 = 12. The answer is 12.",
+            ),
+            (
+                _LEGS.format("1 duck, 1 cat"),
+                "A duck has 2 legs. A cat has 4 legs. 2 + 4 = 6. The answer is 6.",
+            ),
+        ],
+    ),
+    "c.eq_add_1d": RGSpec(
+        "simple_equations",
+        {
+            "min_terms": 2,
+            "max_terms": 2,
+            "min_value": 1,
+            "max_value": 9,
+            "operators": ("+",),
+            "operators_weights": [1.0],
+        },
+        "number",
+        [
+            ("Solve for x: x + 3 = 11", "x = 11 - 3 = 8. The answer is 8."),
+            ("Find the value of y in the equation: 7 + y = 9", "y = 9 - 7 = 2. The answer is 2."),
+        ],
+    ),
+    "c.eq_sub_1d": RGSpec(
+        "simple_equations",
+        {
+            "min_terms": 2,
+            "max_terms": 2,
+            "min_value": 1,
+            "max_value": 9,
+            "operators": ("-",),
+            "operators_weights": [1.0],
+        },
+        "number",
+        [
+            ("Solve for x: x - 3 = 4", "x = 4 + 3 = 7. The answer is 7."),
+            ("Find the value of y in the equation: 9 - y = 5", "y = 9 - 5 = 4. The answer is 4."),
+        ],
+    ),
+    "c.eq_mul_1d": RGSpec(
+        "simple_equations",
+        {
+            "min_terms": 2,
+            "max_terms": 2,
+            "min_value": 1,
+            "max_value": 9,
+            "operators": ("*",),
+            "operators_weights": [1.0],
+        },
+        "number",
+        [
+            ("Solve for x: 3*x = 21", "x = 21 / 3 = 7. The answer is 7."),
+            ("Find the value of y in the equation: 4*y = 24", "y = 24 / 4 = 6. The answer is 6."),
+        ],
+    ),
+    "c.aiw_siblings": RGSpec(
+        "aiw",
+        {"task_types": [_AIW_SIBLINGS], "task_type_weights": [1.0], "max_entities": 4},
+        "number",
+        [
+            (
+                "Emma has 2 brothers and she also has 3 sisters. How many sisters does Emma's brother have?",
+                "Emma's brother has Emma's 3 sisters and Emma herself: 3 + 1 = 4. The answer is 4.",
+            ),
+            (
+                "Linda has 4 brothers and she also has 1 sisters. How many sisters does Linda's brother have?",
+                "Linda's brother has Linda's 1 sister and Linda herself: 1 + 1 = 2. The answer is 2.",
+            ),
+        ],
+    ),
+    "c.zebra_2": RGSpec(
+        "zebra_puzzles",
+        {"num_people": 2, "num_characteristics": 2},
+        "name",
+        [
+            (
+                _ZEBRA.format(
+                    "bob, carol",
+                    "The people keep different animals: dog, fish",
+                    "Bob is the dog owner.\n2. The fish keeper is in the first house.",
+                ),
+                "The fish keeper is in the first house, and Bob keeps the dog, so Carol lives in House 1. "
+                "The answer is Carol.",
+            ),
+            (
+                _ZEBRA.format(
+                    "carol, bob",
+                    "Everyone has a favorite color: red, blue",
+                    "Carol is in the second house.\n2. Carol likes red.",
+                ),
+                "Carol is in the second house, so Bob lives in House 1. The answer is Bob.",
+            ),
+        ],
+    ),
+    "c.triangle_steps": RGSpec(
+        "simple_geometry",
+        {"min_sides": 3, "max_sides": 3, "min_angle": 10, "max_angle": 80},
+        "number",
+        [
+            (
+                _TRI.format("75.0°, 40.0°"),
+                "75 + 40 = 115. 180 - 115 = 65. The answer is 65.",
+            ),
+            (
+                _TRI.format("33.0°, 61.0°"),
+                "33 + 61 = 94. 180 - 94 = 86. The answer is 86.",
+            ),
+        ],
+    ),
 }
 
 
