@@ -23,6 +23,8 @@ from policy.records import Decision
 P_TOL = 1e-4
 # rows per block: bounds the temporary (rows x arms) matrices
 _BLOCK_ROWS = 8192
+# up to this many rows, the scalar monotone chain (upper_hull) per row is faster than the vectorised one
+_SCALAR_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class Hulls:
 
 def hulls(p: np.ndarray, e: np.ndarray) -> Hulls:
     """The upper hull of every row of (p, e), each (n_rows, n_arms) float64 and finite."""
-    parts = [_block(p[s : s + _BLOCK_ROWS], e[s : s + _BLOCK_ROWS]) for s in range(0, len(p), _BLOCK_ROWS)]
+    block = _scalar_block if len(p) <= _SCALAR_ROWS else _block
+    parts = [block(p[s : s + _BLOCK_ROWS], e[s : s + _BLOCK_ROWS]) for s in range(0, len(p), _BLOCK_ROWS)]
     if not parts:
         m = p.shape[1]
         empty = np.zeros((0, max(m - 1, 0)))
@@ -69,6 +72,26 @@ def _block(p: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
             length = length - pop
         stack[r[keep], length[keep]] = i[keep]
         length = length + keep
+    return _finish(p, e, stack, length)
+
+
+def _scalar_block(p: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The same hulls by `upper_hull`, one row at a time (a one-query decision: no (rows x arms) passes)."""
+    from policy.allocate import upper_hull
+
+    n, m = p.shape
+    stack = np.zeros((n, m), dtype=np.intp)
+    length = np.zeros(n, dtype=np.intp)
+    for q in range(n):
+        hull = upper_hull(e[q].tolist(), p[q].tolist())
+        stack[q, : len(hull)] = hull
+        length[q] = len(hull)
+    return _finish(p, e, stack, length)
+
+
+def _finish(p: np.ndarray, e: np.ndarray, stack: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, ...]:
+    n, m = p.shape
+    r = np.arange(n)
     he, hp = e[r[:, None], stack], p[r[:, None], stack]
     valid = np.arange(m - 1)[None, :] < (length - 1)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):

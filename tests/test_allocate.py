@@ -399,3 +399,21 @@ def test_the_vectorised_hulls_equal_upper_hull_row_by_row(seed):
         hp, he = p[row, want], e[row, want]
         assert np.array_equal(h.steps_j[row, : len(want) - 1], np.diff(he))
         assert np.array_equal(h.slopes[row, : len(want) - 1], np.diff(hp) / np.diff(he))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_one_query_hull_is_the_same_as_that_row_of_a_batch(seed):
+    """hulls() takes the scalar chain for a few rows and the vectorised one for many: the same arrays."""
+    from policy.hulls import hulls
+
+    p, e, _, _ = _random_instance(seed, nq=40, na=9)
+    p[:, 1] = p[:, 3]
+    e[:, 0] = e[:, 2]
+    batch = hulls(p, e)
+    for row in (0, 7, 39):
+        one = hulls(p[row : row + 1], e[row : row + 1])
+        n = int(one.length[0])
+        assert n == batch.length[row] and one.idx[0, :n].tolist() == batch.idx[row, :n].tolist()
+        for field in ("slopes", "steps_j"):
+            assert np.array_equal(getattr(one, field)[0], getattr(batch, field)[row], equal_nan=True)
+        assert one.e0_j[0] == batch.e0_j[row]
