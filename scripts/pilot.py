@@ -325,6 +325,12 @@ CANDIDATES: dict[str, RGSpec] = {
             ),
         ],
     ),
+    "c.sub_1d": RGSpec(
+        "basic_arithmetic",
+        arith_config(1, ("-",)),
+        "number",
+        [("Calculate 9 - 4.", "9 - 4 = 5. The answer is 5."), ("Calculate 3 - 8.", "3 - 8 = -5. The answer is -5.")],
+    ),
     "c.triangle_steps": RGSpec(
         "simple_geometry",
         {"min_sides": 3, "max_sides": 3, "min_angle": 10, "max_angle": 80},
