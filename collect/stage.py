@@ -40,7 +40,7 @@ from collect.engine import EngineModel, engine_meter, parse_engine, stored_name
 from collect.probe import ProbeRow, ProbeStore
 from collect.tasks import Item, Task, make_task
 from policy.records import EnergyMeasurement, Sample
-from store.shards import SampleStore
+from store.shards import SampleStore, group_key
 
 
 @dataclass(frozen=True)
@@ -308,6 +308,7 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
     obs.start(sum(len(b.items) for b in todo), meter.source, idle)
     run_name = obs.run_name or f"local-{int(time.time())}"
     prog, t0, lm, lm_name = Progress(), time.perf_counter(), None, None
+    written = 0  # a batch with one new query regenerates its stored ones (one batch regime); they are not rewritten
     for step, batch in enumerate(todo):
         if lm_name != batch.model:
             obs.loading(batch.model)
@@ -320,13 +321,15 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
             _warm_up(lm, batch)
         out = run_batch(lm, meter, batch, cfg, run_name)
         probes.append(out.probes)  # before the samples: a resumed run regenerates samples, never probes
+        done = store.done_groups()
+        written += sum(group_key(x) not in done for x in out.samples)
         store.append(out.samples)
         prog.add(out.samples, len(batch.items), time.perf_counter() - t0)
         obs.batch_done(step, batch, prog)
     total = _count(store)
     return CollectResult(
         Path(cfg.store),
-        prog.samples,
+        written,
         skipped,
         total,
         prog.output_tokens,
