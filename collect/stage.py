@@ -321,9 +321,9 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
             _warm_up(lm, batch)
         out = run_batch(lm, meter, batch, cfg, run_name)
         probes.append(out.probes)  # before the samples: a resumed run regenerates samples, never probes
-        done = store.done_groups()
-        written += sum(group_key(x) not in done for x in out.samples)
-        store.append(out.samples)
+        fresh = [x for x in out.samples if group_key(x) not in store.done_groups()]
+        written += len(fresh)
+        store.append(fresh)
         prog.add(out.samples, len(batch.items), time.perf_counter() - t0)
         obs.batch_done(step, batch, prog)
     total = _count(store)

@@ -464,7 +464,8 @@ def joules_lines(path: str) -> list[str]:
     """Per model: the greedy / sampled joules per output token of the n=1 arms, metered and attributed."""
     from store.loader import load_samples
 
-    df = load_samples(path)
+    columns = ["attribution", "model", "temperature", "sample_index", "output_tokens", "energy_j"]
+    df = load_samples(path, columns=columns)
     if "metered_energy_j" not in df.columns:
         return []
     out = []

@@ -6,8 +6,8 @@ carry the collector's batching, not the arm: a batch decodes until its longest
 row, so a window with one rambling row charges its idle steps to the rows still
 running, and on this CPU a sampled decoding step costs more than a greedy one
 (the sampler's pass over a 262k-token vocabulary). Measured on reference v2
-(12,615 samples): the greedy n=1 arm's metered joules per output token were
-0.70x the sampled one's for Gemma-3-270M and 0.82x for SmolLM2 (`scripts/pilot.py
+(15,786 samples): the greedy n=1 arm's metered joules per output token were
+0.73x the sampled one's for Gemma-3-270M and 0.83x for SmolLM2 (`scripts/pilot.py
 --store data/reference` prints both ratios).
 
 So every stage charges one declared regime, `RULE` ("model_rate"), derived here
@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+#: the rule `collect.energy.attribution` writes window shares under
 WINDOW_RULE = "prefill_first_sample+decode_by_tokens"
 RULE = "model_rate"
 GROUP = ("model", "meter", "energy_source", "dtype")

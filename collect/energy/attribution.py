@@ -18,7 +18,9 @@ one prefill for an arm on another.
 
 Batched samples are cheaper per token than the same samples alone; every call
 of a collection has the same number of rows (its batch regime, recorded in
-each sample), so the arms' joules are comparable. Never reads a meter itself.
+each sample). These window shares are what the store keeps; train and eval
+charge the declared attribution the loader derives from them
+(`store.attribution`). Never reads a meter itself.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policy.errors import UsageError
+from store.attribution import WINDOW_RULE
 
-RULE = "prefill_first_sample+decode_by_tokens"
+RULE = WINDOW_RULE  # the window-share rule, named once in the data layer that re-attributes it
 
 
 @dataclass(frozen=True)
