@@ -8,10 +8,11 @@ must never import torch, transformers or mlflow; writing a bundle (LightGBM,
 ONNX) lives in train/export.py and the MLflow pyfunc in serve/.
 """
 
-from policy.allocate import DecisionRule, allocate, allocate_budget, allocate_price, upper_hull
+from policy.allocate import DecisionRule, allocate, allocate_budget, allocate_price
 from policy.arms import Arm
 from policy.bundle import Policy, load_bundle
 from policy.errors import BundleError, TTCError, UsageError
+from policy.hulls import upper_hull
 from policy.records import ArmOutcome, Decision, EnergyMeasurement, Sample
 
 __all__ = [

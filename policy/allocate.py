@@ -39,7 +39,7 @@ import numpy as np
 
 from policy.arms import Arm
 from policy.errors import UsageError, unknown_name
-from policy.hulls import P_TOL, decisions, hulls, price_positions
+from policy.hulls import decisions, hulls, price_positions
 from policy.records import Decision
 
 DEFAULT_P_FLOOR = 0.05
@@ -95,35 +95,6 @@ class DecisionRule:
         if extra:
             raise UsageError(f"unknown decision rule keys {sorted(extra)}, known: {sorted(known)}")
         return cls(**d)
-
-
-def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
-    """Indices of the upper convex hull of the points (e[i], p[i]), cheapest first.
-
-    Kept points have strictly increasing e and p and strictly decreasing slopes.
-    Among arms of equal e the one with the highest p is kept (then the lowest
-    index); a point on the chord of its neighbours is dropped (a zero-gain move).
-    A costlier arm must predict more than `P_TOL` higher success to be kept: a
-    smaller gain is float noise (ONNX and LightGBM differ by ~1e-7, which a steep
-    stretch of a calibration table can magnify), not a reason to spend joules.
-    policy/hulls.py computes the same hulls for many rows at once.
-    """
-    order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
-    hull: list[int] = []
-    for i in order:
-        if hull and p[i] <= p[hull[-1]] + P_TOL:
-            continue  # costs at least as much, predicts no better: dominated
-        if hull and e[i] == e[hull[-1]]:
-            continue  # same cost, sorted by p descending: already have the better one
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b when the slope a->b does not exceed the slope b->i (b is on or under the chord a->i)
-            if (p[b] - p[a]) * (e[i] - e[b]) <= (p[i] - p[b]) * (e[b] - e[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    return hull
 
 
 def _check(p: np.ndarray, e: np.ndarray, arm_ids: list[str], query_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

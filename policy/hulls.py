@@ -1,4 +1,4 @@
-"""Every query's upper convex hull at once: `policy.allocate.upper_hull`, vectorised over rows with numpy.
+"""Every query's upper convex hull at once: `upper_hull`, vectorised over rows with numpy.
 
 `ttc allocate` decides 100,000 queries in one go, and a Python loop per query
 was its slowest part. `hulls` runs the same monotone chain for all rows
@@ -25,6 +25,35 @@ P_TOL = 1e-4
 _BLOCK_ROWS = 8192
 # up to this many rows, the scalar monotone chain (upper_hull) per row is faster than the vectorised one
 _SCALAR_ROWS = 4
+
+
+def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
+    """Indices of the upper convex hull of the points (e[i], p[i]), cheapest first.
+
+    Kept points have strictly increasing e and p and strictly decreasing slopes.
+    Among arms of equal e the one with the highest p is kept (then the lowest
+    index); a point on the chord of its neighbours is dropped (a zero-gain move).
+    A costlier arm must predict more than `P_TOL` higher success to be kept: a
+    smaller gain is float noise (ONNX and LightGBM differ by ~1e-7, which a steep
+    stretch of a calibration table can magnify), not a reason to spend joules.
+    `hulls` below computes the same hulls for many rows at once.
+    """
+    order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
+    hull: list[int] = []
+    for i in order:
+        if hull and p[i] <= p[hull[-1]] + P_TOL:
+            continue  # costs at least as much, predicts no better: dominated
+        if hull and e[i] == e[hull[-1]]:
+            continue  # same cost, sorted by p descending: already have the better one
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # drop b when the slope a->b does not exceed the slope b->i (b is on or under the chord a->i)
+            if (p[b] - p[a]) * (e[i] - e[b]) <= (p[i] - p[b]) * (e[b] - e[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return hull
 
 
 @dataclass(frozen=True)
@@ -77,8 +106,6 @@ def _block(p: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
 
 def _scalar_block(p: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
     """The same hulls by `upper_hull`, one row at a time (a one-query decision: no (rows x arms) passes)."""
-    from policy.allocate import upper_hull
-
     n, m = p.shape
     stack = np.zeros((n, m), dtype=np.intp)
     length = np.zeros(n, dtype=np.intp)

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collect.graders import extract_answer, extract_name, extract_text
-from policy.allocate import allocate_price, upper_hull
+from policy.allocate import allocate_price
 from policy.arms import Arm
 from policy.bundle import Policy
 from policy.errors import UsageError, unknown_name
+from policy.hulls import upper_hull
 from store.views import vote
 
 POLICY = "policy"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policy.allocate import DecisionRule, allocate, allocate_budget, allocate_price, upper_hull
+from policy.allocate import DecisionRule, allocate, allocate_budget, allocate_price
 from policy.errors import UsageError
+from policy.hulls import upper_hull
 
 ARMS = [f"m/n{n}/L64/t0.7" for n in (1, 2, 4, 8, 16)]
 
@@ -240,7 +241,7 @@ def test_decision_rule_round_trips_through_a_dict():
 
 
 def test_a_gain_below_float_noise_never_buys_a_costlier_arm():
-    from policy.allocate import P_TOL, upper_hull
+    from policy.hulls import P_TOL, upper_hull
 
     # ONNX and LightGBM differ by ~1e-7 and a calibration table can magnify that:
     # such a difference must not flip a decision towards spending more joules.

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from eval.metrics import CurveData, convex_frontier
-from policy.allocate import upper_hull
 from policy.arms import Arm
 from policy.errors import UsageError
+from policy.hulls import upper_hull
 
 if TYPE_CHECKING:
     from eval.allocators.context import EvalContext
