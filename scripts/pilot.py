@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reasoning_gym.logic.aiw import TaskType  # noqa: E402
 
 from collect.tasks import RG_SPECS, TASKS, AtomicNumberTask, Item, ReasoningGymTask, RGSpec, Task, make_task  # noqa: E402
-from collect.tasks.rg import arith_config  # noqa: E402
+from collect.tasks.rg_specs import arith_config  # noqa: E402
 from store.views import vote  # noqa: E402
 
 _AIW_SIBLINGS = TaskType.SIBLINGS

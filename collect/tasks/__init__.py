@@ -21,8 +21,8 @@ from collect.tasks.base import DATA_DIR, FACTUAL, REASONING, Item, Task
 from collect.tasks.facts import FACT_DEMOS, AtomicNumberTask
 from collect.tasks.gsm8k import GSM8K_DEMOS, GSM8KTask, gsm8k_gold, packaged_gsm8k_path
 from collect.tasks.jsonl import JSONL_DEMOS, JSONL_PREFIX, JsonlTask, load_jsonl_task
-from collect.tasks.rg import RG_POOL_SIZE, ReasoningGymTask, RGSpec
-from collect.tasks.rg_specs import RG_SPECS
+from collect.tasks.rg import RG_POOL_SIZE, ReasoningGymTask
+from collect.tasks.rg_specs import RG_SPECS, RGSpec
 from policy.errors import unknown_name
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Procedural tasks from `reasoning_gym`: named configurations of its generators.
 
-Each `RGSpec` names a generator, its difficulty settings and the two few-shot
+Each `RGSpec` (rg_specs.py) names a generator, its difficulty settings and the two few-shot
 demos that set the answer format (a one-line answer or written intermediate
 steps). Items are graded by the generator's own scorer, counting only a full
 score. `reasoning_gym` is imported only when a pool is built; this module never
@@ -11,39 +11,16 @@ from __future__ import annotations
 
 import functools
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 from collect.graders import NO_ANSWER, Grade, extract_answer, extract_name
 from collect.tasks.base import REASONING, Item, Task
+from collect.tasks.rg_specs import RG_SPECS, RGSpec
 from policy.errors import unknown_name
 
 # Pool size per rg configuration before de-duplication; small configurations
 # (1-digit sums) collapse to their ~100 distinct questions.
 RG_POOL_SIZE = 1000
-
-
-@dataclass(frozen=True)
-class RGSpec:
-    """One named reasoning-gym configuration: dataset name, config kwargs, answer type, demos."""
-
-    dataset: str
-    config: dict[str, Any]
-    answer: str  # "number" or "name"
-    demos: list[tuple[str, str]]
-
-
-def arith_config(digits: int, operators: tuple[str, ...], terms: int = 2) -> dict[str, Any]:
-    """`basic_arithmetic` settings: `terms` numbers of 1 to `digits` digits, no parentheses."""
-    return {
-        "min_terms": terms,
-        "max_terms": terms,
-        "min_digits": 1,
-        "max_digits": digits,
-        "operators": operators,
-        "allow_parentheses": False,
-        "allow_negation": False,
-    }
 
 
 class ReasoningGymTask(Task):
@@ -54,8 +31,6 @@ class ReasoningGymTask(Task):
     """
 
     def __init__(self, name: str, spec: RGSpec | None = None) -> None:
-        from collect.tasks.rg_specs import RG_SPECS
-
         if spec is None and name not in RG_SPECS:
             raise unknown_name("reasoning-gym task", name, RG_SPECS)
         self.spec = spec or RG_SPECS[name]

@@ -3,12 +3,38 @@
 Names are stable: recorded stores refer to them, so a configuration is never
 changed in place; a new setting or prompt gets a new name. Demo questions copy
 each dataset's phrasing but use values the pools are filtered against, so no
-item is answered by its own demo. This module is data only.
+item is answered by its own demo. This module is data only (and the `RGSpec` type
+and `arith_config` helper the data is written in).
 """
 
 from __future__ import annotations
 
-from collect.tasks.rg import RGSpec, arith_config
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RGSpec:
+    """One named reasoning-gym configuration: dataset name, config kwargs, answer type, demos."""
+
+    dataset: str
+    config: dict[str, Any]
+    answer: str  # "number" or "name"
+    demos: list[tuple[str, str]]
+
+
+def arith_config(digits: int, operators: tuple[str, ...], terms: int = 2) -> dict[str, Any]:
+    """`basic_arithmetic` settings: `terms` numbers of 1 to `digits` digits, no parentheses."""
+    return {
+        "min_terms": terms,
+        "max_terms": terms,
+        "min_digits": 1,
+        "max_digits": digits,
+        "operators": operators,
+        "allow_parentheses": False,
+        "allow_negation": False,
+    }
+
 
 RG_SPECS: dict[str, RGSpec] = {
     "rg.basic_arithmetic_1d": RGSpec(
