@@ -12,12 +12,17 @@ Failure is all or nothing: if any of the n requests fails, the others are
 cancelled (asyncio.TaskGroup) and `UpstreamError` carries the HTTP status the
 proxy should answer (502 unreachable or broken, 504 too slow, the upstream's
 own 4xx when it rejected the request), so a partial vote is never passed off
-as a full one. This module never decides anything and never reads the policy.
+as a full one. Each request carries the upstream's API key when one is set
+(`--upstream-key MODEL=ENV_VAR`, read from the environment once, at startup) and
+the client's X-Request-Id. `Upstreams.ready` asks every upstream's `/models`
+concurrently (the proxy's /health/ready). This module never decides anything
+and never reads the policy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +52,13 @@ class Upstream:
     model: str
     base_url: str
     supports_n: bool | None = None
+    api_key: str | None = field(default=None, repr=False)  # sent as "Authorization: Bearer ..."
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        out = dict(extra or {})
+        if self.api_key:
+            out["authorization"] = f"Bearer {self.api_key}"
+        return out
 
 
 def parse_upstreams(specs: list[str]) -> dict[str, Upstream]:
@@ -65,15 +77,58 @@ def parse_upstreams(specs: list[str]) -> dict[str, Upstream]:
     return out
 
 
+def parse_upstream_keys(specs: list[str], upstreams: dict[str, Upstream]) -> None:
+    """`MODEL=ENV_VAR` strings: the named upstream sends the key held in that environment variable.
+
+    The key itself never appears on a command line (where `ps` shows it); a variable that is
+    unset or empty is refused here, at startup, rather than discovered as a 401 later.
+    """
+    seen: set[str] = set()
+    for spec in specs:
+        model, sep, var = (x.strip() for x in spec.partition("="))
+        if not sep or not model or not var:
+            raise UsageError(f"--upstream-key {spec!r} must be MODEL=ENV_VAR, e.g. gpt-4o-mini=OPENAI_API_KEY")
+        if model not in upstreams:
+            raise UsageError(f"--upstream-key names model {model!r} with no --upstream; upstreams: {list(upstreams)}")
+        if model in seen:
+            raise UsageError(f"--upstream-key names model {model!r} twice; give each model one key")
+        key = os.environ.get(var, "")
+        if not key:
+            raise UsageError(f"--upstream-key {spec!r}: environment variable {var} is unset or empty; export it first")
+        seen.add(model)
+        upstreams[model].api_key = key
+
+
 @dataclass
 class Sampled:
-    """n completions of one request: texts, finish reasons, summed usage, and the upstream's wall time."""
+    """n completions of one request: texts, finish reasons, summed usage, and the upstream's wall time.
+
+    `choices` are the engine's own choice objects (message with any tool_calls, logprobs), one per
+    sample; `request_s` the wall time of each upstream request, so `upstream_s / min(request_s)` is
+    what asking for n samples cost in latency over asking for one (about 1 when the engine ran them
+    in parallel, about n when it queued them).
+    """
 
     texts: list[str]
     finish_reasons: list[str | None]
     usage: dict[str, int] = field(default_factory=dict)
     upstream_s: float = 0.0
     requests: int = 0
+    choices: list[dict[str, Any]] = field(default_factory=list)
+    reply_ids: list[str] = field(default_factory=list)
+    request_s: list[float] = field(default_factory=list)
+
+    @property
+    def logprobs(self) -> list[Any]:
+        """Each sample's `logprobs` object as the engine returned it (None where it sent none)."""
+        return [c.get("logprobs") for c in self.choices]
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """All n samples' wall time over the fastest single request's; None for one request."""
+        if self.requests < 2 or not self.request_s or min(self.request_s) <= 0:
+            return None
+        return self.upstream_s / min(self.request_s)
 
 
 def _choice_text(choice: dict[str, Any], kind: str) -> str:
@@ -105,12 +160,14 @@ class Upstreams:
             raise RuntimeError("Upstreams.start() was not awaited (the app's lifespan did not run)")
         return self._client
 
-    async def post(self, model: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post(
+        self, model: str, kind: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """One POST to the model's upstream; its JSON object, or `UpstreamError`."""
         up = self.by_model[model]
         url = f"{up.base_url}/{kind}"
         try:
-            resp = await self.client.post(url, json=body)
+            resp = await self.client.post(url, json=body, headers=up.headers(headers))
         except httpx.TimeoutException as exc:
             raise UpstreamError(
                 504, f"upstream {model} at {url} did not answer within {self.timeout_s:g} s", "timeout"
@@ -131,14 +188,18 @@ class Upstreams:
             raise UpstreamError(502, f"upstream {model} answered without choices", "bad_response")
         return data
 
-    async def sample(self, model: str, kind: str, body: dict[str, Any], n: int) -> Sampled:
+    async def sample(
+        self, model: str, kind: str, body: dict[str, Any], n: int, headers: dict[str, str] | None = None
+    ) -> Sampled:
         """n completions of `body` (its `n` is set here); all of them, or `UpstreamError`."""
         up = self.by_model[model]
         t0 = time.perf_counter()
         replies: list[dict[str, Any]] = []
+        request_s: list[float] = []
         if n > 1 and up.supports_n is not False:
             try:
-                replies.append(await self.post(model, kind, {**body, "n": n}))
+                replies.append(await self.post(model, kind, {**body, "n": n}, headers))
+                request_s.append(time.perf_counter() - t0)
                 up.supports_n = len(replies[0]["choices"]) >= n
             except UpstreamError as exc:
                 # some engines refuse n > 1 outright (HTTP 400/422) instead of ignoring it; learn that once,
@@ -148,22 +209,27 @@ class Upstreams:
                 up.supports_n = False
         have = sum(len(r["choices"]) for r in replies)
         if have < n:
-            replies += await self._concurrent(model, kind, body, n - have, seed_offset=have)
-        out = Sampled([], [], upstream_s=time.perf_counter() - t0, requests=len(replies))
+            more = await self._concurrent(model, kind, body, n - have, have, headers)
+            replies += [r for r, _ in more]
+            request_s += [dt for _, dt in more]
+        out = Sampled([], [], upstream_s=time.perf_counter() - t0, requests=len(replies), request_s=request_s)
         for r in replies:
+            out.reply_ids.append(str(r.get("id") or ""))
             for choice in r["choices"]:
+                choice = choice if isinstance(choice, dict) else {}
+                out.choices.append(choice)
                 out.texts.append(_choice_text(choice, kind))
                 out.finish_reasons.append(choice.get("finish_reason"))
             for key, value in (r.get("usage") or {}).items():
                 if isinstance(value, int):
                     out.usage[key] = out.usage.get(key, 0) + value
         # an engine that returned more than asked: keep the first n, the vote is over n samples
-        out.texts, out.finish_reasons = out.texts[:n], out.finish_reasons[:n]
+        out.texts, out.finish_reasons, out.choices = out.texts[:n], out.finish_reasons[:n], out.choices[:n]
         return out
 
     async def _concurrent(
-        self, model: str, kind: str, body: dict[str, Any], k: int, seed_offset: int
-    ) -> list[dict[str, Any]]:
+        self, model: str, kind: str, body: dict[str, Any], k: int, seed_offset: int, headers: dict[str, str] | None
+    ) -> list[tuple[dict[str, Any], float]]:
         single = {**body, "n": 1}
         bodies = []
         for i in range(k):
@@ -172,9 +238,37 @@ class Upstreams:
                 # a client's seed makes the run reproducible; the same seed k times would give one sample k times
                 b["seed"] = body["seed"] + seed_offset + i
             bodies.append(b)
+
+        async def timed(b: dict[str, Any]) -> tuple[dict[str, Any], float]:
+            t0 = time.perf_counter()
+            return await self.post(model, kind, b, headers), time.perf_counter() - t0
+
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self.post(model, kind, b)) for b in bodies]
+                tasks = [tg.create_task(timed(b)) for b in bodies]
         except* UpstreamError as group:
             raise group.exceptions[0] from None
         return [t.result() for t in tasks]
+
+    async def ready(self, timeout_s: float = 2.0) -> dict[str, dict[str, Any]]:
+        """Per model: whether its upstream answers GET /models with 2xx within `timeout_s`, and how fast.
+
+        Upstreams that share a base URL and key are asked once.
+        """
+
+        async def probe(up: Upstream) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            try:
+                r = await self.client.get(f"{up.base_url}/models", headers=up.headers(), timeout=timeout_s)
+            except httpx.HTTPError as exc:
+                return {"ready": False, "url": up.base_url, "error": type(exc).__name__}
+            ms = round((time.perf_counter() - t0) * 1e3, 3)
+            if r.status_code >= 300:
+                return {"ready": False, "url": up.base_url, "error": f"HTTP {r.status_code}", "ms": ms}
+            return {"ready": True, "url": up.base_url, "ms": ms}
+
+        groups: dict[tuple[str, str | None], list[str]] = {}
+        for m, up in self.by_model.items():
+            groups.setdefault((up.base_url, up.api_key), []).append(m)
+        results = await asyncio.gather(*(probe(self.by_model[ms[0]]) for ms in groups.values()))
+        return {m: res for ms, res in zip(groups.values(), results, strict=True) for m in ms}
