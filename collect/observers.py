@@ -1,7 +1,7 @@
 """The collect stage's side effects: the progress bar and the MLflow run, as observers of the work.
 
 `collect.stage.run_collection` does the work and reports to one observer;
-`run_observed` builds the ones the config and the caller ask for and runs it.
+`collect_stage` builds the ones the config and the caller ask for and runs it.
 This module never generates, grades or writes samples.
 """
 
@@ -138,8 +138,8 @@ class _Both:
             self.tracker.log_metrics(progress.metrics(self.source), step)
 
 
-def run_observed(cfg: CollectConfig, progress: bool) -> CollectResult:
-    """`run_collection` with a progress bar and, if `cfg.track`, an MLflow run that records the store."""
+def collect_stage(cfg: CollectConfig, progress: bool = True) -> CollectResult:
+    """Run (or resume) a collection with its side effects: a progress bar and, if `cfg.track`, an MLflow run."""
     from collect.stage import run_collection
     from store.shards import SampleStore, read_samples
 

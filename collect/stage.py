@@ -18,7 +18,7 @@ skips every group already stored. Nothing is written before the config has
 been validated.
 
 `run_collection` is the work (config in, `CollectResult` out) and reports
-progress to an observer; `collect_stage` adds the side effects: the progress
+progress to an observer; `collect.observers.collect_stage` adds the side effects: the progress
 bar and the MLflow run.
 """
 
@@ -105,7 +105,7 @@ class Progress:
 
 
 class Observer(Protocol):
-    """What the work reports; `collect_stage` plugs in the progress bar and MLflow."""
+    """What the work reports; `collect.observers.collect_stage` plugs in the progress bar and MLflow."""
 
     run_name: str
 
@@ -353,10 +353,3 @@ def _count(store: SampleStore) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(f).metadata.num_rows for f in store.shards())
-
-
-def collect_stage(cfg: CollectConfig, progress: bool = True) -> CollectResult:
-    """Run (or resume) a collection with its side effects: a progress bar and, if `cfg.track`, an MLflow run."""
-    from collect.observers import run_observed
-
-    return run_observed(cfg, progress)

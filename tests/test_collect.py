@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from collect.config import load_config, make_config
 from collect.energy.attribution import attribute
+from collect.observers import collect_stage
 from collect.probe import ProbeRow, ProbeStore, read_probes
-from collect.stage import collect_stage
 from policy.arms import Arm
 from policy.errors import UsageError
 from store.attribution import RULE, WINDOW_RULE, attribute_by_model_rate

@@ -41,7 +41,7 @@ def probe_bundle(tmp_path_factory) -> Path:
 def small_store(tmp_path_factory) -> Path:
     """A real store: SmolLM2 on 12 queries of two tasks, with its probe side table."""
     from collect.config import make_config
-    from collect.stage import collect_stage
+    from collect.observers import collect_stage
 
     store = tmp_path_factory.mktemp("probe_store")
     collect_stage(make_config(None, store=str(store), **SMALL).validate(), progress=False)

@@ -68,7 +68,7 @@ def test_the_collect_stage_logs_to_a_tracking_server_over_http(tracking_server, 
     from mlflow import MlflowClient
 
     from collect.config import make_config
-    from collect.stage import collect_stage
+    from collect.observers import collect_stage
 
     url, artifacts = tracking_server
     cfg = make_config(

@@ -82,7 +82,7 @@ def collect(
 ) -> None:
     """Generate samples over the (query, budget) grid into a crash-safe store."""
     from collect.config import load_config
-    from collect.stage import collect_stage
+    from collect.observers import collect_stage
 
     try:
         cfg = load_config(

@@ -141,7 +141,7 @@ def run_stages(
 ) -> PipelineRun:
     """collect -> train -> export -> eval with preset `p`; `say` receives one line per step."""
     from collect.config import make_config
-    from collect.stage import collect_stage
+    from collect.observers import collect_stage
     from eval.stage import eval_stage
     from train.stage import train_stage
 
