@@ -7,6 +7,7 @@ inside each command so `ttc --help` is instant.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -400,8 +401,15 @@ def tasks() -> None:
     typer.echo('jsonl:PATH  (your own file: one {"question", "answer"} object per line)')
 
 
+# Without a terminal (a pipe, a CI log) rich falls back to 80 columns and squeezes Typer's help
+# panels; the project's own line length reads better. COLUMNS or TERMINAL_WIDTH, when set, win.
+HELP_WIDTH_WITHOUT_TERMINAL = 120
+
+
 def main() -> None:
     console.quiet_libraries()
+    if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
+        os.environ.setdefault("TERMINAL_WIDTH", str(HELP_WIDTH_WITHOUT_TERMINAL))  # read by typer.rich_utils
     try:
         app()
     except TTCError as e:  # a stage raised outside a command's own handler
