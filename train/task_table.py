@@ -164,10 +164,15 @@ def _hull_slopes(hits: np.ndarray, joules: np.ndarray) -> list[float]:
     return [(hits[b] - hits[a]) / (joules[b] - joules[a]) for a, b in zip(hull, hull[1:], strict=False)]
 
 
+def breakpoints_from_matrices(tasks: Sequence[str], correct: np.ndarray, energy_j: np.ndarray) -> list[float]:
+    """Every price at which some task's (or the global) choice changes: the slopes of each group's hull."""
+    g = _groups(tasks, correct, energy_j)
+    return [s for k in range(len(g.names) + 1) for s in _hull_slopes(g.hits[k], g.joules[k])]
+
+
 def price_grid_from_matrices(tasks: Sequence[str], correct: np.ndarray, energy_j: np.ndarray) -> np.ndarray:
     """Prices reaching every distinct table (module docstring), descending: the top one makes all cheapest."""
-    g = _groups(tasks, correct, energy_j)
-    return grid_from_slopes([s for k in range(len(g.names) + 1) for s in _hull_slopes(g.hits[k], g.joules[k])])
+    return grid_from_slopes(breakpoints_from_matrices(tasks, correct, energy_j))
 
 
 def grid_from_slopes(slopes: Sequence[float]) -> np.ndarray:

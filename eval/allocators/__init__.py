@@ -31,6 +31,13 @@ name in `ALLOCATORS`, which the CLI's choices come from:
 - oracle: in hindsight, each query's cheapest correct arm (its cheapest arm if
   none is correct): the top point of the hindsight price sweep, whose points
   bound every one-arm-per-query assignment from above.
+- per_task: the per-task table (train.task_table), built per fold from its
+  training queries: per task the arm of best accuracy - λ x joules, swept over
+  every price where a table changes; an unseen task gets the global arm
+  (eval/allocators/per_task.py). The yardstick the learned policy must beat.
+- soft_oracle: in hindsight on *expected* accuracy: per query the arm of best
+  `correct_soft` - λ x joules, swept over λ and scored on `correct_soft`
+  (eval/allocators/soft_oracle.py): the headroom above the per-task table.
 
 Every allocator chooses among the same grid: the policy's arms. One module per
 family: base (containers, context, base class), learned (learned,
@@ -56,7 +63,9 @@ from eval.allocators.context import EvalContext, Fold, PolicyOverhead, Predictio
 from eval.allocators.grid import FixedAllocator, ModelScalingAllocator, OracleAllocator
 from eval.allocators.learned import DifficultyBinsAllocator, LearnedAllocator
 from eval.allocators.peers import AdaptiveConsistencyAllocator, ESCAllocator, ac_samples, beta_confidence, esc_window
+from eval.allocators.per_task import PerTaskAllocator
 from eval.allocators.random_arms import RandomAllocator, max_entropy_mix
+from eval.allocators.soft_oracle import SoftOracleAllocator
 from eval.allocators.stopping import EarlyStoppingAllocator, stop_after
 from eval.allocators.two_stage import TwoStageAllocator
 from policy.errors import UsageError, unknown_name
@@ -94,7 +103,9 @@ ALLOCATORS: dict[str, Callable[[], Allocator]] = {
     AdaptiveConsistencyAllocator.name: AdaptiveConsistencyAllocator,
     ESCAllocator.name: ESCAllocator,
     TwoStageAllocator.name: TwoStageAllocator,
+    PerTaskAllocator.name: PerTaskAllocator,
     OracleAllocator.name: OracleAllocator,
+    SoftOracleAllocator.name: SoftOracleAllocator,
 }
 
 

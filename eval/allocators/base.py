@@ -48,10 +48,14 @@ class Outcomes:
     energy_j: np.ndarray
     output_tokens: np.ndarray
     answered: np.ndarray
+    #: the arm view's `correct_soft` (expected vote correctness over resampled subsets); None when not given
+    correct_soft: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name, dtype in (("correct", np.int64), ("energy_j", np.float64), ("output_tokens", np.float64)):
             object.__setattr__(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
+        if self.correct_soft is not None:
+            object.__setattr__(self, "correct_soft", np.ascontiguousarray(self.correct_soft, dtype=np.float64))
 
     @property
     def n_queries(self) -> int:
@@ -70,6 +74,7 @@ class Outcomes:
             self.energy_j[pos],
             self.output_tokens[pos],
             self.answered[pos],
+            None if self.correct_soft is None else self.correct_soft[pos],
         )
 
     @classmethod
@@ -98,6 +103,7 @@ class Outcomes:
             answered=answered.pivot(index="query_id", columns="arm_id", values="_a")
             .reindex(index=qids, columns=arm_ids)
             .to_numpy(dtype=bool),
+            correct_soft=mat("correct_soft", np.float64) if "correct_soft" in rows.columns else None,
         )
 
 
