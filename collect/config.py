@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policy import jsonsafe
 from policy.arms import Arm, build_grid
 from policy.errors import UsageError, unknown_name
 
@@ -183,12 +183,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> CollectConfig:
         p = Path(path)
         if not p.is_file():
             raise UsageError(f"config file {str(p)!r} not found")
-        try:
-            raw = tomllib.loads(p.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise UsageError(f"config {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"malformed config {str(p)!r}: {e}") from e
+        raw = jsonsafe.loads_toml(p.read_bytes(), f"config {str(p)!r}")
         data = raw.get("collect", raw)
         if not isinstance(data, dict):
             raise UsageError(f"config {str(p)!r}: [collect] must be a table")

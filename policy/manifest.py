@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policy import jsonsafe
 from policy.errors import BundleError, TTCError, UsageError
 
 SCHEMA_VERSION = 2
@@ -142,10 +143,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def parse_manifest(raw: bytes) -> Manifest:
     """A `Manifest` from policy.json bytes, every field's type checked; `BundleError` otherwise."""
-    try:
-        d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BundleError(f"policy.json is not valid UTF-8 JSON ({type(exc).__name__}); re-export the bundle") from exc
+    d = jsonsafe.loads(raw, "policy.json", BundleError, "; re-export the bundle")
     if not isinstance(d, dict):
         raise BundleError("policy.json must hold a JSON object")
     d = upgrade_manifest(d)
@@ -176,10 +174,6 @@ def check_calibration(table: Mapping[str, Any], exc: type[TTCError]) -> None:
         raise exc("calibration x must be non-decreasing")
     if any(not 0.0 <= v <= 1.0 for v in y):
         raise exc("calibration y must lie in [0, 1]")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _short(value: Any) -> str:

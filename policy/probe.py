@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from policy import jsonsafe
 from policy.errors import BundleError, UsageError
 
 #: Reduced probe dimensions a "text+probe" policy reads (feature names probe_pc_0 ... probe_pc_15).
@@ -75,10 +76,7 @@ class ProbeReduction:
     @classmethod
     def from_json(cls, raw: bytes) -> ProbeReduction:
         """Parse and check `probe.json`; any type or shape mismatch is a `BundleError` naming the field."""
-        try:
-            d = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise BundleError(f"{PROBE_FILE} is not valid UTF-8 JSON; re-export the bundle") from exc
+        d = jsonsafe.loads(raw, PROBE_FILE, BundleError, "; re-export the bundle")
         if not isinstance(d, dict):
             raise BundleError(f"{PROBE_FILE} must hold a JSON object")
         for key, typ in (("model", str), ("layer", int), ("inputs", str), ("width", int), ("dims", int)):

@@ -23,7 +23,6 @@ numpy and the standard library only; never imports lightgbm.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from policy.errors import BundleError
+from policy import jsonsafe
+from policy.errors import BundleError, TTCError
 from policy.forest import Forest, specialise, sum_in_order
 
 FORMAT = "ttc-trees"
@@ -128,9 +128,9 @@ class TreeEnsemble:
     @classmethod
     def from_bytes(cls, raw: bytes, n_features: int) -> TreeEnsemble:
         try:
-            d = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise _fail(f"not valid JSON ({type(exc).__name__})") from exc
+            d = jsonsafe.loads(raw, "the tree file")
+        except TTCError as exc:
+            raise _fail(str(exc)) from exc
         return cls.from_json(d, n_features)
 
     @classmethod

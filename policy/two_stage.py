@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from policy import jsonsafe
 from policy.arms import Arm
 from policy.errors import BundleError, UsageError
 from policy.features import FIRST_SAMPLE_NAMES
@@ -89,10 +90,7 @@ class StageTwo:
     @classmethod
     def from_json(cls, raw: bytes, arm_ids: Sequence[str], n_features: int) -> StageTwo:
         """Parse and check stage2.json for a bundle of `arm_ids` whose stage-2 rows have `n_features` columns."""
-        try:
-            d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise BundleError(f"{STAGE2_FILE} is not valid UTF-8 JSON; re-export the bundle") from exc
+        d = jsonsafe.loads(raw, STAGE2_FILE, BundleError, "; re-export the bundle")
         if not isinstance(d, dict):
             raise BundleError(f"{STAGE2_FILE} must hold a JSON object")
         for key, ok, what in _FIELDS:
@@ -127,10 +125,6 @@ def stage_two_json(first_arm: str, lam: float, trees: dict[str, Any] | None, con
 
 def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 _FIELDS = (

@@ -107,16 +107,15 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
 
 def _probes(df: pd.DataFrame) -> Any:
     """The `probe` column as an (n, width) float array; `UsageError` naming the column when absent or malformed."""
-    import json
-
     import numpy as np
 
+    from policy import jsonsafe
     from policy.errors import UsageError
 
     if "probe" not in df.columns:
         raise UsageError("this policy reads a prefill probe: add a 'probe' column (a JSON list of numbers per row)")
     try:
-        rows = [json.loads(v) if isinstance(v, str) else list(v) for v in df["probe"]]
+        rows = [jsonsafe.loads(v, "a 'probe' value") if isinstance(v, str) else list(v) for v in df["probe"]]
         return np.asarray(rows, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"the 'probe' column must hold one list of numbers per row of equal length: {exc}") from exc

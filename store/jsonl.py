@@ -2,16 +2,17 @@
 
 Shared by the user task files (`jsonl:PATH`) and `ttc allocate`'s query files;
 each caller checks its own fields. The file must be UTF-8 (a BOM on the first
-line is tolerated). Standard library only; never writes.
+line is tolerated). Lines are parsed by policy/jsonsafe.py (bounded depth, finite
+numbers); never writes.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from policy import jsonsafe
 from policy.errors import UsageError
 
 
@@ -28,10 +29,7 @@ def read_jsonl(path: str | Path, expected: str) -> Iterator[tuple[int, dict[str,
                 raise UsageError(f"{p} line {lineno}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from e
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{p} line {lineno}: not valid JSON ({e.msg})") from e
+            row = jsonsafe.loads(line, f"{p} line {lineno}")
             if not isinstance(row, dict):
                 raise UsageError(f"{p} line {lineno}: expected a JSON object with {expected}")
             yield lineno, row

@@ -28,7 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from policy.errors import UsageError
+from policy import jsonsafe
+from policy.errors import TTCError, UsageError
 
 WRITER_LOCK_NAME = ".writer.lock"
 
@@ -50,9 +51,9 @@ def _holder_line() -> str:
 def describe_holder(lock_file: Path) -> str:
     """The holder a lock file names, in words (or why it cannot be told)."""
     try:
-        info = json.loads(lock_file.read_text(encoding="utf-8"))
+        info = jsonsafe.loads(lock_file.read_bytes(), str(lock_file))
         return f"pid {info['pid']} on {info['host']} (`{info['command']}`, since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, TTCError, KeyError, TypeError):
         return "another process (its lock file names no holder yet)"
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from policy import jsonsafe
 from policy.errors import UsageError, unknown_name
 from store.schema import SAMPLE_KEY, SPLIT_KINDS
 
@@ -125,10 +126,7 @@ def read_split(path: str | Path) -> Split:
         path = path / "split.json"
     if not path.is_file():
         raise UsageError(f"split file {str(path)!r} not found; give the folder `ttc train --out` wrote")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UsageError(f"split file {str(path)!r} is not valid UTF-8 JSON ({e}); rerun `ttc train`") from e
+    raw = jsonsafe.loads(path.read_bytes(), f"split file {str(path)!r}", hint="; rerun `ttc train`")
     if not isinstance(raw, dict):
         raise UsageError(f"split file {str(path)!r} must hold a JSON object; rerun `ttc train`")
     version = raw.get("schema_version", SPLIT_SCHEMA_VERSION)
@@ -153,7 +151,3 @@ def read_split(path: str | Path) -> Split:
 
 def _strings(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value  # Split refuses anything else by name
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
