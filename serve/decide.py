@@ -18,13 +18,13 @@ Never touches the network. Bad input raises `UsageError` (the proxy answers 400)
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from collect.graders import extract_answer, extract_name, extract_text
+from policy import jsonsafe
 from policy.allocate import allocate_price
 from policy.arms import Arm
 from policy.bundle import Policy
@@ -55,10 +55,7 @@ def parse_options(body_value: Any, header_value: str | None) -> TTCOptions:
     """Merge the `x-ttc` header (JSON) and the body's `ttc` object into checked options."""
     merged: dict[str, Any] = {}
     if header_value:
-        try:
-            h = json.loads(header_value)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f'the x-ttc header must be a JSON object like {{"mode": "passthrough"}}: {exc}') from exc
+        h = jsonsafe.loads(header_value, 'the x-ttc header (a JSON object like {"mode": "passthrough"})')
         if not isinstance(h, dict):
             raise UsageError("the x-ttc header must be a JSON object")
         merged.update(h)

@@ -35,6 +35,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from policy import jsonsafe
 from policy.bundle import Policy
 from policy.errors import UsageError
 from serve.budget import BudgetController
@@ -155,10 +156,7 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
         buf += chunk
         if len(buf) > limit:
             raise RequestTooLarge
-    try:
-        body = json.loads(buf)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"the request body is not valid JSON: {exc}") from exc
+    body = jsonsafe.loads(buf, "the request body")
     if not isinstance(body, dict):
         raise UsageError("the request body must be a JSON object")
     return body
