@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from collect.config import CollectConfig
 from collect.ray_store import UnitStore, _is_remote, unit_key
-from collect.ray_worker import Unit, UnitFailed, UnitResult, UnitWorker, WorkerInfo
+from collect.ray_worker import DistributedResult, Unit, UnitFailed, UnitResult, UnitWorker, WorkerInfo
 from collect.stage import CollectResult, Progress
 from policy.errors import UsageError
 
@@ -46,19 +46,6 @@ from policy.errors import UsageError
 MAX_UNIT_TRIES = 3
 #: `--ray` values that start a local cluster for the run (anything else is an address)
 LOCAL = ("", "local")
-
-
-@dataclass(frozen=True)
-class DistributedResult:
-    """A Ray collection: the usual `CollectResult` plus what the cluster did."""
-
-    collect: CollectResult
-    units_run: int  # units planned for this run (not stored before it)
-    units_written: int  # of those, stored by this run
-    units_already_stored: int  # skipped at planning: their shard was there
-    failed: tuple[str, ...]  # one line per unit not in the store at the end
-    actors: tuple[WorkerInfo, ...]
-    results: tuple[UnitResult, ...] = field(default=())  # what each unit's actor reported, in arrival order
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collect.distributed import DistributedResult
-    from collect.ray_worker import WorkerInfo
+    from collect.ray_worker import DistributedResult, WorkerInfo
     from collect.stage import Progress
 
 from collect.config import CollectConfig

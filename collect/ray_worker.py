@@ -27,12 +27,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from collect.config import CollectConfig
 from collect.ray_store import PROBE_PREFIX, SAMPLE_PREFIX, UnitStore
 from collect.tasks import Item
+
+if TYPE_CHECKING:
+    from collect.stage import CollectResult
 
 #: `(model name, torch device, threads, dtype) -> a loaded model`; tests pass a stand-in
 ModelLoader = Callable[[str, str, int, str], Any]
@@ -99,6 +102,19 @@ class WorkerInfo:
     pid: int
     meter: str
     energy_source: str
+
+
+@dataclass(frozen=True)
+class DistributedResult:
+    """A Ray collection: the usual `CollectResult` plus what the cluster did."""
+
+    collect: CollectResult
+    units_run: int  # units planned for this run (not stored before it)
+    units_written: int  # of those, stored by this run
+    units_already_stored: int  # skipped at planning: their shard was there
+    failed: tuple[str, ...]  # one line per unit not in the store at the end
+    actors: tuple[WorkerInfo, ...]
+    results: tuple[UnitResult, ...] = field(default=())  # what each unit's actor reported, in arrival order
 
 
 def load_model(name: str, device: str, threads: int, dtype: str) -> Any:
