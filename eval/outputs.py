@@ -33,6 +33,17 @@ _HEADLINE_ROWS = (
     ("learned_energy_per_correct_j", "joules per correct answer, learned", False),
     ("best_fixed_energy_per_correct_j", "joules per correct answer, best fixed arm", False),
 )
+#: Headline rows against the second reference, the per-task table (issue 18), and the soft oracle above it.
+_PER_TASK_ROWS = (
+    ("per_task_energy_saved_at_equal_accuracy", "per-task table: energy saved at equal accuracy vs best fixed", True),
+    ("learned_minus_per_task_energy_saved", "learned minus per-task table: energy saved (paired)", True),
+    ("per_task_top_accuracy", "per-task table: top accuracy", True),
+    ("per_task_top_energy_j", "per-task table: joules per query at its top", False),
+    ("learned_minus_per_task_accuracy_at_equal_energy", "learned minus per-task table: accuracy at its joules", True),
+    ("energy_saved_vs_per_task", "energy saved vs the per-task table at its top accuracy", True),
+    ("soft_oracle_accuracy_at_per_task_energy", "soft oracle (expected accuracy) at the table's joules", True),
+    ("share_of_soft_oracle_gain", "share of the soft oracle's gain over the table captured", True),
+)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -72,8 +83,18 @@ def _headline(h: Mapping[str, Any] | None, label: str) -> list[str]:
         return []
     out = ["## Headline", "", f"Best fixed arm: {h['best_fixed_arm']}; model scaling reference: "]
     out[-1] += f"{h.get('model_scaling_reference_arm') or 'n/a'}. Joules: {label}."
+    if h.get("per_task_top_accuracy"):
+        out += ["", _references(h)]
     out += ["", "| number | value [95% interval] |", "|---|---|"]
     out += [f"| {words} | {_fmt(h.get(key), pct)} |" for key, words, pct in _HEADLINE_ROWS]
+    if h.get("per_task_top_accuracy"):
+        out += [f"| {words} | {_fmt(h.get(key), pct)} |" for key, words, pct in _PER_TASK_ROWS]
+    for name, c in (h.get("vs_per_task") or {}).items():
+        gain, share = c["minus_per_task_accuracy_at_equal_energy"], c["share_of_soft_oracle_gain"]
+        out.append(
+            f"| {name} minus per-task table: accuracy at its joules; share of the soft oracle's gain | "
+            f"{_fmt(gain, True)}; {_fmt(share, True)} |"
+        )
     for peer, c in (h.get("peers") or {}).items():
         out.append(
             f"| learned minus {peer}: energy saved at equal accuracy (paired) | "
@@ -84,6 +105,24 @@ def _headline(h: Mapping[str, Any] | None, label: str) -> list[str]:
             f"{_fmt(c['learned_minus_peer_accuracy_at_equal_energy'], True)} |"
         )
     return [*out, ""]
+
+
+def _references(h: Mapping[str, Any]) -> str:
+    """The headline sentence naming both references side by side."""
+
+    def pct(key: str) -> str:
+        return _fmt(h.get(key), True)
+
+    return (
+        f"References side by side: against the best fixed arm ({h['best_fixed_arm']}) the learned policy saves "
+        f"{pct('energy_saved_at_equal_accuracy')} of the joules at equal accuracy, the per-task table (each "
+        f"task's best arm on its training queries) {pct('per_task_energy_saved_at_equal_accuracy')}. At the "
+        f"table's top-point joules ({_fmt(h.get('per_task_top_energy_j'))} J per query; table accuracy "
+        f"{pct('per_task_top_accuracy')}) learned minus table is "
+        f"{pct('learned_minus_per_task_accuracy_at_equal_energy')} accuracy (points), "
+        f"{pct('share_of_soft_oracle_gain')} of the soft oracle's gain over the table "
+        f"(soft oracle there: {pct('soft_oracle_accuracy_at_per_task_energy')})."
+    )
 
 
 def _folds(cf: Mapping[str, Any] | None) -> list[str]:

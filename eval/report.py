@@ -34,7 +34,7 @@ from eval.findings import (
     task_kind,
     ttc_vs_scaling,
 )
-from eval.headline import PEER_RULES, Headline, HeadlineInputs, compute_headline
+from eval.headline import PEER_RULES, REFERENCES, Headline, HeadlineInputs, compute_headline
 from eval.metrics import CurveData, Interval
 
 #: 2: headline keys are Headline field names beside its energy_source; folds; peer rules; convex frontiers.
@@ -175,6 +175,9 @@ def headline_inputs(ctx: EvalContext, curves: Mapping[str, Curve], cols: np.ndar
         oracle=curves["oracle"].data().subset(cols) if "oracle" in curves else None,
         scaling_ref=scaling,
         peers={n: curves[n].data().subset(cols) for n in PEER_RULES if n in curves},
+        per_task=curves["per_task"].data().subset(cols) if "per_task" in curves else None,
+        soft_oracle=curves["soft_oracle"].data().subset(cols) if "soft_oracle" in curves else None,
+        contenders={n: c.data().subset(cols) for n, c in curves.items() if n not in REFERENCES},
     )
 
 

@@ -97,3 +97,27 @@ def _stage(store, dataset, bundle: Path, root: Path, n_boot: int, allocators=Non
             allocators=allocators,
         )
     return report, json.loads(report.json_path.read_text())
+
+
+# ---------------------------------------------------------------- random outcome matrices (per_task, soft_oracle)
+
+#: Four arms of two models for `random_outcomes`.
+ARMS = ["m/n1/L16/t0", "m/n1/L64/t0", "m/n4/L64/t0.7", "big/n1/L64/t0"]
+
+
+def random_outcomes(seed: int, n: int, tasks: list[str], prefix: str = "q", soft: bool = False) -> Outcomes:
+    """Random outcomes with task-dependent accuracy; correct_soft = correct unless `soft` (then multiples of 1/64)."""
+    rng = np.random.default_rng(seed)
+    k = len(ARMS)
+    task = np.asarray([tasks[i % len(tasks)] for i in range(n)], dtype=object)
+    base = np.asarray([[0.2, 0.4, 0.6, 0.7], [0.6, 0.65, 0.7, 0.9], [0.1, 0.1, 0.5, 0.2]])[
+        [tasks.index(t) % 3 for t in task]
+    ]
+    expect = np.clip(base + rng.normal(0, 0.2, (n, k)), 0, 1)
+    correct = (rng.random((n, k)) < expect).astype(np.int64)
+    energy = np.asarray([1.0, 2.5, 9.0, 6.0]) * rng.uniform(0.7, 1.3, (n, k))
+    correct_soft = np.round(expect * 64) / 64 if soft else correct.astype(np.float64)
+    ids = np.asarray([f"{prefix}{i}" for i in range(n)], dtype=object)
+    return Outcomes(
+        ids, task, [""] * n, ARMS, correct, energy, np.ones((n, k)), np.ones((n, k), dtype=bool), correct_soft
+    )

@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from eval_helpers import ARMS
+from eval_helpers import random_outcomes as _outcomes
 
 from eval.allocators import EvalContext, Fold, Outcomes, run_allocators
-from eval.allocators.soft_oracle import soft_choice, soft_denominator
+from eval.allocators.soft_oracle import soft_choice
 from eval.metrics import accuracy_at_energy
-
-ARMS = ["m/n1/L16/t0", "m/n1/L64/t0", "m/n4/L64/t0.7", "big/n1/L64/t0"]
-
-
-def _outcomes(seed: int, n: int, tasks: list[str], prefix: str = "q", soft: bool = False) -> Outcomes:
-    """Random outcomes with task-dependent accuracy; correct_soft = correct unless `soft` (then multiples of 1/64)."""
-    rng = np.random.default_rng(seed)
-    k = len(ARMS)
-    task = np.asarray([tasks[i % len(tasks)] for i in range(n)], dtype=object)
-    base = np.asarray([[0.2, 0.4, 0.6, 0.7], [0.6, 0.65, 0.7, 0.9], [0.1, 0.1, 0.5, 0.2]])[
-        [tasks.index(t) % 3 for t in task]
-    ]
-    expect = np.clip(base + rng.normal(0, 0.2, (n, k)), 0, 1)
-    correct = (rng.random((n, k)) < expect).astype(np.int64)
-    energy = np.asarray([1.0, 2.5, 9.0, 6.0]) * rng.uniform(0.7, 1.3, (n, k))
-    correct_soft = np.round(expect * 64) / 64 if soft else correct.astype(np.float64)
-    ids = np.asarray([f"{prefix}{i}" for i in range(n)], dtype=object)
-    return Outcomes(
-        ids, task, [""] * n, ARMS, correct, energy, np.ones((n, k)), np.ones((n, k), dtype=bool), correct_soft
-    )
 
 
 def _per_task(test: Outcomes, train: Outcomes):
@@ -98,22 +80,17 @@ def test_soft_oracle_is_at_least_per_task_at_every_energy_when_trained_on_the_te
             assert accuracy_at_energy(se, sa, e) >= a - 1e-12
 
 
-def test_soft_oracle_scores_expected_accuracy_and_at_price_zero_takes_each_querys_best_soft_arm():
+def test_soft_oracle_chooses_by_expected_accuracy_and_is_scored_on_the_realised_outcomes():
     test = _outcomes(20, 50, ["a", "b"], soft=True)
-    d, exact = soft_denominator(test.correct_soft)
-    assert exact and 64 % d == 0
     so = run_allocators(EvalContext(test=test), ["soft_oracle"])[0]["soft_oracle"]
     top = next(p for p in so.points if p.params["lam"] == 0.0)
-    assert top.accuracy == pytest.approx(test.correct_soft.max(axis=1).mean())
-    for p in so.points:
-        assert p.accuracy <= top.accuracy + 1e-12
+    rows = np.arange(test.n_queries)
+    best = test.correct_soft.max(axis=1)
+    assert top.params["expected_accuracy"] == pytest.approx(best.mean())
+    idx = [ARMS.index(a) for a in top.arm_ids]
+    assert (test.correct_soft[rows, idx] == best).all()
+    assert top.hits == int(test.correct[rows, idx].sum())
+    assert so.notes["top_expected_accuracy"] == max(p.params["expected_accuracy"] for p in so.points)
     # among equally good arms the cheaper one wins
     soft = np.asarray([[0.5, 0.5, 0.25]])
     assert soft_choice(soft, np.asarray([[3.0, 2.0, 1.0]]), 0.0).tolist() == [1]
-
-
-def test_the_soft_labels_of_the_reference_count_exactly_in_64ths(reference_samples):
-    from store.views import arm_outcomes
-
-    rows = arm_outcomes(reference_samples)
-    assert soft_denominator(rows["correct_soft"].to_numpy()) == (64, True)

@@ -36,14 +36,14 @@ name in `ALLOCATORS`, which the CLI's choices come from:
   every price where a table changes; an unseen task gets the global arm
   (eval/allocators/per_task.py). The yardstick the learned policy must beat.
 - soft_oracle: in hindsight on *expected* accuracy: per query the arm of best
-  `correct_soft` - λ x joules, swept over λ and scored on `correct_soft`
-  (eval/allocators/soft_oracle.py): the headroom above the per-task table.
+  `correct_soft` - λ x joules, swept over λ and scored on the realised outcomes
+  like the rest (eval/allocators/soft_oracle.py): the headroom above the table.
 
 Every allocator chooses among the same grid: the policy's arms. One module per
-family: base (containers, context, base class), learned (learned,
+family: base (containers, helpers), learned (learned,
 difficulty_bins), grid (fixed, model_scaling, oracle), random_arms (random),
 stopping (the sequential base, early_stopping), peers
-(adaptive_consistency, esc), context (EvalContext, folds). Nothing here reads files or logs.
+(adaptive_consistency, esc), context (EvalContext, folds, the Allocator base class). Nothing here reads files or logs.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from eval.allocators.base import (
-    Allocator,
     Curve,
     OperatingPoint,
     Outcomes,
@@ -59,7 +58,7 @@ from eval.allocators.base import (
     lambda_grid,
     scaling_reference_arm,
 )
-from eval.allocators.context import EvalContext, Fold, PolicyOverhead, Predictions
+from eval.allocators.context import Allocator, EvalContext, Fold, PolicyOverhead, Predictions
 from eval.allocators.grid import FixedAllocator, ModelScalingAllocator, OracleAllocator
 from eval.allocators.learned import DifficultyBinsAllocator, LearnedAllocator
 from eval.allocators.peers import AdaptiveConsistencyAllocator, ESCAllocator, ac_samples, beta_confidence, esc_window
@@ -134,5 +133,5 @@ def run_allocators(ctx: EvalContext, names: Sequence[str] | None = None) -> tupl
                 raise UsageError(f"allocator {nm!r} {why}; drop it from the list or supply what it needs")
             skipped[nm] = why
             continue
-        curves[nm] = ctx.curve(nm)
+        curves[nm] = ctx.curve(make_allocator(nm))
     return curves, skipped

@@ -1,0 +1,99 @@
+"""The headline against the per-task table and the soft oracle (issue 18), on the committed v1 reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from eval_helpers import random_outcomes
+
+from eval.allocators import Curve, EvalContext, Fold, OperatingPoint, run_allocators
+from eval.headline import compute_headline
+from eval.metrics import accuracy_at_energy
+from eval.report import headline_inputs
+
+pytest_plugins = ["eval_fixtures"]
+
+
+def _noisy(ctx: EvalContext, name: str, noise: float, seed: int) -> Curve:
+    """A stand-in policy: per query the arm of best (expected accuracy + noise) - lam x joules, swept."""
+    t, rng = ctx.test, np.random.default_rng(seed)
+    guess = t.correct_soft + rng.normal(0, noise, t.correct_soft.shape)
+    rows = np.arange(t.n_queries)
+    pts = []
+    for lam in np.geomspace(1e-3, 1.0, 40):
+        idx = np.argmax(guess - lam * t.energy_j, axis=1)
+        pts.append(OperatingPoint(f"{lam:.3g}", {}, t.correct[rows, idx], t.energy_j[rows, idx], ()))
+    return Curve(name, pts)
+
+
+@pytest.fixture(scope="module")
+def table_curves():
+    full = random_outcomes(31, 240, ["a", "b", "c"], soft=True)
+    parts = [list(full.query_ids[j::4]) for j in range(4)]
+    folds = [
+        Fold(f"f{j}", full.subset(p), full.subset([q for q in full.query_ids if q not in set(p)]), None)
+        for j, p in enumerate(parts)
+    ]
+    ctx = EvalContext(test=full.subset([q for p in parts for q in p]), folds=folds)
+    curves, _ = run_allocators(ctx, ["fixed", "oracle", "per_task", "soft_oracle"])
+    curves["learned"] = _noisy(ctx, "learned", 0.15, 1)
+    curves["noisier"] = _noisy(ctx, "noisier", 0.4, 2)
+    return ctx, curves
+
+
+def _inputs(ctx, curves):
+    return headline_inputs(ctx, curves, np.arange(ctx.test.n_queries))
+
+
+def test_learned_minus_per_task_is_read_at_the_tables_top_point_joules(table_curves):
+    ctx, curves = table_curves
+    h = compute_headline(_inputs(ctx, curves), "estimated", n_boot=0, seed=0)
+    te, ta = curves["per_task"].frontier_points()
+    le, la = curves["learned"].frontier_points()
+    se, sa = curves["soft_oracle"].frontier_points()
+    assert len(te) >= 2
+    assert h.per_task_top_energy_j.point == pytest.approx(te[-1])
+    assert h.per_task_top_accuracy.point == pytest.approx(ta[-1])
+    gain = accuracy_at_energy(le, la, te[-1]) - ta[-1]
+    assert h.learned_minus_per_task_accuracy_at_equal_energy.point == pytest.approx(gain)
+    ceiling = accuracy_at_energy(se, sa, te[-1]) - ta[-1]
+    assert ceiling > 0.05  # per-query knowledge of the expected accuracy beats the table
+    assert h.share_of_soft_oracle_gain.point == pytest.approx(gain / ceiling)
+    assert {c.allocator for c in h.vs_per_task} == {"noisier"}
+
+
+def test_the_table_captures_none_of_the_soft_oracles_gain_and_the_soft_oracle_all(table_curves):
+    x = _inputs(*table_curves)
+    x = dataclasses.replace(x, contenders={"table": x.per_task, "ceiling": x.soft_oracle})
+    h = compute_headline(x, "estimated", n_boot=30, seed=0)
+    by = {c.allocator: c for c in h.vs_per_task}
+    assert by["table"].share_of_soft_oracle_gain.point == 0.0
+    assert by["table"].minus_per_task_accuracy_at_equal_energy.high == 0.0  # paired: zero in every resample
+    assert by["ceiling"].share_of_soft_oracle_gain.point == pytest.approx(1.0)
+    assert by["ceiling"].share_of_soft_oracle_gain.low == pytest.approx(1.0)
+
+
+def test_per_task_figures_reach_mlflow_under_names_derived_from_their_fields(table_curves):
+    h = compute_headline(_inputs(*table_curves), "estimated", n_boot=20, seed=0)
+    m = h.mlflow_metrics()
+    for key in (
+        "accuracy/learned_minus_per_task_accuracy_at_equal_energy",
+        "accuracy/share_of_soft_oracle_gain",
+        "energy_estimated/per_task_top_energy_j",
+        "energy_estimated/learned_minus_per_task_energy_saved",
+        "accuracy/vs_per_task/noisier/share_of_soft_oracle_gain_low",
+    ):
+        assert key in m and math.isfinite(m[key]), key
+    assert set(h.to_json()["vs_per_task"]) == {"noisier"}
+
+
+def test_the_report_names_both_references_side_by_side(staged):
+    report, doc = staged
+    md = report.markdown_path.read_text()
+    assert f"against the best fixed arm ({doc['headline']['best_fixed_arm']})" in md
+    assert "the per-task table (each task's best arm on its training queries)" in md
+    assert doc["headline"]["per_task_top_energy_j"]["point"] > 0
+    assert "per_task" in doc["curves"] and "soft_oracle" in doc["curves"]
