@@ -7,7 +7,8 @@
 - `Decider.choose`: the query's features, the bundle's predictions over the
   arms whose model has an upstream (only the requested model's arms when the
   request's `model` names one of them), and the price rule at λ. A client's own
-  `n` and `max_tokens` are upper bounds: arms above them are not considered;
+  `max_tokens` is an upper bound and its `n` (the choices it wants back) a
+  lower bound on the arm's samples: arms outside them are not considered;
   when no arm fits, the policy's pick is clipped to them and marked `clipped`
   (its predicted joules then describe the unclipped arm).
 - `vote_texts`: the grader's extraction on each sample and the arm view's
@@ -129,21 +130,21 @@ class Decider:
         question: str,
         task: str | None,
         lam: float,
-        n_max: int | None,
+        n_min: int | None,
         tokens_max: int | None,
         model: str | None = None,
     ) -> Choice:
         p, e = self.policy.predict([question], [task])
         arms = self.policy.arms
         served = [i for i in self.cols if model is None or arms[i].model == model] or self.cols
-        fits = [i for i in served if _fits(arms[i], n_max, tokens_max)]
+        fits = [i for i in served if _fits(arms[i], n_min, tokens_max)]
         cols = fits or served
         ids = [self.policy.arm_ids[i] for i in cols]
         p_row, e_row = p[:, cols], e[:, cols]
         d = allocate_price(p_row, e_row, ids, ["request"], lam, self.policy.rule.p_floor)[0]
         arm = Arm.parse(d.arm_id)
         if not fits:
-            n = min(arm.n, n_max or arm.n)
+            n = max(arm.n, n_min or arm.n)
             arm = Arm(arm.model, n, min(arm.max_new_tokens, tokens_max or arm.max_new_tokens), arm.temperature)
         er, pr = e_row[0].tolist(), p_row[0].tolist()
         hull = upper_hull(er, pr)
@@ -151,8 +152,9 @@ class Decider:
         return Choice(arm, d.arm_id, d.p_success, d.energy_j, lam, d.rule, not fits, slopes)
 
 
-def _fits(arm: Arm, n_max: int | None, tokens_max: int | None) -> bool:
-    return (n_max is None or arm.n <= n_max) and (tokens_max is None or arm.max_new_tokens <= tokens_max)
+def _fits(arm: Arm, n_min: int | None, tokens_max: int | None) -> bool:
+    # the client's n is the number of choices it gets back, so an arm needs at least that many samples
+    return (n_min is None or arm.n >= n_min) and (tokens_max is None or arm.max_new_tokens <= tokens_max)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,19 @@ class Vote:
     winner_index: int  # the sample whose text the response carries
     counts: dict[str, int]
     no_answer: int
+    answers: tuple[str | None, ...] = ()  # each sample's extracted answer, in sample order
+
+    def ranked(self) -> list[int]:
+        """Sample indices, best first: one sample per answer by votes (ties: first seen), then the rest."""
+        first = {a: self.answers.index(a) for a in self.counts}
+        order = sorted(self.counts, key=lambda a: (a != self.answer, -self.counts[a], first[a]))
+        head = [first[a] for a in order]
+        rank, taken = {a: r for r, a in enumerate(order)}, set(head)
+        rest = sorted(
+            (i for i in range(len(self.answers)) if i not in taken),
+            key=lambda i: (rank.get(self.answers[i], len(rank)), i),
+        )
+        return head + rest if head else list(range(len(self.answers)))
 
 
 def vote_texts(texts: Sequence[str], kind: str) -> Vote:
@@ -173,4 +188,4 @@ def vote_texts(texts: Sequence[str], kind: str) -> Vote:
         if a is not None:
             counts[a] = counts.get(a, 0) + 1
     index = answers.index(winner) if winner is not None else 0
-    return Vote(winner, index, counts, sum(a is None for a in answers))
+    return Vote(winner, index, counts, sum(a is None for a in answers), tuple(answers))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,9 +141,16 @@ def _choice_text(choice: dict[str, Any], kind: str) -> str:
 class Upstreams:
     """The upstream engines and one shared async HTTP client (connection pooling, one timeout)."""
 
-    def __init__(self, upstreams: dict[str, Upstream], timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        upstreams: dict[str, Upstream],
+        timeout_s: float = 120.0,
+        observe: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.by_model = upstreams
         self.timeout_s = timeout_s
+        #: called once per finished upstream request with (model, outcome): "ok" or an UpstreamError kind
+        self.observe = observe or (lambda _model, _outcome: None)
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -164,6 +172,17 @@ class Upstreams:
         self, model: str, kind: str, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
         """One POST to the model's upstream; its JSON object, or `UpstreamError`."""
+        try:
+            data = await self._post(model, kind, body, headers)
+        except UpstreamError as exc:
+            self.observe(model, exc.kind)
+            raise
+        self.observe(model, "ok")
+        return data
+
+    async def _post(
+        self, model: str, kind: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> dict[str, Any]:
         up = self.by_model[model]
         url = f"{up.base_url}/{kind}"
         try:
@@ -174,6 +193,12 @@ class Upstreams:
             ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(502, f"upstream {model} at {url} is unreachable: {exc!r}", "unreachable") from exc
+        if resp.status_code in (401, 403):
+            # the engine refused the proxy's credentials: a 401 passed on would blame the client's key
+            hint = "its key is wrong" if up.api_key else "give it a key with --upstream-key MODEL=ENV_VAR"
+            raise UpstreamError(
+                502, f"upstream {model} answered HTTP {resp.status_code} (unauthorized): {hint}", "unauthorized"
+            )
         if resp.status_code >= 400:
             detail = resp.text[:300]
             status = resp.status_code if 400 <= resp.status_code < 500 and resp.status_code != 408 else 502

@@ -115,12 +115,12 @@ def test_engine_without_n_gets_concurrent_single_requests(stack):
     assert resp.model_extra["ttc"]["samples"] == n and resp.model_extra["ttc"]["upstream_requests"] == n
 
 
-def test_client_n_and_max_tokens_are_upper_bounds(stack):
+def test_client_n_is_a_lower_bound_and_max_tokens_an_upper_bound(stack):
     s = stack()
-    resp, _ = s.chat(n=2, max_tokens=40, extra_body={"ttc": {"lam": 0.0}})
+    resp, _ = s.chat(n=2, max_tokens=40, extra_body={"ttc": {"lam": 10.0}})  # a high price alone would pick n=1
     ttc = resp.model_extra["ttc"]
-    assert ttc["n"] <= 2 and ttc["max_tokens"] <= 40 and not ttc["clipped"]
-    assert s.seen[-1]["n"] <= 2 and s.seen[-1]["max_tokens"] <= 40
+    assert ttc["n"] >= 2 and ttc["max_tokens"] <= 40 and not ttc["clipped"] and len(resp.choices) == 2
+    assert s.seen[-1]["n"] >= 2 and s.seen[-1]["max_tokens"] <= 40
     resp, _ = s.chat(max_tokens=10)  # below every arm's cap: the pick is clipped, and says so
     ttc = resp.model_extra["ttc"]
     assert ttc["clipped"] and ttc["max_tokens"] == 10 and s.seen[-1]["max_tokens"] == 10
@@ -152,7 +152,9 @@ def test_passthrough_streams(stack):
         f"{s.proxy.url}/v1/completions",
         json={"model": "tiny-135m", "prompt": "hi", "stream": True, "ttc": {"mode": "passthrough"}},
     ) as r:
-        assert r.status_code == 200 and b"The answer is 42." in r.read()
+        events = [line[6:] for line in r.read().decode().splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == "The answer is 42."
 
 
 def test_completions_endpoint_votes_too(stack):
@@ -195,7 +197,7 @@ def test_one_failed_sample_fails_the_whole_vote(stack):
         json.dumps({"model": "ttc"}).encode(),
         json.dumps({"model": "ttc", "messages": [{"role": "user", "content": "x"}], "n": 0}).encode(),
         json.dumps({"model": "ttc", "messages": [{"role": "user", "content": "x"}], "ttc": {"lamb": 1}}).encode(),
-        json.dumps({"model": "ttc", "messages": [{"role": "user", "content": "x"}], "stream": True}).encode(),
+        json.dumps({"model": "ttc", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}).encode(),
         json.dumps(
             {"model": "nope", "messages": [{"role": "user", "content": "x"}], "ttc": {"mode": "passthrough"}}
         ).encode(),

@@ -105,7 +105,7 @@ def test_engine_sees_the_decided_n_and_max_tokens(client, shim):
     )
     ttc = raw.parse().model_extra["ttc"]
     asked = shim.log[before:]
-    assert ttc["n"] <= 4 and ttc["max_tokens"] <= 32 and raw.headers["x-ttc-arm"] == ttc["arm"]
+    assert ttc["n"] >= 4 and ttc["max_tokens"] <= 32 and raw.headers["x-ttc-arm"] == ttc["arm"]
     assert all(e["body"]["max_tokens"] == ttc["max_tokens"] for e in asked)
     assert all(e["body"]["temperature"] == ttc["temperature"] for e in asked)
     # llama.cpp's server ignores `n`: one sample per request, so the proxy sent n requests in all

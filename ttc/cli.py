@@ -234,6 +234,36 @@ def export(
 
 
 @app.command()
+def adapt(
+    bundle: Annotated[str, typer.Option(help="bundle folder or .zip to adapt (it is not changed)")],
+    store: Annotated[
+        str, typer.Option(help="store of the new task's labelled queries (`ttc collect --task jsonl:...`)")
+    ],
+    out: Annotated[str, typer.Option(help="new bundle folder (a .zip is written beside it); new, empty or --force")],
+    task: Annotated[
+        list[str] | None, typer.Option(help="task of the store to adapt to; repeatable (default: every new task)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace an earlier bundle at --out (never other files)")] = False,
+    key_file: Annotated[Path | None, typer.Option(help=KEY_FILE_HELP)] = None,
+) -> None:
+    """Adapt a policy to a new task from a few labelled queries: no retraining, a new verified bundle."""
+    import time
+
+    from ttc.bundle_stages import adapt_stage
+
+    t0 = time.perf_counter()
+    try:
+        r = adapt_stage(bundle, store, out, task or None, force=force, key=_key(key_file))
+    except TTCError as e:
+        _fail(e)
+    tasks = ", ".join(f"{t} ({k} queries)" for t, k in r["adapted"].items())
+    typer.echo(
+        f"adapted {tasks} (prior weight {r['prior_queries']:.1f} queries; energy {r['energy_source']}); "
+        f"bundle {r['bundle']} and {r['zip']} in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+@app.command()
 def allocate(
     bundle: Annotated[str, typer.Option(help="bundle folder or .zip")],
     input: Annotated[Path, typer.Option(help='JSONL (UTF-8), one {"question", "task"?, "id"?} per line; ids unique')],
@@ -380,13 +410,23 @@ def serve(
     timeout_s: Annotated[float, typer.Option(help="seconds to wait for an upstream before answering 504")] = 120.0,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted, bytes (else 413)")] = 1 << 20,
     backend: Annotated[str, typer.Option(help=f"model backend: {', '.join(BACKENDS)}")] = "numpy",
+    upstream_key: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=ENV_VAR: send the key held in that environment variable to MODEL's upstream"),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="TTC_API_KEY", help="clients must send 'Authorization: Bearer KEY' (else 401)"),
+    ] = None,
 ) -> None:
     """Serve the policy as an OpenAI-compatible proxy that sizes, samples and votes each request."""
     from serve.proxy import serve as serve_proxy
 
     limits = {"budget_window": budget_window, "timeout_s": timeout_s, "max_body_bytes": max_body_bytes}
     try:
-        serve_proxy(bundle, upstream, host, port, backend, lam=lam, budget_j=budget_j, **limits)
+        serve_proxy(
+            bundle, upstream, host, port, backend, upstream_key, lam=lam, budget_j=budget_j, api_key=api_key, **limits
+        )
     except TTCError as e:
         _fail(e)
 

@@ -2,7 +2,10 @@
 
 The fake answers /v1/chat/completions and /v1/completions with scripted texts
 (cycled per sample), honours `n` or ignores it like llama.cpp's servers,
-can sleep or fail on demand, and records every request body it saw.
+can sleep or fail on demand, streams server-sent events (or breaks a stream
+midway), answers `tools` with a tool call and `logprobs` with per-token
+log-probs, can demand an API key, and records every request body (and the
+headers) it saw.
 `ThreadServer` also wraps the real llama.cpp server's logging shim in the tests.
 Test infrastructure only: never imported by the package.
 """
@@ -18,7 +21,7 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 
 def make_fake_upstream(
@@ -28,14 +31,18 @@ def make_fake_upstream(
     fail_status: int | None = None,
     fail_on_request: int | None = None,
     reject_n: bool = False,
+    break_stream_after: int | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The fake engine; `app.state.seen` lists the request bodies, `app.state.fail_status` can be changed live.
 
     `fail_on_request` (1-based) makes that one request answer HTTP 500, to test a partial failure;
-    `reject_n` answers 422 to any n > 1, as some engines do.
+    `reject_n` answers 422 to any n > 1, as some engines do; `break_stream_after` cuts a stream's
+    connection after that many chunks; `api_key` answers 401 unless "Authorization: Bearer <key>".
     """
     app = FastAPI()
     app.state.seen = []
+    app.state.headers = []
     app.state.fail_status = fail_status
     app.state.delay_s = delay_s
     cycle = itertools.cycle(texts or ["The answer is 42."])
@@ -43,6 +50,9 @@ def make_fake_upstream(
     async def answer(kind: str, request: Request) -> Response:
         body = await request.json()
         app.state.seen.append(body)
+        app.state.headers.append(dict(request.headers))
+        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+            return JSONResponse({"error": {"message": "Incorrect API key provided"}}, status_code=401)
         if app.state.delay_s:
             await asyncio.sleep(app.state.delay_s)
         if reject_n and int(body.get("n") or 1) > 1:
@@ -51,11 +61,29 @@ def make_fake_upstream(
             status = app.state.fail_status or 500
             return JSONResponse({"error": {"message": "scripted failure"}}, status_code=status)
         n = int(body.get("n") or 1) if supports_n else 1
+        if body.get("stream"):
+            return StreamingResponse(_events(kind, next(cycle), break_stream_after), media_type="text/event-stream")
         choices = []
         for i in range(n):
             text = next(cycle)
             item = {"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text}
-            choices.append({"index": i, **item, "finish_reason": "stop"})
+            finish = "stop"
+            if kind == "chat" and body.get("tools"):
+                name = body["tools"][0]["function"]["name"]
+                call = {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+                item["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+                finish = "tool_calls"
+            logprobs = None
+            if body.get("logprobs"):
+                # one entry per word, with a made-up but sample-specific value, so a test can tell samples apart
+                words = text.split()
+                lp = [-0.1 * (k + 1) - 0.01 * i for k in range(len(words))]
+                if kind == "chat":
+                    entries = [{"token": w, "logprob": v, "top_logprobs": []} for w, v in zip(words, lp, strict=True)]
+                    logprobs = {"content": entries}
+                else:
+                    logprobs = {"tokens": words, "token_logprobs": lp}
+            choices.append({"index": i, **item, "finish_reason": finish, "logprobs": logprobs})
         usage = {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}
         return JSONResponse(
             {"id": "fake", "object": "x", "model": body.get("model"), "choices": choices, "usage": usage}
@@ -69,7 +97,29 @@ def make_fake_upstream(
     async def completions(request: Request) -> Response:
         return await answer("text", request)
 
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+
     return app
+
+
+async def _events(kind: str, text: str, break_after: int | None):
+    """The text as SSE chunks, one per word, then [DONE]; a broken stream raises after `break_after` chunks."""
+    import json
+
+    for k, word in enumerate(text.split(" ")):
+        if break_after is not None and k >= break_after:
+            raise RuntimeError("scripted stream break")  # uvicorn drops the connection mid-body
+        piece = word if k == 0 else " " + word
+        if kind == "chat":
+            item = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+        else:
+            item = {"index": 0, "text": piece, "finish_reason": None}
+        chunk = {"id": "fake", "object": "chunk", "created": 0, "model": "f", "choices": [item]}
+        yield f"data: {json.dumps(chunk)}\n\n"
+        await asyncio.sleep(0.01)
+    yield "data: [DONE]\n\n"
 
 
 class ThreadServer:
