@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from policy.errors import UsageError
 
-_ARM_RE = re.compile(r"^(?P<model>[^/]+)/n(?P<n>\d+)/L(?P<L>\d+)/(?:t(?P<t>[0-9.]+)|(?P<greedy>greedy))$")
+# n and L of at most 9 digits, a temperature like 0.7, 1 or .5: anything else (t1.2.3, t., a 5,000-digit n) is malformed
+_ARM_RE = re.compile(
+    r"^(?P<model>[^/]+)/n(?P<n>\d{1,9})/L(?P<L>\d{1,9})/(?:t(?P<t>\d{1,6}(?:\.\d{0,12})?|\.\d{1,12})|(?P<greedy>greedy))$"
+)
+#: the largest sampling temperature an arm may carry (decoding above it is noise)
+MAX_TEMPERATURE = 100.0
 
 
 @dataclass(frozen=True, order=True)
@@ -30,8 +35,8 @@ class Arm:
             raise UsageError(f"arm n must be >= 1, got {self.n}")
         if self.max_new_tokens < 1:
             raise UsageError(f"arm max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UsageError(f"arm temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # also refuses NaN and inf
+            raise UsageError(f"arm temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if self.temperature == 0 and self.n != 1:
             raise UsageError("a greedy arm (temperature 0) always gives the same answer: use n=1")
 
@@ -46,9 +51,10 @@ class Arm:
 
     @classmethod
     def parse(cls, arm_id: str) -> Arm:
-        m = _ARM_RE.match(arm_id)
+        m = _ARM_RE.match(arm_id) if isinstance(arm_id, str) else None
         if not m:
-            raise UsageError(f"malformed arm id {arm_id!r}; expected like 'smollm2-135m/n4/L64/t0.7'")
+            shown = arm_id if len(arm_id) <= 80 else f"{arm_id[:60]}...({len(arm_id)} characters)"
+            raise UsageError(f"malformed arm id {shown!r}; expected like 'smollm2-135m/n4/L64/t0.7'")
         temperature = 0.0 if m["greedy"] else float(m["t"])
         return cls(m["model"], int(m["n"]), int(m["L"]), temperature)
 

@@ -137,7 +137,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "created_utc": (lambda v: isinstance(v, str), "a string"),
     "schema_version": (lambda v: type(v) is int, "an integer"),
     "digest": (lambda v: isinstance(v, str), "a sha256 hex string"),
-    "signature": (lambda v: v is None or _str_map(v), 'null or {"alg": str, "value": str}'),
+    "signature": (
+        lambda v: v is None or (_str_map(v) and set(v) == {"alg", "value"} and all(x.isascii() for x in v.values())),
+        'null or {"alg": str, "value": hex str}',
+    ),
 }
 
 
@@ -223,7 +226,8 @@ def verify(
         return
     if sig is None:
         raise BundleError(f"{where} is not signed but a key was given ({KEY_ENV} or --key-file); export with the key")
-    if sig.get("alg") != SIGNATURE_ALG or not hmac.compare_digest(sign(manifest.digest, key)["value"], sig["value"]):
+    given = str(sig.get("value", "")).encode("utf-8")  # bytes: compare_digest refuses non-ASCII str
+    if sig.get("alg") != SIGNATURE_ALG or not hmac.compare_digest(sign(manifest.digest, key)["value"].encode(), given):
         raise BundleError(f"the signature of {where} does not match the given key; the bundle was not signed with it")
 
 

@@ -100,13 +100,25 @@ def test_an_export_from_a_zip_of_members_outside_the_root_leaves_nothing(bundle_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.zip"]
 
 
-def test_export_copies_only_bundle_files(bundle_copy, tmp_path):
-    (bundle_copy / "evil.sh").write_text("#!/bin/sh\n")
+def test_export_writes_exactly_the_listed_bundle_files(bundle_copy, tmp_path):
     r = export_stage(str(bundle_copy), tmp_path / "P")
     listed = sorted([*json.loads((bundle_copy / "policy.json").read_text())["files"], "policy.json"])
     assert sorted(p.name for p in Path(r["bundle"]).iterdir()) == listed
     with zipfile.ZipFile(r["zip"]) as zf:
         assert sorted(zf.namelist()) == listed
+
+
+@pytest.mark.parametrize("extra", ["script", "link"])
+def test_a_bundle_folder_with_extra_entries_is_refused_like_a_zip(bundle_copy, tmp_path, extra):
+    if extra == "script":
+        (bundle_copy / "evil.sh").write_text("#!/bin/sh\n")
+    else:
+        (bundle_copy / "evil").symlink_to("/etc")
+    with pytest.raises(BundleError, match="not bundle files"):
+        export_stage(str(bundle_copy), tmp_path / "P")
+    with pytest.raises(BundleError, match="not bundle files"):
+        load_bundle(bundle_copy)
+    assert not (tmp_path / "P").exists()
 
 
 @pytest.mark.parametrize("uri", ["runs:/0123456789abcdef/bundle", "models:/missing@champion"])
