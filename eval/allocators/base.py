@@ -1,10 +1,10 @@
-"""The allocators' shared parts: outcome matrices, operating points, curves, the base class, small helpers.
+"""The allocators' shared parts: outcome matrices, operating points, curves, small helpers.
 
 `Outcomes` holds the realised outcomes of every grid arm on a set of queries
 (from `store.views.arm_outcomes`); an allocator turns the context's held-out
 queries into a `Curve` of `OperatingPoint`s, scored on those realised
 outcomes, never on predictions (eval/allocators/context.py holds
-`EvalContext`, what an allocator reads).
+`EvalContext`, what an allocator reads, and the `Allocator` base class).
 
 This module never reads files, never logs, and never re-derives arm outcomes
 from samples.
@@ -12,11 +12,10 @@ from samples.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,9 +24,6 @@ from eval.metrics import CurveData, convex_frontier
 from policy.arms import Arm
 from policy.errors import UsageError
 from policy.hulls import upper_hull
-
-if TYPE_CHECKING:
-    from eval.allocators.context import EvalContext
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,37 +242,3 @@ def scaling_reference_arm(arm_ids: Sequence[str], big_model: str) -> str:
         raise UsageError(f"the grid has no n=1 arm of the bigger model {big_model!r} to compare against")
     best = max(cands, key=lambda a: (a.max_new_tokens, -a.temperature))
     return best.arm_id
-
-
-# ---------------------------------------------------------------- the allocators
-
-
-class Allocator(ABC):
-    """Produces a `Curve` for the context's held-out queries."""
-
-    name: str = ""
-    description: str = ""
-    needs_policy: bool = False
-    needs_train: bool = False
-    needs_samples: bool = False
-    needs_two_models: bool = False
-    #: whether its points are charged the policy's metered cost (features, predictions, probe)
-    charged_overhead: bool = False
-    #: whether it runs the policy on the held-out queries (so the overhead meter's joules enter the report)
-    runs_policy: bool = False
-
-    @abstractmethod
-    def curve(self, ctx: EvalContext) -> Curve:
-        """Operating points on `ctx.test`."""
-
-    def unavailable(self, ctx: EvalContext) -> str | None:
-        """Why this allocator cannot run in `ctx` (None when it can)."""
-        if self.needs_policy and ctx.policy is None:
-            return "needs a policy bundle"
-        if self.needs_train and not ctx.has_train:
-            return "needs training queries with outcomes for every arm"
-        if self.needs_samples and ctx.samples is None:
-            return "needs the raw samples table"
-        if self.needs_two_models and ctx.big_model is None:
-            return "needs two models in the grid"
-        return None

@@ -1,4 +1,5 @@
-"""`EvalContext`: everything the allocators read, with the policy (or one policy per cross-fitting fold) metered.
+"""`EvalContext`: everything the allocators read, with the policy (or one policy per cross-fitting fold) metered;
+and `Allocator`, the base class of what reads it.
 
 A context holds the held-out queries' outcomes (`test`) and one or more
 `Fold`s: each fold names a part of the held-out queries, the queries its
@@ -19,6 +20,7 @@ Never reads files, never logs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -229,10 +231,39 @@ class EvalContext:
     def has_predictions(self, which: str = "test") -> bool:
         return (-1, which) in self._predictions
 
-    def curve(self, name: str) -> Curve:
-        if name not in self._curves:
-            from eval.allocators import make_allocator  # the registry imports this module
+    def curve(self, alloc: Allocator) -> Curve:
+        """`alloc`'s curve on this context, computed once per allocator name."""
+        if alloc.name not in self._curves:
+            self._curves[alloc.name] = replace(alloc.curve(self), charged_overhead=alloc.charged_overhead)
+        return self._curves[alloc.name]
 
-            alloc = make_allocator(name)
-            self._curves[name] = replace(alloc.curve(self), charged_overhead=alloc.charged_overhead)
-        return self._curves[name]
+
+class Allocator(ABC):
+    """Produces a `Curve` for the context's held-out queries."""
+
+    name: str = ""
+    description: str = ""
+    needs_policy: bool = False
+    needs_train: bool = False
+    needs_samples: bool = False
+    needs_two_models: bool = False
+    #: whether its points are charged the policy's metered cost (features, predictions, probe)
+    charged_overhead: bool = False
+    #: whether it runs the policy on the held-out queries (so the overhead meter's joules enter the report)
+    runs_policy: bool = False
+
+    @abstractmethod
+    def curve(self, ctx: EvalContext) -> Curve:
+        """Operating points on `ctx.test`."""
+
+    def unavailable(self, ctx: EvalContext) -> str | None:
+        """Why this allocator cannot run in `ctx` (None when it can)."""
+        if self.needs_policy and ctx.policy is None:
+            return "needs a policy bundle"
+        if self.needs_train and not ctx.has_train:
+            return "needs training queries with outcomes for every arm"
+        if self.needs_samples and ctx.samples is None:
+            return "needs the raw samples table"
+        if self.needs_two_models and ctx.big_model is None:
+            return "needs two models in the grid"
+        return None

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.allocators.base import Allocator, Curve, _point, scaling_reference_arm
-from eval.allocators.context import EvalContext
+from eval.allocators.base import Curve, _point, scaling_reference_arm
+from eval.allocators.context import Allocator, EvalContext
 from policy.arms import Arm
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.allocators.base import Allocator, Curve, _dedupe, _point, hull_slopes, lambda_grid
-from eval.allocators.context import EvalContext
+from eval.allocators.base import Curve, _dedupe, _point, hull_slopes, lambda_grid
+from eval.allocators.context import Allocator, EvalContext
 from policy.errors import UsageError
 
 

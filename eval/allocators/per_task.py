@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.allocators.base import Allocator, Curve, _dedupe, _point
-from eval.allocators.context import EvalContext
+from eval.allocators.base import Curve, _dedupe, _point
+from eval.allocators.context import Allocator, EvalContext
 from train.task_table import breakpoints_from_matrices, grid_from_slopes, tables_from_matrices
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.allocators.base import Allocator, Curve, OperatingPoint
-from eval.allocators.context import EvalContext
+from eval.allocators.base import Curve, OperatingPoint
+from eval.allocators.context import Allocator, EvalContext
+from eval.allocators.learned import LearnedAllocator
 
 
 def max_entropy_mix(arm_energy_j: np.ndarray, target_j: float) -> np.ndarray:
@@ -56,7 +57,7 @@ class RandomAllocator(Allocator):
     def curve(self, ctx: EvalContext) -> Curve:
         arm_e = ctx.test.energy_j.mean(axis=0)
         if ctx.policy is not None:
-            learned = ctx.curve("learned")
+            learned = ctx.curve(LearnedAllocator())
             targets = [(p.mean_energy_j, p.label) for p in learned.points]
         else:
             targets = [(float(t), "grid") for t in np.geomspace(arm_e.min(), arm_e.max(), self.n_points)]

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.allocators.base import Allocator, Curve, OperatingPoint
-from eval.allocators.context import EvalContext
+from eval.allocators.base import Curve, OperatingPoint
+from eval.allocators.context import Allocator, EvalContext
 from policy.errors import UsageError
 from store.views import vote
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.allocators.base import Allocator, Curve, Outcomes, _dedupe, _point, hull_slopes, lambda_grid
-from eval.allocators.context import EvalContext
+from eval.allocators.base import Curve, Outcomes, _dedupe, _point, hull_slopes, lambda_grid
+from eval.allocators.context import Allocator, EvalContext
 from policy.arms import Arm
 from policy.errors import UsageError
 from policy.two_stage import choose, continues, marginal_joules
