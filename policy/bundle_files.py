@@ -7,7 +7,9 @@ its size is checked before and while reading. From a zip exactly the known
 names at the archive root are accepted: a member in a subfolder, a duplicate
 name, a link, or any other member is refused, and each member's uncompressed
 size is capped from its header and again while it is read in chunks, so a
-small archive cannot inflate into gigabytes. Standard library only.
+small archive cannot inflate into gigabytes; so is the bundle's total. A
+folder holding anything besides bundle files (a link, a script) is refused
+like a zip with an extra member. Standard library only.
 """
 
 from __future__ import annotations
@@ -36,18 +38,27 @@ REQUIRED_FILES = (*TREE_FILES, PARITY)
 _MIB = 1 << 20
 _BIG_FILES = (*TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PROBE, STAGE2)
 MAX_BYTES = {MANIFEST: _MIB, PARITY: _MIB} | {name: 64 * _MIB for name in _BIG_FILES}
+#: all files of one bundle together (a bundle of ours is a few MiB; each file alone is capped above)
+MAX_TOTAL_BYTES = 128 * _MIB
 _CHUNK = _MIB
 
 
-def _read_capped(f: BinaryIO, name: str, where: str) -> bytes:
-    cap = MAX_BYTES[name]
+def _read_capped(f: BinaryIO, name: str, where: str, budget: int = MAX_TOTAL_BYTES) -> bytes:
+    """At most MAX_BYTES[name] bytes of `f`, and at most `budget` (what the bundle's total cap leaves)."""
+    cap = min(MAX_BYTES[name], budget)
     parts, total = [], 0
     while chunk := f.read(min(_CHUNK, cap + 1 - total)):
         parts.append(chunk)
         total += len(chunk)
         if total > cap:
+            if cap < MAX_BYTES[name]:
+                raise _total_error(where)
             raise BundleError(f"{name} in {where} is larger than {cap >> 20} MiB; it is not a bundle file of ours")
     return b"".join(parts)
+
+
+def _total_error(where: str) -> BundleError:
+    return BundleError(f"{where} unpacks to more than {MAX_TOTAL_BYTES >> 20} MiB in all; it is not a bundle of ours")
 
 
 def read_blobs(path: Path) -> dict[str, bytes]:
@@ -67,7 +78,18 @@ def read_blobs(path: Path) -> dict[str, bytes]:
 
 def _read_folder(path: Path) -> dict[str, bytes]:
     root = path.resolve()
-    blobs = {}
+    # the same rule as a zip: only bundle files, so a link (`evil -> /etc`) or a script beside them is refused
+    try:
+        extra = sorted(e.name for e in os.scandir(root) if e.name not in KNOWN_FILES)
+    except OSError as exc:
+        raise BundleError(f"cannot list the bundle folder {path}: {exc.strerror}") from exc
+    if extra:
+        raise BundleError(
+            f"{path} holds {extra[:5]}, which are not bundle files; a bundle folder holds only "
+            f"{', '.join(KNOWN_FILES)} (re-export it with `ttc export`)"
+        )
+    blobs: dict[str, bytes] = {}
+    used = 0
     for name in KNOWN_FILES:
         p = root / name
         try:
@@ -90,7 +112,8 @@ def _read_folder(path: Path) -> dict[str, bytes]:
             os.close(fd)
             raise BundleError(f"{name} in {path} is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            blobs[name] = _read_capped(f, name, str(path))
+            blobs[name] = _read_capped(f, name, str(path), MAX_TOTAL_BYTES - used)
+        used += len(blobs[name])
     return blobs
 
 
@@ -103,11 +126,16 @@ def _read_zip(path: Path) -> dict[str, bytes]:
                 _check_member(info, blobs, path)
                 # placeholder so a second member of this name is seen as a duplicate before any read
                 blobs[info.filename] = b""
+            if sum(info.file_size for info in infos) > MAX_TOTAL_BYTES:  # the headers' sizes, before any read
+                raise _total_error(str(path))
+            used = 0
             for info in infos:
                 # members are read into memory by exact name, never extracted: no path in the archive is used
                 with zf.open(info) as f:
-                    blobs[info.filename] = _read_capped(f, info.filename, str(path))
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+                    blobs[info.filename] = _read_capped(f, info.filename, str(path), MAX_TOTAL_BYTES - used)
+                used += len(blobs[info.filename])
+    # OSError: e.g. a zip cut at its start, whose offsets point before the file (EINVAL on seek)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError) as exc:
         raise BundleError(f"{path} is a damaged zip ({type(exc).__name__}: {exc}); re-export the bundle") from exc
     return blobs
 
