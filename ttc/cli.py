@@ -432,6 +432,28 @@ def serve(
 
 
 @app.command()
+def engines(
+    model: Annotated[
+        list[str] | None, typer.Option(help="built-in model to print (repeatable; default: all of them)")
+    ] = None,
+    port: Annotated[int, typer.Option(help="port of the first engine; the next ones count up from it")] = 8080,
+    threads: Annotated[
+        int, typer.Option(help="llama.cpp threads for prefill and decode (1: best on a small, busy machine)")
+    ] = 1,
+) -> None:
+    """Print each built-in model's GGUF path and the llama.cpp server command that serves it."""
+    from serve.engines import engine_commands, serve_command
+
+    try:
+        found = engine_commands(model, port, threads)
+    except TTCError as e:
+        _fail(e)
+    for e in found:
+        typer.echo(f"# {e.model}: {e.gguf}\n{e.command()}")
+    typer.echo(f"# then the proxy in front of them:\n{serve_command(found)}")
+
+
+@app.command()
 def tasks() -> None:
     """List the registered tasks."""
     from collect.tasks import DEFAULT_TASKS, TASKS
