@@ -17,7 +17,7 @@ process runs with 1 thread and with N threads: under load from other processes
 a multi-threaded torch process can stall on its slowest thread, which is one of
 the things separate one-thread actors avoid. On a CPU box the
 actors share the cores one process would use, so expect little; on GPUs each
-actor has a device of its own (see the README's "Scale out" for the arithmetic).
+actor has a device of its own (see docs/ray.md for the arithmetic).
 
     python benchmarks/collect_ray.py --ray 2 [--queries 8] [--n-samples 4] [--max-new-tokens 32]
 """

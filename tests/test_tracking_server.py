@@ -1,4 +1,4 @@
-"""The shared-tracking-server recipe of the README, run for real on 127.0.0.1.
+"""The shared-tracking-server recipe of docs/ray.md, run for real on 127.0.0.1.
 
 `mlflow server --backend-store-uri sqlite:///... --artifacts-destination ...`
 is what a cluster's nodes log to (`ttc collect --ray --tracking-uri
