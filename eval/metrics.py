@@ -7,7 +7,7 @@ and recompute everything from scratch: a resample is an integer count vector
 over queries (how often each was drawn), and every mean becomes a weighted
 mean.
 
-Definitions (the README documents them beside the keys of eval_report.json):
+Definitions (docs/evaluation.md documents them beside the keys of eval_report.json):
 - frontier (one rule for every allocator): the upper-left convex hull of
   (energy, accuracy), cheapest first, accuracy strictly rising. A mixture of
   two operating points is achievable (randomise between their assignments per

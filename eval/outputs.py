@@ -1,7 +1,7 @@
 """eval_report.md and the report's other files: written from the JSON report dict, one function per section.
 
-Reads only the report dict `eval.report.build_report` made (keys as the
-README documents them); never recomputes a number, never reads a store or
+Reads only the report dict `eval.report.build_report` made (keys as
+docs/evaluation.md documents them); never recomputes a number, never reads a store or
 logs to MLflow.
 """
 

@@ -7,7 +7,7 @@ beside their figures and keep their field names as keys; every other key that
 holds joules, or a number derived from joules, carries the energy source in
 its name (`mean_energy_estimated_j`), applied once by `tag_energy_keys` just
 before writing. Estimated and measured joules must never be read as alike.
-The README documents every key.
+docs/evaluation.md documents every key.
 
 This module never imports mlflow or matplotlib and never reads a store.
 """
