@@ -45,7 +45,6 @@ from policy.arms import Arm
 from policy.bundle_files import BUNDLE_FILES, KNOWN_FILES, MANIFEST, PARITY, REQUIRED_FILES, read_blobs
 from policy.errors import BundleError, UsageError
 from policy.features import (
-    FIRST_SAMPLE_NAMES,
     FeatureSet,
     arm_block,
     get_feature_set,
@@ -196,6 +195,11 @@ class Policy:
         return self.probe_reduction.model if self.probe_reduction is not None else None
 
     @property
+    def stage_two_signals(self) -> tuple[str, ...]:
+        """The first-sample signal columns the stage-2 rule reads (empty: no stage-2 rule)."""
+        return self.stage_two.signals if self.stage_two is not None else ()
+
+    @property
     def first_arm(self) -> str | None:
         """The cheap one-sample arm to draw first before `decide_after_look` (None: no stage-2 rule)."""
         return self.stage_two.first_arm if self.stage_two is not None else None
@@ -302,10 +306,14 @@ class Policy:
         probe: np.ndarray | None = None,
         first_energy_j: Sequence[float] | None = None,
         lam: float | None = None,
+        first_text: Sequence[str | None] | None = None,
     ) -> list[StageTwoDecision]:
         """Stage 2 after one sample of `first_arm`: stop, continue it (more samples, a longer cap) or switch.
 
-        `first_sample`: (n, 5) signals in `FIRST_SAMPLE_NAMES` order (policy.features.first_sample_signals);
+        `first_sample`: (n, 5) signals in `FIRST_SAMPLE_NAMES` order (policy.features.first_sample_signals),
+        or every column of `stage_two_signals`; `first_text`: each first sample's text up to its cap,
+        needed when the rule reads the answer checks (`stage_two_signals` longer than five) and only
+        the five confidence columns are given (older rules ignore it);
         `first_energy_j`: the first sample's metered joules (default: the policy's prediction for
         `first_arm`); `lam` replaces the stored stage-2 price.
         """
@@ -315,7 +323,7 @@ class Policy:
         if isinstance(questions, str):
             raise UsageError("questions must be a list of strings, not one string")
         n = len(questions)
-        sig = check_signals(first_sample, n)
+        sig = check_signals(first_sample, n, s2.signals, first_text)
         x = self.query_features(questions, tasks, probe)
         # joules only: the first-stage success model plays no part after the look
         e = np.exp(self.backend.predict_energy_grid(np.asarray(x, dtype=np.float32), self._arm_block))
@@ -347,8 +355,8 @@ def _stage_two(files: Mapping[str, bytes], arm_ids: list[str], models: list[str]
     """The bundle's stage-2 rule, checked against its arms and row width; None when it has none."""
     if STAGE2_FILE not in files:
         return None
-    n_features = len(row_names(get_feature_set(STAGE2_FEATURES), models)) + len(FIRST_SAMPLE_NAMES)
-    return StageTwo.from_json(files[STAGE2_FILE], arm_ids, n_features)
+    # the width less the signals: stage2.json names its signals (five, or seven with the answer checks)
+    return StageTwo.from_json(files[STAGE2_FILE], arm_ids, len(row_names(get_feature_set(STAGE2_FEATURES), models)))
 
 
 def _probe_reduction(fs: FeatureSet, files: Mapping[str, bytes]) -> ProbeReduction | None:

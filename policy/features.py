@@ -198,21 +198,74 @@ def row_matrix_from_block(query_x: np.ndarray, arm_x: np.ndarray) -> np.ndarray:
 FIRST_SAMPLE_NAMES = ("first_mean_logprob", "first_min_logprob", "first_mean_entropy", "first_answered", "first_tokens")
 
 
+#: Checks of the first sample's own text (`answer_checks`), read by stage-2 rules that list them (issue 18).
+ANSWER_CHECK_NAMES = ("first_equations", "first_wrong_equations")
+#: Every first-sample signal a stage-2 rule may read, in column order: the confidence, then the checks.
+STAGE2_SIGNAL_NAMES = (*FIRST_SAMPLE_NAMES, *ANSWER_CHECK_NAMES)
+
+
 def first_sample_signals(
     token_logprob: Sequence[Sequence[float]],
     token_entropy: Sequence[Sequence[float]],
     answered: Sequence[bool],
     tokens: Sequence[int],
+    texts: Sequence[str] | None = None,
 ) -> np.ndarray:
     """(n, 5) float32 `FIRST_SAMPLE_NAMES` of n first samples, each given up to its cap's tokens.
 
     Mean and minimum chosen-token log-probability and mean entropy (nats, the model's
     temperature-1 distribution; NaN when the sample has no token), whether an answer
-    was extracted, and its length in tokens.
+    was extracted, and its length in tokens. With `texts` (each sample's text up to
+    its cap) the result is (n, 7), `STAGE2_SIGNAL_NAMES`: the `answer_checks` added.
     """
     rows = []
     for lp, ent, ok, n in zip(token_logprob, token_entropy, answered, tokens, strict=True):
         lp, ent = np.asarray(lp, dtype=np.float64), np.asarray(ent, dtype=np.float64)
         stats = (lp.mean(), lp.min()) if lp.size else (math.nan, math.nan)
         rows.append([*stats, ent.mean() if ent.size else math.nan, float(bool(ok)), float(n)])
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(FIRST_SAMPLE_NAMES))
+    out = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(FIRST_SAMPLE_NAMES))
+    return out if texts is None else np.hstack([out, answer_check_signals(texts)])
+
+
+_EQUATION = re.compile(r"((?:-?\d+(?:\.\d+)?\s*[-+*/×x]\s*)+-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
+_EQ_TOKEN = re.compile(r"\d+(?:\.\d+)?|[-+*/×x]")
+
+
+def _evaluate(expr: str) -> float:
+    """A chain of numbers joined by + - * / (× and x read as *), * and / binding first."""
+    toks = _EQ_TOKEN.findall(expr)
+    nums, ops = [float(t) for t in toks[0::2]], [{"×": "*", "x": "*"}.get(t, t) for t in toks[1::2]]
+    terms, signs = [nums[0]], []
+    for op, v in zip(ops, nums[1:], strict=False):
+        if op == "*":
+            terms[-1] *= v
+        elif op == "/":
+            terms[-1] = terms[-1] / v if v else math.nan
+        else:
+            signs.append(op)
+            terms.append(v)
+    out = terms[0]
+    for op, v in zip(signs, terms[1:], strict=True):
+        out = out + v if op == "+" else out - v
+    return out
+
+
+def answer_checks(text: str | None) -> tuple[int, int]:
+    """(equations "a op b ... = c" written in an answer's text, how many of them are arithmetically wrong).
+
+    A free verifier of the model's own working: "6 + 3 = 9. 9 + 0 = 10." holds two
+    equations, one wrong. Within a task, an answer whose equations check out is right
+    far more often (scripts/signals.py measures it). Regular expressions only.
+    """
+    checked = wrong = 0
+    for m in _EQUATION.finditer(text or ""):
+        checked += 1
+        wrong += not abs(_evaluate(m.group(1)) - float(m.group(2))) < 1e-6
+    return checked, wrong
+
+
+def answer_check_signals(texts: Sequence[str | None]) -> np.ndarray:
+    """(n, 2) float32 `ANSWER_CHECK_NAMES` of n answer texts (`answer_checks`)."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    return np.asarray([answer_checks(t) for t in texts], dtype=np.float32).reshape(len(texts), len(ANSWER_CHECK_NAMES))

@@ -1,8 +1,12 @@
 """The exported look-then-decide rule: stage 2 of the two-stage policy, read from a bundle's stage2.json.
 
 Stage 1 draws one sample from `first_arm` (the cheapest one-sample arm of the
-training queries). Its signals (`policy.features.FIRST_SAMPLE_NAMES`) join the
-question's "text" features; a success model (plain-data trees, sigmoid output)
+training queries). Its signals join the question's "text" features: the
+confidence `policy.features.FIRST_SAMPLE_NAMES` and, in rules that list them
+(`signals` in stage2.json; every rule `ttc train` writes since issue 18), the
+checks of its own text `ANSWER_CHECK_NAMES` (equations written, equations
+wrong: `policy.features.answer_checks`). A stage2.json listing only the five
+confidence signals (older bundles) still loads and decides as before; a success model (plain-data trees, sigmoid output)
 predicts each arm's P(correct) given them, and stage 2 takes the arm with the
 most predicted accuracy minus λ x its *marginal* joules: the policy's
 predicted joules, less the stage-1 joules already spent when the arm
@@ -29,7 +33,7 @@ import numpy as np
 from policy import jsonsafe
 from policy.arms import Arm
 from policy.errors import BundleError, UsageError
-from policy.features import FIRST_SAMPLE_NAMES
+from policy.features import FIRST_SAMPLE_NAMES, STAGE2_SIGNAL_NAMES, answer_check_signals
 from policy.trees import TreeEnsemble
 
 STAGE2_FILE = "stage2.json"
@@ -37,6 +41,8 @@ STAGE2_FILE = "stage2.json"
 STAGE2_FEATURES = "text"
 #: what a stage-2 choice means for the first sample
 ACTIONS = ("stop", "continue", "switch")
+#: the signal lists a stage2.json may name, oldest first: the confidence alone, then with the answer checks
+SIGNAL_SETS: tuple[tuple[str, ...], ...] = (FIRST_SAMPLE_NAMES, STAGE2_SIGNAL_NAMES)
 
 
 def continues(arms: Sequence[Arm], first: Arm) -> np.ndarray:
@@ -79,6 +85,13 @@ class StageTwo:
     lam: float
     trees: TreeEnsemble | None  # None: a constant success probability (one-class training labels)
     constant: float = 0.0
+    #: the first-sample signals it reads, in column order (one of `SIGNAL_SETS`)
+    signals: tuple[str, ...] = FIRST_SAMPLE_NAMES
+
+    @property
+    def reads_text(self) -> bool:
+        """True when the rule reads checks of the first sample's text (pass `first_text` to decide)."""
+        return len(self.signals) > len(FIRST_SAMPLE_NAMES)
 
     def predict_grid(self, query_x: np.ndarray, arm_x: np.ndarray) -> np.ndarray:
         """(n_queries, n_arms) P(correct) of every row [query_x[i] (text features, signals), arm_x[j]]."""
@@ -89,18 +102,20 @@ class StageTwo:
 
     @classmethod
     def from_json(cls, raw: bytes, arm_ids: Sequence[str], n_features: int) -> StageTwo:
-        """Parse and check stage2.json for a bundle of `arm_ids` whose stage-2 rows have `n_features` columns."""
+        """Parse and check stage2.json for a bundle of `arm_ids` whose stage-2 rows, less the signals, have
+        `n_features` columns (the text features and the arm columns)."""
         d = jsonsafe.loads(raw, STAGE2_FILE, BundleError, "; re-export the bundle")
         if not isinstance(d, dict):
             raise BundleError(f"{STAGE2_FILE} must hold a JSON object")
         for key, ok, what in _FIELDS:
             if key not in d or not ok(d[key]):
                 raise BundleError(f"{STAGE2_FILE} field {key!r} must be {what}; re-export the bundle")
-        if d["signals"] != list(FIRST_SAMPLE_NAMES) or d["features"] != STAGE2_FEATURES:
+        if tuple(d["signals"]) not in SIGNAL_SETS or d["features"] != STAGE2_FEATURES:
             raise BundleError(
                 f"{STAGE2_FILE} reads {d['features']!r} + {d['signals']}; this package computes "
-                f"{STAGE2_FEATURES!r} + {list(FIRST_SAMPLE_NAMES)}; retrain and re-export the policy"
+                f"{STAGE2_FEATURES!r} + one of {[list(s) for s in SIGNAL_SETS]}; retrain and re-export the policy"
             )
+        signals = tuple(d["signals"])
         if d["first_arm"] not in arm_ids:
             raise BundleError(f"{STAGE2_FILE} names first arm {d['first_arm']!r}, which is not an arm of the bundle")
         if Arm.parse(d["first_arm"]).n != 1:
@@ -110,15 +125,23 @@ class StageTwo:
             raise BundleError(f"{STAGE2_FILE} must hold either 'trees' or a 'constant', not both or neither")
         ens = None
         if trees is not None:
-            ens = TreeEnsemble.from_json(trees, n_features)
+            ens = TreeEnsemble.from_json(trees, n_features + len(signals))
             if ens.transform != "sigmoid":
                 raise BundleError(f"{STAGE2_FILE} trees must output a probability (sigmoid); re-export the bundle")
-        return cls(d["first_arm"], float(d["lam"]), ens, float(d["constant"] or 0.0))
+        return cls(d["first_arm"], float(d["lam"]), ens, float(d["constant"] or 0.0), signals)
 
 
-def stage_two_json(first_arm: str, lam: float, trees: dict[str, Any] | None, constant: float | None) -> bytes:
+def stage_two_json(
+    first_arm: str,
+    lam: float,
+    trees: dict[str, Any] | None,
+    constant: float | None,
+    signals: Sequence[str] = STAGE2_SIGNAL_NAMES,
+) -> bytes:
     """stage2.json bytes (the writer's half of `StageTwo.from_json`)."""
-    d = {"first_arm": first_arm, "lam": float(lam), "features": STAGE2_FEATURES, "signals": list(FIRST_SAMPLE_NAMES),
+    if tuple(signals) not in SIGNAL_SETS:
+        raise UsageError(f"stage-2 signals must be one of {[list(s) for s in SIGNAL_SETS]}, got {list(signals)}")
+    d = {"first_arm": first_arm, "lam": float(lam), "features": STAGE2_FEATURES, "signals": list(signals),
          "trees": trees, "constant": None if constant is None else float(constant)}  # fmt: skip
     return (json.dumps(d, sort_keys=True, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 
@@ -137,17 +160,37 @@ _FIELDS = (
 )
 
 
-def check_signals(first_sample: Any, n: int) -> np.ndarray:
-    """(n, 5) float32 first-sample signals; `UsageError` naming the columns when the shape or values are wrong."""
+def check_signals(
+    first_sample: Any,
+    n: int,
+    signals: Sequence[str] = FIRST_SAMPLE_NAMES,
+    first_text: Sequence[str | None] | None = None,
+) -> np.ndarray:
+    """(n, len(signals)) float32 first-sample signals; `UsageError` naming the columns when wrong.
+
+    `first_sample` holds the five confidence columns (`FIRST_SAMPLE_NAMES`) or every column of
+    `signals`; when a rule reads the answer checks and only the five are given, they are computed
+    from `first_text` (each first sample's text up to its cap).
+    """
     try:
         x = np.asarray(first_sample, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"first_sample must be numbers, columns {list(FIRST_SAMPLE_NAMES)}: {exc}") from exc
-    if x.shape != (n, len(FIRST_SAMPLE_NAMES)):
+        raise UsageError(f"first_sample must be numbers, columns {list(signals)}: {exc}") from exc
+    base = len(FIRST_SAMPLE_NAMES)
+    if x.ndim != 2 or x.shape[0] != n or x.shape[1] not in (base, len(signals)):
         raise UsageError(
-            f"first_sample must have shape ({n}, {len(FIRST_SAMPLE_NAMES)}), columns {list(FIRST_SAMPLE_NAMES)} "
+            f"first_sample must have shape ({n}, {len(signals)}), columns {list(signals)} "
             f"(policy.features.first_sample_signals computes them), got {x.shape}"
         )
     if np.isinf(x).any():
         raise UsageError("first_sample holds infinite values; NaN (no token) is allowed, inf is not")
+    if x.shape[1] < len(signals):
+        if first_text is None:
+            raise UsageError(
+                f"this stage-2 rule also reads checks of the first sample's text {list(signals[base:])}: "
+                f"pass first_text= (one text per question) or all {len(signals)} signal columns"
+            )
+        if isinstance(first_text, str) or len(first_text) != n:
+            raise UsageError(f"first_text must be a list of {n} strings, one per question")
+        x = np.hstack([x, answer_check_signals(list(first_text))])
     return x.astype(np.float32)

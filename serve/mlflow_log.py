@@ -121,7 +121,7 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from policy.features import FIRST_SAMPLE_NAMES
+    from policy.features import STAGE2_SIGNAL_NAMES
     from serve.pyfunc_model import OUTPUT_COLUMNS, STAGE2_COLUMNS
 
     return ModelSignature(
@@ -133,7 +133,8 @@ def _signature():
                 # a text+probe policy: the question's raw probe vector as a JSON list of numbers
                 ColSpec("string", "probe", required=False),
                 # a bundle with a look-then-decide rule: the first sample's signals, and its metered joules
-                *[ColSpec("double", c, required=False) for c in (*FIRST_SAMPLE_NAMES, "first_energy_j")],
+                *[ColSpec("double", c, required=False) for c in (*STAGE2_SIGNAL_NAMES, "first_energy_j")],
+                ColSpec("string", "first_text", required=False),
             ]
         ),
         outputs=Schema(

@@ -12,7 +12,9 @@ JSON list of numbers (or a list). A bundle with a look-then-decide rule
 (stage2.json) also reads, when all are present, the first sample's signals as
 columns `first_mean_logprob`, `first_min_logprob`, `first_mean_entropy`,
 `first_answered`, `first_tokens` (policy.features.FIRST_SAMPLE_NAMES, of a
-sample of `first_arm_id`) and optional `first_energy_j`; the output then adds
+sample of `first_arm_id`), for a rule that reads the answer checks also
+`first_text` (the sample's text; or the check columns `first_equations`,
+`first_wrong_equations`), and optional `first_energy_j`; the output then adds
 `stage2_arm_id` and `stage2_action` ("stop", "continue" or "switch").
 Output: one row per input row with the chosen `arm_id`, its predicted
 `p_success` and `energy_j`, the `rule` that chose it, the price `lam`, and
@@ -92,13 +94,18 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         if policy.stage_two is None:
             return out
         out["first_arm_id"] = policy.first_arm
-        if not all(c in df.columns for c in FIRST_SAMPLE_NAMES):
+        # every column the rule reads, or the five confidence columns plus the first sample's text
+        given = list(policy.stage_two_signals) if all(c in df.columns for c in policy.stage_two_signals) else None
+        if given is None and all(c in df.columns for c in FIRST_SAMPLE_NAMES):
+            given = list(FIRST_SAMPLE_NAMES)
+        text = df["first_text"].astype("string").fillna("").tolist() if "first_text" in df.columns else None
+        if given is None or (len(given) < len(policy.stage_two_signals) and text is None):
             return out
-        sig = df[list(FIRST_SAMPLE_NAMES)].astype("float64").to_numpy()
+        sig = df[given].astype("float64").to_numpy()
         e1 = df["first_energy_j"].astype("float64").to_numpy() if "first_energy_j" in df.columns else None
         probe = _probes(df) if policy.needs_probe else None
         after = policy.decide_after_look(
-            questions, sig, tasks, query_ids, probe, e1, None if lam is None else float(lam)
+            questions, sig, tasks, query_ids, probe, e1, None if lam is None else float(lam), text
         )
         out["stage2_arm_id"] = [d.arm_id for d in after]
         out["stage2_action"] = [d.action for d in after]

@@ -16,7 +16,7 @@ from eval.allocators.two_stage import TwoStageAllocator, continues, stage_one_ar
 from policy.arms import Arm
 from policy.bundle import load_bundle
 from policy.errors import BundleError, UsageError
-from policy.features import FEATURE_SETS, FIRST_SAMPLE_NAMES, get_feature_set
+from policy.features import FEATURE_SETS, FIRST_SAMPLE_NAMES, STAGE2_SIGNAL_NAMES, get_feature_set
 from policy.probe import PROBE_DIMS, fit_reduction
 
 SMALL = dict(
@@ -215,7 +215,10 @@ def _samples(qids: list[str], confident: list[bool]) -> pd.DataFrame:
             lp = [-0.01, -0.02, -0.05] if ok else [-2.0, -3.0, -1.5]
             rows.append(dict(query_id=q, model="small", temperature=0.7, sample_index=k, levels=[16, 32],
                              level_output_tokens=[3, 3], level_answer=["1" if ok else None] * 2,
-                             token_logprob=lp if k == 0 else [-9.0] * 3, token_entropy=[-x for x in lp]))  # fmt: skip
+                             token_logprob=lp if k == 0 else [-9.0] * 3, token_entropy=[-x for x in lp],
+                             # the cap cuts a confident sample's text at half: its wrong second sum is unseen
+                             text="2 + 2 = 4. 4 + 4 = 9" if ok else "1 + 1 = 3",
+                             output_tokens=6 if ok else 3))  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -236,7 +239,8 @@ class _StubPolicy:
 
 def test_stage_one_signals_read_the_first_sample_up_to_its_cap():
     sig = stage_one_signals(_samples(["a", "b"], [True, False]), ["a", "b"], ARMS[0])
-    assert sig.shape == (2, len(FIRST_SAMPLE_NAMES))
+    assert sig.shape == (2, len(STAGE2_SIGNAL_NAMES))
+    assert sig[:, len(FIRST_SAMPLE_NAMES) :].tolist() == [[1.0, 0.0], [1.0, 1.0]]  # (equations, wrong) at the cap
     assert np.allclose(sig[0, :3], [np.mean([-0.01, -0.02, -0.05]), -0.05, np.mean([0.01, 0.02, 0.05])])
     assert list(sig[:, 3]) == [1.0, 0.0] and list(sig[:, 4]) == [3.0, 3.0]
 

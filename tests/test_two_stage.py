@@ -28,7 +28,8 @@ from eval.allocators import EvalContext, Fold, Outcomes
 from eval.allocators.two_stage import TwoStageAllocator
 from policy.bundle import load_bundle
 from policy.errors import BundleError, UsageError
-from policy.features import FIRST_SAMPLE_NAMES
+from policy.features import FIRST_SAMPLE_NAMES, STAGE2_SIGNAL_NAMES, answer_check_signals, answer_checks
+from policy.two_stage import STAGE2_FILE
 from train.two_stage import StageTwoFit, has_signals, stage_one_signals
 
 ARMS = synthetic_arms()
@@ -128,8 +129,10 @@ def test_bad_first_sample_input_is_a_usage_error_naming_the_columns(simulated):
     policy = load_bundle(bundle)
     with pytest.raises(UsageError, match="first_mean_logprob"):
         policy.decide_after_look(["What is 2 + 2?"], np.zeros((1, 4)))
+    with pytest.raises(UsageError, match="first_text"):
+        policy.decide_after_look(["What is 2 + 2?"], np.zeros((1, 5)))
     with pytest.raises(UsageError, match="first_energy_j"):
-        policy.decide_after_look(["What is 2 + 2?"], np.zeros((1, 5)), first_energy_j=[-1.0])
+        policy.decide_after_look(["What is 2 + 2?"], np.zeros((1, 5)), first_energy_j=[-1.0], first_text=["4"])
     plain = load_bundle(build_synthetic_bundle(Path(bundle).parent / "p2"))
     assert plain.first_arm is None
     with pytest.raises(UsageError, match="no stage-2 rule"):
@@ -194,7 +197,7 @@ def test_the_mlflow_pyfunc_reads_the_signal_columns(simulated, tmp_path):
     test, a1 = ctx.test, fold["a1"]
     sig = stage_one_signals(ctx.samples, list(test.query_ids), ARMS[a1])
     df = pd.DataFrame({"question": test.questions, "task": list(test.tasks)})
-    df[list(FIRST_SAMPLE_NAMES)] = sig.astype(np.float64)
+    df[list(STAGE2_SIGNAL_NAMES)] = sig.astype(np.float64)
     df["first_energy_j"] = test.energy_j[:, a1]
     old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -218,3 +221,56 @@ def _copy(src: Path, dst: Path) -> Path:
     for p in Path(src).iterdir():
         (dst / p.name).write_bytes(p.read_bytes())
     return dst
+
+
+def test_answer_checks_count_the_wrong_equations_of_the_models_own_working():
+    assert answer_checks("6 + 3 = 9. 9 + 0 = 10. The answer is 10.") == (2, 1)
+    assert answer_checks("4 * 9 = 36. The answer is 36.") == (1, 0)
+    assert answer_checks("2 * 3 + 1 = 7, and 12 / 4 - 1 = 2") == (2, 0)  # * and / bind first
+    assert answer_checks("Boron has 11 electrons. The answer is 11.") == (0, 0)
+    assert answer_checks(None) == (0, 0)
+    assert answer_check_signals(["1 + 1 = 3", ""]).tolist() == [[1.0, 1.0], [0.0, 0.0]]
+
+
+def test_the_first_sample_text_gives_the_same_decisions_as_its_seven_signal_columns(simulated):
+    ctx, fold, _, bundle = simulated
+    policy = load_bundle(bundle)
+    assert policy.stage_two_signals == STAGE2_SIGNAL_NAMES
+    n = len(ctx.test.questions)
+    texts = ["3 + 4 = 7. The answer is 7." if i % 2 else "3 + 4 = 8. The answer is 8." for i in range(n)]
+    sig7 = stage_one_signals(ctx.samples, list(ctx.test.query_ids), ARMS[fold["a1"]])
+    sig7[:, len(FIRST_SAMPLE_NAMES) :] = answer_check_signals(texts)
+    for lam in (0.0, 0.01):
+        by_text = policy.decide_after_look(ctx.test.questions, sig7[:, :5], list(ctx.test.tasks), lam=lam,
+                                           first_text=texts)  # fmt: skip
+        by_cols = policy.decide_after_look(ctx.test.questions, sig7, list(ctx.test.tasks), lam=lam)
+        assert by_text == by_cols
+
+
+def test_a_stage_two_file_of_five_signals_from_older_bundles_still_loads_and_decides(simulated, tmp_path):
+    """stage2.json written before the answer checks (five signals, trees over 5 signal columns) keeps working."""
+    from policy_fixtures import train_boosters as _boosters
+
+    from train.export import write_bundle
+    from train.two_stage import fit_stage_two_model, stage_two_rows
+
+    ctx, fold, _, _ = simulated
+    first = ARMS[fold["a1"]]
+    train = ctx.folds[0].train
+    sig = stage_one_signals(ctx.samples, list(train.query_ids), first)[:, : len(FIRST_SAMPLE_NAMES)]
+    x = stage_two_rows(train.questions, list(train.tasks), sig, ARMS, MODELS)
+    model = fit_stage_two_model(x, train.correct.reshape(-1).astype(int), seed=0)
+    success, energy = _boosters(seed=0)
+    ref = load_bundle(simulated[3]).manifest
+    st = StageTwoFit(first.arm_id, 0.01, model, FIRST_SAMPLE_NAMES)
+    out = write_bundle(tmp_path / "old", success, energy, ARMS, MODELS, "text", ref.rule, {"synthetic": 1},
+                       "synthetic", "estimated", reference_x=None, stage_two=st)  # fmt: skip
+    assert json.loads((Path(out) / STAGE2_FILE).read_text())["signals"] == list(FIRST_SAMPLE_NAMES)
+    old = load_bundle(out)
+    assert old.stage_two_signals == FIRST_SAMPLE_NAMES
+    test = ctx.test
+    tsig = stage_one_signals(ctx.samples, list(test.query_ids), first)[:, : len(FIRST_SAMPLE_NAMES)]
+    got = old.decide_after_look(test.questions, tsig, list(test.tasks), lam=0.0, first_text=["ignored"] * len(tsig))
+    p = model.predict_proba(stage_two_rows(test.questions, list(test.tasks), tsig, ARMS, MODELS))[:, 1]
+    chosen = [old.arm_ids.index(d.arm_id) for d in got]
+    assert np.allclose([d.p_success for d in got], p.reshape(len(tsig), len(ARMS))[np.arange(len(tsig)), chosen])

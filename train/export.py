@@ -158,8 +158,8 @@ def _stage_two_bytes(st: Any, arm_ids: list[str]) -> bytes:
     if st.first_arm not in arm_ids:
         raise UsageError(f"the stage-2 first arm {st.first_arm!r} is not one of the bundle's arms")
     if isinstance(st.model, float):
-        return stage_two_json(st.first_arm, st.lam, None, st.model)
-    return stage_two_json(st.first_arm, st.lam, trees_json(st.model.booster_, "sigmoid"), None)
+        return stage_two_json(st.first_arm, st.lam, None, st.model, st.signals)
+    return stage_two_json(st.first_arm, st.lam, trees_json(st.model.booster_, "sigmoid"), None, st.signals)
 
 
 def _model_files(success: Any, energy: Any, success_objective: str, n_features: int) -> dict[str, bytes]:

@@ -3,8 +3,11 @@
 Shared by `ttc train` (train/fit.py writes the result into the bundle's
 stage2.json through train/export.py) and the eval simulation
 (eval/allocators/two_stage.py), so both learn the same model from the same
-rows: (question's "text" features, the first sample's `FIRST_SAMPLE_NAMES`,
-arm features) labelled with the arm's realised vote. Stage 1 is the one-sample
+rows: (question's "text" features, the first sample's `STAGE2_SIGNAL_NAMES`:
+its confidence and the checks of its own text, arm features) labelled with the
+arm's realised vote. The store keeps each sample's whole text, not its text at
+each cap: for a cap that cut the sample, the text's first (cap tokens / output
+tokens) share of characters stands in for it (serving passes the exact text). Stage 1 is the one-sample
 arm with the lowest mean joules on the training queries. Never writes files,
 never logs; lightgbm is imported only when a model is fitted.
 """
@@ -20,7 +23,7 @@ import pandas as pd
 
 from policy.arms import Arm
 from policy.errors import UsageError
-from policy.features import first_sample_signals, get_feature_set, row_matrix
+from policy.features import STAGE2_SIGNAL_NAMES, first_sample_signals, get_feature_set, row_matrix
 from policy.two_stage import STAGE2_FEATURES
 
 #: the sample columns the signals are read from (collection stores them per token)
@@ -34,6 +37,8 @@ class StageTwoFit:
     first_arm: str
     lam: float
     model: Any
+    #: the first-sample signal columns the model reads (policy.two_stage.SIGNAL_SETS)
+    signals: tuple[str, ...] = STAGE2_SIGNAL_NAMES
 
 
 def has_signals(samples: pd.DataFrame) -> bool:
@@ -52,13 +57,13 @@ def stage_one_index(mean_j: np.ndarray, arms: Sequence[Arm]) -> int:
 
 
 def stage_one_signals(samples: pd.DataFrame, query_ids: Any, arm: Arm) -> np.ndarray:
-    """(n, 5) first-sample signals of `arm` (n=1) for `query_ids`: the generation's first sample, cut at the cap."""
+    """(n, 7) `STAGE2_SIGNAL_NAMES` of `arm` (n=1) for `query_ids`: the generation's first sample, cut at the cap."""
     g = samples[(samples["model"] == arm.model) & (samples["temperature"] == arm.temperature)]
     first = g.sort_values("sample_index", kind="stable").drop_duplicates("query_id").set_index("query_id")
     missing = [q for q in query_ids if q not in first.index]
     if missing:
         raise UsageError(f"{len(missing)} queries have no sample of {arm.arm_id}; evaluate on the store's queries")
-    lps, ents, answered, tokens = [], [], [], []
+    lps, ents, answered, tokens, texts = [], [], [], [], []
     for q in query_ids:
         r = first.loc[q]
         li = [int(x) for x in r["levels"]].index(arm.max_new_tokens)
@@ -67,7 +72,13 @@ def stage_one_signals(samples: pd.DataFrame, query_ids: Any, arm: Arm) -> np.nda
         ents.append(list(r.get("token_entropy", []))[:k])
         answered.append(r["level_answer"][li] is not None)
         tokens.append(k)
-    return first_sample_signals(lps, ents, answered, tokens)
+        texts.append(_text_at_cap(str(r.get("text", "") or ""), k, int(r.get("output_tokens", k) or 0)))
+    return first_sample_signals(lps, ents, answered, tokens, texts)
+
+
+def _text_at_cap(text: str, k: int, output_tokens: int) -> str:
+    """The sample's text at its first k tokens: all of it when k covers it, else that share of its characters."""
+    return text if k >= output_tokens else text[: len(text) * k // max(output_tokens, 1)]
 
 
 def stage_two_rows(
