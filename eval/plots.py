@@ -34,7 +34,9 @@ _STYLE = {
     "adaptive_consistency": ("tab:pink", "P", "--"),
     "esc": ("tab:olive", "*", "--"),
     "two_stage": ("tab:cyan", "h", "-"),
+    "per_task": ("tab:red", "s", "-"),
     "oracle": ("black", "", "-"),
+    "soft_oracle": ("dimgray", "", "--"),
 }
 
 
@@ -47,7 +49,7 @@ def plot_pareto(curves: Mapping[str, Curve], path: Path, xlabel: str) -> Path:
     for name, c in curves.items():
         color, marker, line = _STYLE.get(name, ("tab:red", ".", "-"))
         e, a = c.energy_j, c.accuracy
-        if name != "oracle":
+        if name not in ("oracle", "soft_oracle"):
             ax.scatter(e, a, color=color, marker=marker or ".", s=14, alpha=0.35)
         f = c.frontier()
         ax.plot(e[f], a[f], color=color, linestyle=line, marker=marker or None, markersize=4, label=name)

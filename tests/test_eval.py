@@ -216,7 +216,7 @@ def test_early_stopping_draws_fewer_samples_than_n_max_when_the_first_answers_ag
 def test_unrunnable_allocators_are_skipped_by_default_and_refused_by_name(ctx):
     bare = EvalContext(test=ctx.test, train=None, samples=None, policy=None, big_model=None)
     curves, skipped = run_allocators(bare)
-    assert set(curves) == {"fixed", "oracle", "random"}
+    assert set(curves) == {"fixed", "oracle", "random", "soft_oracle"}
     assert set(skipped) == {
         "learned",
         "model_scaling",
@@ -225,6 +225,7 @@ def test_unrunnable_allocators_are_skipped_by_default_and_refused_by_name(ctx):
         "adaptive_consistency",
         "esc",
         "two_stage",
+        "per_task",
     }
     with pytest.raises(UsageError, match="early_stopping"):
         run_allocators(bare, ["early_stopping"])

@@ -23,6 +23,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from train.dataset import TrainingData
+from train.discrimination import within_task_auc
 from train.predictors import (
     ArmMeanBaseline,
     EnergyPredictor,
@@ -93,6 +94,13 @@ def _evaluate_success(spec: PredictorSpec, est, data: TrainingData, sp: RowSplit
     m["test_brier_soft"] = float(np.mean((p - getattr(data, spec.target)[sp.test]) ** 2))
     m["improvement_brier"] = theirs["brier"] - ours["brier"]
     m["improvement_auc"] = ours["auc"] - theirs["auc"]
+    # inside each task (train.discrimination): the per-arm base rate scores 0.5 there by construction
+    tasks_te = data.rows["task"].to_numpy()[sp.test]
+    cheapest = pd.Series(data.energy_j[sp.train]).groupby(arms_tr).mean().idxmin()
+    for prefix, scores in (("test", p), ("baseline_test", base)):
+        w = within_task_auc(y_true, scores, tasks_te, arms_te, cheapest)
+        m[f"{prefix}_within_task_auc_cheapest_arm"] = w["macro_auc_cheapest_arm"]
+        m[f"{prefix}_within_task_auc_all_arms"] = w["macro_auc_all_arms"]
     per_arm = {}
     for a in np.unique(arms_te):
         k = arms_te == a
