@@ -26,8 +26,11 @@ Signals, each computed from what a cascade would have seen:
 A raw signal's direction is chosen on the training folds only (the same 5 hashed query
 folds as `ttc eval --folds 5`), then scored on the held-out fold; "combined" rows are a
 LightGBM classifier on the signals plus task one-hot, cross-fitted the same way (held-out
-predictions only). The last line prints the best within-task AUC any signal reached for
-the cheapest arm. Reads only; writes nothing.
+predictions only). Then the exported two-stage success model (train/two_stage.py, fitted
+on every arm's rows as `ttc train` fits it) is cross-fitted with and without the answer
+checks, and its column for the stage-1 (cheapest) arm scored the same way. The last lines
+print the best within-task AUC any signal reached for the cheapest arm and the exported
+predictor's, against the 0.70 target. Reads only; writes nothing.
 
     python scripts/signals.py [--store data/reference] [--folds 5] [--seed 0]
 """
@@ -52,11 +55,6 @@ from eval.crossfit import query_folds  # noqa: E402
 from policy.features import answer_checks, get_feature_set  # noqa: E402
 from store.loader import load_samples  # noqa: E402
 
-COLUMNS = (
-    "query_id", "task", "question", "model", "temperature", "sample_index", "levels", "level_answer",
-    "level_correct", "level_output_tokens", "level_energy_j", "token_logprob", "token_top1_logprob",
-    "token_entropy", "energy_j", "text", "output_tokens",
-)  # fmt: skip
 QUESTION_STATS = ("n_chars", "n_words", "n_numbers", "max_number_log10", "mean_number_digits", "n_operators")
 
 
@@ -209,7 +207,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="fold hash seed and LightGBM seed")
     args = ap.parse_args()
 
-    samples = load_samples(args.store, COLUMNS)
+    samples = load_samples(args.store)
     qtab, looks = per_query_table(samples)
     models = sorted(samples["model"].unique())
     ids = sorted(q for q in qtab.index if all((m, "greedy", 0, 16) in looks[q] for m in models))
@@ -250,7 +248,52 @@ def main() -> None:
             if title.startswith("cheapest") and auc > best_cheapest[0]:
                 best_cheapest = (auc, name)
         print()
-    print(f"best within-task macro AUC for the cheapest arm: {best_cheapest[0]:.3f} ({best_cheapest[1]}); target 0.70")
+    print("== the exported stage-2 success model (train/two_stage.py, every arm's rows), its cheapest-arm column ==")
+    exported = stage_two_aucs(samples, ids, tasks, fold_of, args.seed)
+    for title, auc in exported:
+        print(f"  {title:48s} {auc:6.3f}")
+    print(f"\nbest within-task macro AUC for the cheapest arm, any signal: {best_cheapest[0]:.3f} ({best_cheapest[1]})")
+    auc = exported[-1][1]
+    verdict = "met" if auc >= 0.70 else f"missed by {0.70 - auc:.3f}"
+    print(f"the exported success predictor (stage-2 model) for the cheapest arm: {auc:.3f}; target 0.70 {verdict}")
+
+
+def stage_two_aucs(
+    samples: pd.DataFrame, ids: list[str], tasks: np.ndarray, fold_of: np.ndarray, seed: int
+) -> list[tuple[str, float]]:
+    """Within-task AUC, for the stage-1 arm's own success, of the two-stage success model cross-fitted:
+    with the five confidence signals (rules before issue 18) and with the answer checks (now)."""
+    from policy.arms import Arm
+    from policy.features import FIRST_SAMPLE_NAMES
+    from store.views import arm_outcomes
+    from train.two_stage import (
+        fit_stage_two_model,
+        predict_stage_two,
+        stage_one_index,
+        stage_one_signals,
+        stage_two_rows,
+    )
+
+    rows = arm_outcomes(samples)
+    arm_ids = sorted(rows["arm_id"].unique())
+    arms = [Arm.parse(a) for a in arm_ids]
+    models = sorted({a.model for a in arms})
+    correct = rows.pivot(index="query_id", columns="arm_id", values="correct").loc[ids, arm_ids].to_numpy(int)
+    energy = rows.pivot(index="query_id", columns="arm_id", values="energy_j").loc[ids, arm_ids].to_numpy()
+    a1 = stage_one_index(energy.mean(axis=0), arms)
+    q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids]
+    sig = stage_one_signals(samples, ids, arms[a1])
+    out = []
+    for title, width in (("five confidence signals (before)", len(FIRST_SAMPLE_NAMES)), ("+ answer checks (now)", 7)):
+        x = stage_two_rows(q["question"].tolist(), q["task"].tolist(), sig[:, :width], arms, models)
+        x = x.reshape(len(ids), len(arms), -1)
+        p = np.zeros(len(ids))
+        for f in np.unique(fold_of):
+            tr = fold_of != f
+            model = fit_stage_two_model(x[tr].reshape(-1, x.shape[2]), correct[tr].reshape(-1), seed)
+            p[~tr] = predict_stage_two(model, x[~tr][:, a1, :])
+        out.append((f"stage-2 model, {title}", within_task_auc(correct[:, a1], p, tasks)[0]))
+    return out
 
 
 if __name__ == "__main__":
