@@ -45,7 +45,8 @@ import torch  # noqa: E402
 
 from collect.config import make_config  # noqa: E402
 from collect.energy import make_meter  # noqa: E402
-from collect.models import Generation, LoadedModel, resolve_model  # noqa: E402
+from collect.generation import Generation  # noqa: E402
+from collect.models import LoadedModel, resolve_model  # noqa: E402
 from collect.stage import _Batch, run_batch  # noqa: E402
 from collect.tasks import make_task  # noqa: E402
 

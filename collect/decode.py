@@ -22,16 +22,30 @@ This module never measures energy, grades answers or writes files.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from collect.models import LoadedModel
+from collect.generation import Generation
+
+
+class LoadedModel(Protocol):
+    """What the decode loop reads of a loaded model (`collect.models.LoadedModel` is one)."""
+
+    tokenizer: Any
+    model: Any
+    device: Any
+    prompt_style: str
+    cache: str
+    end_ids: set[int]
+    eos_ids: set[int]
+    stop_strings: list[str]
+
+    def _step(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any: ...
 
 
 def generate(
     lm: LoadedModel, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int, meter: Any = None
 ) -> Any:
-    """n samples of each prompt; sequence i*n+j is prompt i's sample j (a `collect.models.Generation`).
+    """n samples of each prompt; sequence i*n+j is prompt i's sample j (a `Generation`).
 
     `meter`: if given, the prefill is metered in a window of its own (nested in
     the caller's), so its joules are measured rather than inferred from its
@@ -39,8 +53,6 @@ def generate(
     a window too short for the meter's counter falls back to the time share.
     """
     import torch
-
-    from collect.models import Generation
 
     enc = lm.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=lm.prompt_style == "plain")
     ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from collect.generation import Generation
 from policy.errors import UsageError
 from policy.records import EnergyMeasurement
 
@@ -194,8 +195,6 @@ class EngineModel:
         self, prompts: list[Any], n: int, max_new_tokens: int, temperature: float, seed: int, meter: Any = None
     ) -> Any:
         """n samples of each prompt, all requests in flight at once (one meter window spans them)."""
-        from collect.models import Generation
-
         seqs = asyncio.run(self._all(prompts, n, max_new_tokens, temperature, seed))
         if any(s.pieces is None for s in seqs) and len(self.levels) > 1:
             raise UsageError(

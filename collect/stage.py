@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collect.models import Generation
+    from collect.generation import Generation
 
 from collect.config import CollectConfig
 from collect.energy import make_meter

@@ -202,7 +202,7 @@ class _StandIn:
         return "The answer is 1."
 
     def generate(self, prompts, n, max_new_tokens, temperature, seed, meter=None):
-        from collect.models import Generation
+        from collect.generation import Generation
 
         if any("BAD" in p for p in prompts):
             with open(self.tries, "a") as fh:
