@@ -135,6 +135,23 @@ def _folds(cf: Mapping[str, Any] | None) -> list[str]:
         out.append(
             f"| {f['fold']} | {f['n_queries']} | {h.get('best_fixed_arm', 'n/a')} | "
             f"{_fmt(h.get('energy_saved_at_equal_accuracy'), True)} | "
+def _discrimination(w: Mapping[str, Any] | None) -> list[str]:
+    """Within-task AUC of each success predictor (a per-task base rate scores 0.5 by construction)."""
+    if not w:
+        return []
+    out = ["## Within-task discrimination", "", "AUC of the success predictor inside each task (a per-task base "]
+    out[-1] += "rate scores 0.5 there by construction), macro-averaged over tasks; held-out queries, cross-fitted."
+    out += ["", "| predictor | cheapest arm | macro AUC, cheapest arm | macro AUC, all arms | tasks defined |"]
+    out.append("|---|---|---|---|---|")
+    for name, v in w.items():
+        label = f"{name} ({v['feature_set']})" if v.get("feature_set") else name
+        out.append(
+            f"| {label} | {v['cheapest_arm']} | {_fmt(v['macro_auc_cheapest_arm'])} | "
+            f"{_fmt(v['macro_auc_all_arms'])} | {v['n_tasks_defined_cheapest_arm']} |"
+        )
+    return [*out, ""]
+
+
             f"{_fmt(h.get('accuracy_gain_at_equal_energy'), True)} |"
         )
     s = cf["spread"].get("energy_saved_at_equal_accuracy")
@@ -249,6 +266,7 @@ def write_assignments(curves: Mapping[str, Curve], query_ids: Sequence[str], pat
     """Per (allocator, point, query): the chosen arm, its realised correctness (of `draws`) and joules."""
     energy_col = tagged("energy_j", source)
     frames = [
+    lines += _discrimination(report.get("within_task_auc"))
         pd.DataFrame(
             {
                 "allocator": name,

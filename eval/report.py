@@ -237,6 +237,18 @@ def _task_entry(ctx, curves, full: Outcomes, task: str, meta: Mapping[str, Any],
     return entry
 
 
+def within_task_discrimination(ctx: EvalContext, curves: Mapping[str, Curve]) -> dict[str, Any]:
+    """Within-task AUC (train.discrimination) of each cross-fitted success predictor on the held-out queries:
+    the learned policy's (named by its feature set) and two_stage's; a per-task base rate would score 0.5."""
+    out: dict[str, Any] = {}
+    if "learned" in curves and ctx.has_predictions("test"):
+        feature_set = getattr(getattr(ctx.policy, "feature_set", None), "name", None)
+        out["learned"] = {"feature_set": feature_set, **ctx.within_task_auc(ctx.predictions("test").p)}
+    if "two_stage" in curves and "within_task_auc" in curves["two_stage"].notes:
+        out["two_stage"] = curves["two_stage"].notes["within_task_auc"]
+    return out
+
+
 def build_report(
     ctx: EvalContext,
     curves: Mapping[str, Curve],
@@ -274,6 +286,7 @@ def build_report(
             report["vs_model_scaling_frontier"] = frontier_comparison(curves["learned"], curves["model_scaling"])
         if len(folds) > 1:
             report["cross_fitting"] = _per_fold(ctx, curves, folds, source, n_boot, seed)
+    report["within_task_auc"] = within_task_discrimination(ctx, curves)
     per_task = {task: _task_entry(ctx, curves, full, task, meta, n_boot, seed) for task in sorted(set(full.tasks))}
     report["per_task"] = per_task
     report["length_overall"] = length_rows(full, np.arange(full.n_queries))

@@ -97,3 +97,23 @@ def test_the_report_names_both_references_side_by_side(staged):
     assert "the per-task table (each task's best arm on its training queries)" in md
     assert doc["headline"]["per_task_top_energy_j"]["point"] > 0
     assert "per_task" in doc["curves"] and "soft_oracle" in doc["curves"]
+
+
+def test_the_report_writes_each_predictors_within_task_auc(staged):
+    report, doc = staged
+    w = doc["within_task_auc"]
+    assert set(w) == {"learned", "two_stage"} and w["learned"]["feature_set"] == "text"
+    for v in w.values():
+        assert v["n_cells"] == 8 * len(doc["arms"])  # the v1 reference's 8 tasks x every arm
+        for key in ("macro_auc_cheapest_arm", "macro_auc_all_arms"):
+            assert v[key] is None or 0.0 <= v[key] <= 1.0
+    assert "## Within-task discrimination" in report.markdown_path.read_text()
+
+
+def test_a_task_base_rate_scores_one_half_within_tasks_in_the_context(table_curves):
+    ctx, _ = table_curves
+    t = ctx.test
+    rate = np.stack([t.correct[t.tasks == task].mean(axis=0) for task in t.tasks])
+    w = ctx.within_task_auc(rate)
+    assert w["macro_auc_cheapest_arm"] == 0.5 and w["macro_auc_all_arms"] == 0.5
+    assert ctx.within_task_auc(t.correct_soft)["macro_auc_all_arms"] > 0.6  # expected accuracy does discriminate

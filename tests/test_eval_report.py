@@ -38,6 +38,7 @@ TOP_KEYS = {
     "vs_fixed_frontier",
     "vs_model_scaling_frontier",
     "per_task",
+    "within_task_auc",
     "length_overall",
     "findings",
     "mlflow",

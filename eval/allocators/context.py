@@ -229,6 +229,14 @@ class EvalContext:
         return self._predictions[(-1, which)]
 
     def has_predictions(self, which: str = "test") -> bool:
+    def within_task_auc(self, p: np.ndarray) -> dict[str, Any]:
+        """Within-task AUC (train.discrimination) of success scores `p` (queries x arms, `test` order) against
+        the held-out votes; the cheapest arm is the one of least mean joules on the held-out queries."""
+        from train.discrimination import within_task_auc_matrix
+
+        cheapest = int(np.argmin(self.test.energy_j.mean(axis=0)))
+        return within_task_auc_matrix(self.test.correct, p, self.test.tasks, self.arm_ids, cheapest)
+
         return (-1, which) in self._predictions
 
     def curve(self, alloc: Allocator) -> Curve:

@@ -117,6 +117,7 @@ class TwoStageAllocator(Allocator):
             )
             points.append(_point(ctx, f"two-stage lam={lam:.3g}", {"lam": lam}, idx, extra))
         notes = {"stage_one_arms": sorted({ctx.arm_ids[int(j)] for j in a1}), **stage_two_scores(p2, ctx.test.correct)}
+        notes["within_task_auc"] = ctx.within_task_auc(p2)
         return Curve(self.name, points, notes=notes)
 
 
