@@ -125,16 +125,6 @@ def _references(h: Mapping[str, Any]) -> str:
     )
 
 
-def _folds(cf: Mapping[str, Any] | None) -> list[str]:
-    if not cf:
-        return []
-    out = ["## Per fold", "", "| fold | queries | best fixed arm | energy saved at equal accuracy | accuracy gain |"]
-    out.append("|---|---|---|---|---|")
-    for f in cf["folds"]:
-        h = f["headline"] or {}
-        out.append(
-            f"| {f['fold']} | {f['n_queries']} | {h.get('best_fixed_arm', 'n/a')} | "
-            f"{_fmt(h.get('energy_saved_at_equal_accuracy'), True)} | "
 def _discrimination(w: Mapping[str, Any] | None) -> list[str]:
     """Within-task AUC of each success predictor (a per-task base rate scores 0.5 by construction)."""
     if not w:
@@ -152,6 +142,16 @@ def _discrimination(w: Mapping[str, Any] | None) -> list[str]:
     return [*out, ""]
 
 
+def _folds(cf: Mapping[str, Any] | None) -> list[str]:
+    if not cf:
+        return []
+    out = ["## Per fold", "", "| fold | queries | best fixed arm | energy saved at equal accuracy | accuracy gain |"]
+    out.append("|---|---|---|---|---|")
+    for f in cf["folds"]:
+        h = f["headline"] or {}
+        out.append(
+            f"| {f['fold']} | {f['n_queries']} | {h.get('best_fixed_arm', 'n/a')} | "
+            f"{_fmt(h.get('energy_saved_at_equal_accuracy'), True)} | "
             f"{_fmt(h.get('accuracy_gain_at_equal_energy'), True)} |"
         )
     s = cf["spread"].get("energy_saved_at_equal_accuracy")
@@ -256,6 +256,7 @@ def _notes(report: Mapping[str, Any], src: str) -> list[str]:
 def write_markdown(report: Mapping[str, Any], path: Path) -> Path:
     src, label = report["energy"]["source"], report["energy"]["label"]
     lines = _intro(report) + _headline(report.get("headline"), label) + _folds(report.get("cross_fitting"))
+    lines += _discrimination(report.get("within_task_auc"))
     lines += _allocators(report, src, label) + _finding1(report, src) + _finding2(report, src, label)
     lines += _finding3(report) + _notes(report, src)
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -266,7 +267,6 @@ def write_assignments(curves: Mapping[str, Curve], query_ids: Sequence[str], pat
     """Per (allocator, point, query): the chosen arm, its realised correctness (of `draws`) and joules."""
     energy_col = tagged("energy_j", source)
     frames = [
-    lines += _discrimination(report.get("within_task_auc"))
         pd.DataFrame(
             {
                 "allocator": name,

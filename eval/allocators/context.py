@@ -228,7 +228,6 @@ class EvalContext:
             self._predictions[(-1, which)] = _pool(parts, self.test.n_queries)
         return self._predictions[(-1, which)]
 
-    def has_predictions(self, which: str = "test") -> bool:
     def within_task_auc(self, p: np.ndarray) -> dict[str, Any]:
         """Within-task AUC (train.discrimination) of success scores `p` (queries x arms, `test` order) against
         the held-out votes; the cheapest arm is the one of least mean joules on the held-out queries."""
@@ -237,6 +236,7 @@ class EvalContext:
         cheapest = int(np.argmin(self.test.energy_j.mean(axis=0)))
         return within_task_auc_matrix(self.test.correct, p, self.test.tasks, self.arm_ids, cheapest)
 
+    def has_predictions(self, which: str = "test") -> bool:
         return (-1, which) in self._predictions
 
     def curve(self, alloc: Allocator) -> Curve:
