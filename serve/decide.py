@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collect.graders import extract_answer, extract_name, extract_text
 from policy import jsonsafe
 from policy.allocate import allocate_price
+from policy.answers import extract_answer, extract_name, extract_text
 from policy.arms import Arm
 from policy.bundle import Policy
 from policy.errors import UsageError, unknown_name

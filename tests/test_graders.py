@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from collect.graders import (
+from collect.tasks import gsm8k_gold, packaged_gsm8k_path
+from policy.answers import (
     Grade,
     extract_answer,
     extract_name,
@@ -15,7 +16,6 @@ from collect.graders import (
     grade_text,
     normalize_number,
 )
-from collect.tasks import gsm8k_gold, packaged_gsm8k_path
 
 
 @pytest.fixture(scope="module")

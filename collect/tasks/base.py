@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from collect.graders import Grade
+from policy.answers import Grade
 from policy.errors import UsageError
 
 REASONING = "reasoning"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 
-from collect.graders import Grade, grade_number
 from collect.tasks.base import DATA_DIR, FACTUAL, Item, Task
+from policy.answers import Grade, grade_number
 
 FACT_DEMOS = [
     ("What is the atomic number of helium?", "Helium has 2 protons. The answer is 2."),

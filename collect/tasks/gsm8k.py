@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collect.graders import Grade, grade_number, normalize_number
 from collect.tasks.base import REASONING, Item, Task
+from policy.answers import Grade, grade_number, normalize_number
 from policy.errors import UsageError, unknown_name
 
 # Two of the chain-of-thought exemplars of Wei et al. (2022), the usual GSM8K

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collect.graders import Grade, grade_number, grade_text, normalize_number
 from collect.tasks.base import REASONING, Item, Task
+from policy.answers import Grade, grade_number, grade_text, normalize_number
 from policy.errors import UsageError
 from store.jsonl import read_jsonl
 

@@ -13,9 +13,9 @@ import functools
 import zlib
 from typing import Any
 
-from collect.graders import NO_ANSWER, Grade, extract_answer, extract_name
 from collect.tasks.base import REASONING, Item, Task
 from collect.tasks.rg_specs import RG_SPECS, RGSpec
+from policy.answers import NO_ANSWER, Grade, extract_answer, extract_name
 from policy.errors import unknown_name
 
 # Pool size per rg configuration before de-duplication; small configurations

@@ -1,4 +1,4 @@
-"""Answer extraction and grading for the collect stage.
+"""Answer extraction and grading, shared by the collect stage (grading samples) and serve (voting answers).
 
 A completion is graded in two steps: pull one normalised answer out of the
 free text (`extract_answer` for numbers, `extract_name` for a single name,
@@ -10,7 +10,8 @@ scored SmolLM2-135M at about half its lenient accuracy, so the fallback is
 kept and the `Grade` records which one fired.
 
 This module must never call a model, touch the network or import torch: it is
-pure string work, fast enough to grade every sample at every token cap.
+pure string work (the standard library only), fast enough to grade every
+sample at every token cap.
 """
 
 from __future__ import annotations
