@@ -83,8 +83,10 @@ _REQUEST_ID = b"x-request-id"
 class _Edge:
     """Pure ASGI middleware at the edge: the client's API key (401 in the OpenAI format) and request ids.
 
-    The client's X-Request-Id (up to 128 visible ASCII characters) or a new `req-<hex>` is put
-    on the request, so handlers forward it to the engines, and echoed on the response.
+    The client's X-Request-Id (up to 128 visible ASCII characters) or a new UUID is put on the
+    request and echoed on the response. Engines get it when it is a UUID, else a new UUID (named
+    in the `x-ttc-upstream-request-id` header): llama-cpp-python's server answers 400 to any
+    other form.
     Only /v1/* needs the key: health and metrics stay open to probes and scrapers.
     """
 
@@ -99,7 +101,7 @@ class _Edge:
         headers = [(k, v) for k, v in scope["headers"] if k != _REQUEST_ID]
         rid = next((v for k, v in scope["headers"] if k == _REQUEST_ID), b"")
         if not (0 < len(rid) <= 128 and all(33 <= c < 127 for c in rid)):
-            rid = f"req-{uuid.uuid4().hex}".encode()
+            rid = str(uuid.uuid4()).encode()
         scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
 
         async def send_with_id(message: dict) -> None:
@@ -252,7 +254,7 @@ async def _complete(state: ProxyState, kind: str, request: Request) -> Response:
         mode, task = options.mode, task_label(options.task)
         question = _question(kind, body)
         n_max, tokens_max = _client_bounds(body)
-        forward_headers = {"x-request-id": request.headers.get("x-request-id", "")}
+        forward_headers = {"x-request-id": _engine_request_id(request.headers.get("x-request-id", ""))}
         if options.mode == PASSTHROUGH:
             response = await _passthrough(state, kind, body, forward_headers, finish)
         else:
@@ -276,7 +278,16 @@ async def _complete(state: ProxyState, kind: str, request: Request) -> Response:
         return _error(exc.status, f"{exc.message} (no answer was voted)", kind_name, exc.kind)
     if not isinstance(response, _RelayedStream):
         finish(str(response.status_code))
+    response.headers["x-ttc-upstream-request-id"] = forward_headers["x-request-id"]
     return response
+
+
+def _engine_request_id(rid: str) -> str:
+    """The id the engines see: the client's when it is a UUID, else a new one."""
+    try:
+        return str(uuid.UUID(rid))
+    except ValueError:
+        return str(uuid.uuid4())
 
 
 def _question(kind: str, body: dict[str, Any]) -> str:

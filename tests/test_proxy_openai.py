@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 
 import httpx
 import openai
@@ -172,16 +173,18 @@ def test_tools_and_json_mode_pass_through_to_the_engine(stack):
     assert s.seen[-1]["response_format"] == {"type": "json_object"}
 
 
-def test_request_id_is_echoed_and_sent_to_the_engine(stack):
+def test_request_id_is_echoed_and_a_uuid_one_reaches_the_engine(stack):
     s = stack()
+    rid = "0b7c2f6e-4a55-4e31-9c1e-2f7d1f1a9b10"
+    _, headers = s.chat(extra_headers={"X-Request-Id": rid})
+    assert headers["x-request-id"] == rid and s.fake.state.headers[-1]["x-request-id"] == rid
+    # any other form is echoed, and the engine gets a UUID of its own, named in a header
     _, headers = s.chat(extra_headers={"X-Request-Id": "client-abc-123"})
-    assert headers["x-request-id"] == "client-abc-123"
-    assert s.fake.state.headers[-1]["x-request-id"] == "client-abc-123"
+    sent = s.fake.state.headers[-1]["x-request-id"]
+    assert headers["x-request-id"] == "client-abc-123" and headers["x-ttc-upstream-request-id"] == sent != rid
+    assert str(uuid.UUID(sent)) == sent
     _, headers = s.chat()  # none given: the proxy makes one, and the engine sees the same
-    assert (
-        headers["x-request-id"].startswith("req-")
-        and s.fake.state.headers[-1]["x-request-id"] == headers["x-request-id"]
-    )
+    assert headers["x-request-id"] == s.fake.state.headers[-1]["x-request-id"]
 
 
 def test_id_is_the_proxys_and_model_the_served_one_both_documented_in_ttc(stack):
