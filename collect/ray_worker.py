@@ -179,8 +179,8 @@ class UnitWorker:
     def _generate_and_write(self, unit: Unit) -> tuple[bool, list[Any]]:
         import pyarrow as pa
 
-        from collect.probe import _table as probe_table
         from collect.stage import _Batch, run_batch
+        from store.probes import _table as probe_table
 
         task = self._task(unit.task)
         batch = _Batch(unit.model, unit.temperature, unit.n, unit.seed, [(task, it) for it in unit.items])

@@ -10,7 +10,7 @@ Batch regime: every generate call of a collection has the same number of
 rows, `queries_per_batch x n_samples` (a greedy call packs n_samples times
 more queries), so a greedy and a sampled token cost the same decode share;
 the rows and the dtype are recorded in every sample (`batch_rows`, `dtype`).
-The prefill of each call also yields the probe side table (collect/probe.py).
+The prefill of each call also yields the probe side table (store/probes.py).
 
 Batches are fixed by the item order and the config, and each one's seed is
 derived from its position, so a rerun regenerates exactly what is missing and
@@ -37,9 +37,9 @@ from collect.config import CollectConfig
 from collect.energy import make_meter
 from collect.energy.attribution import RULE, Share, attribute
 from collect.engine import EngineModel, engine_meter, parse_engine, stored_name
-from collect.probe import ProbeRow, ProbeStore
 from collect.tasks import Item, Task, make_task
 from policy.records import EnergyMeasurement, Sample
+from store.probes import ProbeRow, ProbeStore
 from store.shards import SampleStore, group_key
 
 

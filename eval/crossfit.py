@@ -78,7 +78,7 @@ def train_fold_policies(
 ) -> list[Any]:
     """One loaded `Policy` per fold, trained on every query not in that fold (bundles under `work_dir`).
 
-    "text+probe": `probes` is the store's `train.dataset.ProbeTable` (or the store folder); each
+    "text+probe": `probes` is the store's `store.probes.ProbeTable` (or the store folder); each
     fold's probe PCA is fitted on that fold's training queries only.
     """
     from policy.bundle import load_bundle

@@ -276,7 +276,7 @@ def eval_stage(
     }
     probes = None
     if policy is not None and policy.needs_probe:  # the store's probe side table, of the policy's probe model
-        from train.dataset import load_probes
+        from store.probes import load_probes
 
         if isinstance(store, pd.DataFrame):
             raise UsageError("a probe policy is evaluated on a store folder (its probe side table), not a DataFrame")

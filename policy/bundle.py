@@ -186,7 +186,7 @@ class Policy:
 
     @property
     def needs_probe(self) -> bool:
-        """True when the feature set takes raw probe vectors (collect/probe.py) beside the question text."""
+        """True when the feature set takes raw probe vectors (store/probes.py) beside the question text."""
         return self.feature_set.probe
 
     @property

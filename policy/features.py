@@ -14,7 +14,7 @@ Feature set "text" (version 1):
   a new task needs no new column and the ONNX graph stays a plain matrix input.
 
 Feature set "text+probe" (version 2): the text features, then `PROBE_DIMS`
-columns `probe_pc_*`: one model's prefill hidden state (collect/probe.py)
+columns `probe_pc_*`: one model's prefill hidden state (store/probes.py)
 reduced by the PCA the bundle stores (policy/probe.py). The reduction happens
 in `Policy.query_features`; `transform` here takes the reduced values.
 Never import torch, transformers or mlflow here.

@@ -1,7 +1,7 @@
 """The prefill probe's reduction: raw hidden states of one model -> `PROBE_DIMS` numbers a policy reads.
 
 A "text+probe" policy reads, beside the question's text features, the hidden
-state that one model's prefill of the prompt leaves behind (collect/probe.py):
+state that one model's prefill of the prompt leaves behind (store/probes.py):
 `probe_last` (final layer, last prompt token) concatenated with `probe_mean`
 (final layer, mean over prompt tokens), 2 x hidden floats. Both are kept: the
 last token's state is what the model is about to answer from, the mean carries
@@ -55,7 +55,7 @@ class ProbeReduction:
             raise UsageError(
                 f"probe= must hold raw probe values of shape (n_questions, {self.width}) "
                 f"({self.inputs} of model {self.model!r}, layer {self.layer}), got {np.shape(raw)}; "
-                f"compute them with `ttc allocate --probe-model {self.model}` or collect.probe.read_probes"
+                f"compute them with `ttc allocate --probe-model {self.model}` or store.probes.read_probes"
             )
         if not np.isfinite(x).all():
             raise UsageError("probe= holds NaN or infinite values; recompute the probe vectors")

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from collect.config import load_config, make_config
 from collect.energy.attribution import attribute
 from collect.observers import collect_stage
-from collect.probe import ProbeRow, ProbeStore, read_probes
 from policy.arms import Arm
 from policy.errors import UsageError
 from store.attribution import RULE, WINDOW_RULE, attribute_by_model_rate
+from store.probes import ProbeRow, ProbeStore, read_probes
 from store.shards import SampleStore, read_samples, to_dataset
 from store.views import arm_outcomes, available_arms, vote
 from ttc.cli import app

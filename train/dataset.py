@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +35,7 @@ from policy.errors import MixedEnergyError, UsageError, unknown_name
 from policy.features import FeatureSet, get_feature_set, row_matrix, row_names
 from policy.probe import ProbeReduction, fit_reduction
 from store.loader import load_samples
+from store.probes import ProbeTable, load_probes
 from store.schema import TRAIN_SAMPLE_COLUMNS
 from store.splits import SPLIT_KINDS, Split, store_fingerprint
 from store.views import arm_outcomes, queries
@@ -139,48 +139,6 @@ def _check_samples(samples: pd.DataFrame) -> None:
         raise MixedEnergyError(
             f"the store mixes energy sources {', '.join(sources)}; train on one: filter the store by energy_source"
         )
-
-
-@dataclass(frozen=True, eq=False)
-class ProbeTable:
-    """One model's raw probe vectors (`PROBE_INPUTS`, float32) and prefill joules, per query id."""
-
-    model: str
-    layer: int
-    query_ids: np.ndarray
-    vectors: np.ndarray
-    prefill_j: np.ndarray
-
-    def rows(self, query_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors, prefill joules) of `query_ids`, in order; `UsageError` when any has no probe."""
-        pos = pd.Index(self.query_ids).get_indexer([str(q) for q in query_ids])
-        if (pos < 0).any():
-            first = str(np.asarray(query_ids, dtype=object)[pos < 0][0])
-            raise UsageError(
-                f"{int((pos < 0).sum())} queries (e.g. {first!r}) have no probe of model {self.model!r}; "
-                "re-collect them with this version of ttc (probes are written with the samples)"
-            )
-        return self.vectors[pos], self.prefill_j[pos]
-
-
-def load_probes(store: str | Path, model: str) -> ProbeTable:
-    """The `probe-*.parquet` side table of `store` for `model`, as raw vectors (probe_last then probe_mean)."""
-    from collect.probe import read_probes
-
-    meta, last, mean = read_probes(store, model=model)
-    layers = sorted(set(meta["layer"].astype(int)))
-    if len(layers) != 1:
-        raise UsageError(f"probes of {model!r} under {str(store)!r} come from layers {layers}; re-collect one way")
-    meta = meta.reset_index(drop=True)
-    keep = ~meta["query_id"].astype(str).duplicated().to_numpy()
-    vectors = np.hstack([last, mean]).astype(np.float32)[keep]
-    return ProbeTable(
-        model=model,
-        layer=layers[0],
-        query_ids=meta["query_id"].astype(str).to_numpy(dtype=object)[keep],
-        vectors=vectors,
-        prefill_j=meta["prefill_energy_j"].to_numpy(dtype=np.float64)[keep],
-    )
 
 
 def default_probe_model(samples: pd.DataFrame) -> str:

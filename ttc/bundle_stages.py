@@ -315,7 +315,7 @@ def prefill_probes(model: str, device: str = "auto", layer: int | None = None) -
 
     Runs `model`'s prefill on each question's collection prompt (the task's few-shot demos, or the
     JSONL demos for an unknown task) through collect.models.LoadedModel.generate with one greedy token,
-    the collection's own code path, so the vectors are the ones collection stores (collect/probe.py).
+    the collection's own code path, so the vectors are the ones collection stores (store/probes.py).
     """
     import numpy as np
 

@@ -12,7 +12,7 @@ is split in proportion to each sample's output tokens. A prefix of L tokens of
 a sample costs its prefill share plus its decode share scaled by
 min(L, tokens)/tokens.
 
-The probe (collect/probe.py) is read from that same prefill, so its joules are
+The probe (store/probes.py) is read from that same prefill, so its joules are
 the first sample's `prefill_energy_j`: free for an arm on the same model,
 one prefill for an arm on another.
 

@@ -137,7 +137,7 @@ class EvalContext:
         self.big_model = big_model
         self.seed = seed
         self.overhead_meter = overhead_meter
-        #: the store's probe side table (train.dataset.ProbeTable) for "text+probe" policies
+        #: the store's probe side table (store.probes.ProbeTable) for "text+probe" policies
         self.probes = probes
         self.arms = [Arm.parse(a) for a in test.arm_ids]
         self._predictions: dict[tuple[int, str], Predictions] = {}
@@ -175,7 +175,7 @@ class EvalContext:
         if self.probes is None:
             raise UsageError(
                 "this policy reads a prefill probe: evaluate it on a store with a probe side table "
-                "(probes=train.dataset.load_probes(store, model)), or evaluate a 'text' policy"
+                "(probes=store.probes.load_probes(store, model)), or evaluate a 'text' policy"
             )
         if self.probes.model != policy.probe_model:
             raise UsageError(

@@ -1,5 +1,8 @@
 """The prefill probe's side table: per (query, model), the prompt's hidden state, float16.
 
+A stored table beside the sample shards: collection writes it (`ProbeStore`), training and
+evaluation read it (`read_probes`, `load_probes` -> `ProbeTable`).
+
 Collection prefills every prompt anyway (collect/decode.py); the probe is what
 that pass leaves behind: the final layer's state (after the final norm, the
 vector the LM head reads; `layer` = the model's number of decoder layers) at
@@ -16,7 +19,7 @@ so an arm on another model can be charged one extra prefill.
 
 A query's probe is written before its samples, so a run killed in between
 regenerates the samples on resume and finds the probe already there.
-This module never runs a model.
+This module never runs a model and imports nothing from collect, train or eval.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -133,8 +137,6 @@ def read_probes(root: str | Path, model: str | None = None) -> tuple[Any, np.nda
 
     `model`: keep that model's rows only (vectors of different models differ in width).
     """
-    import pandas as pd
-
     files = ProbeStore(root).shards()
     if not files:
         raise UsageError(f"no probe shards ({PROBE_GLOB}) under {str(root)!r}; collect with this version of ttc")
@@ -149,3 +151,43 @@ def read_probes(root: str | Path, model: str | None = None) -> tuple[Any, np.nda
         raise UsageError(f"probes under {str(root)!r} come from models of different widths; pass model=")
     meta = table.drop_columns(["probe_last", "probe_mean"]).to_pandas()
     return pd.DataFrame(meta), np.stack(last), np.stack(mean)
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeTable:
+    """One model's raw probe vectors (`PROBE_INPUTS`, float32) and prefill joules, per query id."""
+
+    model: str
+    layer: int
+    query_ids: np.ndarray
+    vectors: np.ndarray
+    prefill_j: np.ndarray
+
+    def rows(self, query_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, prefill joules) of `query_ids`, in order; `UsageError` when any has no probe."""
+        pos = pd.Index(self.query_ids).get_indexer([str(q) for q in query_ids])
+        if (pos < 0).any():
+            first = str(np.asarray(query_ids, dtype=object)[pos < 0][0])
+            raise UsageError(
+                f"{int((pos < 0).sum())} queries (e.g. {first!r}) have no probe of model {self.model!r}; "
+                "re-collect them with this version of ttc (probes are written with the samples)"
+            )
+        return self.vectors[pos], self.prefill_j[pos]
+
+
+def load_probes(store: str | Path, model: str) -> ProbeTable:
+    """The `probe-*.parquet` side table of `store` for `model`, as raw vectors (probe_last then probe_mean)."""
+    meta, last, mean = read_probes(store, model=model)
+    layers = sorted(set(meta["layer"].astype(int)))
+    if len(layers) != 1:
+        raise UsageError(f"probes of {model!r} under {str(store)!r} come from layers {layers}; re-collect one way")
+    meta = meta.reset_index(drop=True)
+    keep = ~meta["query_id"].astype(str).duplicated().to_numpy()
+    vectors = np.hstack([last, mean]).astype(np.float32)[keep]
+    return ProbeTable(
+        model=model,
+        layer=layers[0],
+        query_ids=meta["query_id"].astype(str).to_numpy(dtype=object)[keep],
+        vectors=vectors,
+        prefill_j=meta["prefill_energy_j"].to_numpy(dtype=np.float64)[keep],
+    )
