@@ -23,6 +23,16 @@ MARKDOWN_NAME = "eval_report.md"
 PARETO_PNG = "eval_pareto.png"
 LENGTH_PNG = "eval_length.png"
 ASSIGNMENTS_NAME = "eval_assignments.parquet"
+#: every file `write_outputs` writes: a folder of these only (with the JSON) is an earlier report of ours
+REPORT_FILES = (JSON_NAME, MARKDOWN_NAME, PARETO_PNG, LENGTH_PNG, ASSIGNMENTS_NAME)
+
+
+def is_report_folder(path: Path) -> bool:
+    """True for a folder holding eval_report.json and nothing but report files (one `ttc eval` wrote)."""
+    if path.is_symlink() or not (path / JSON_NAME).is_file():
+        return False
+    return all(e.name in REPORT_FILES and not e.is_symlink() and e.is_file() for e in path.iterdir())
+
 
 #: Headline rows: (figure, words, shown as a percentage).
 _HEADLINE_ROWS = (

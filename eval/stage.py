@@ -19,6 +19,7 @@ matplotlib are imported inside the stage only.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ from eval.plots import axis_label, energy_label
 from eval.report import EvalReport, build_report
 from policy.errors import UsageError, unknown_name
 from policy.runtime import DEFAULT_BACKEND
+from store.paths import check_replaceable_folder, staged_folder
+from store.splits import check_seed
+from store.tracking import check_tracking_uri
 from store.views import arm_outcomes, queries
 
 
@@ -63,6 +67,7 @@ class EvalConfig:
     num_threads: int = 2
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         check_split_kind(self.split)
         if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 0:
             raise UsageError(f"n_boot must be an integer >= 0 (0 = no intervals), got {self.n_boot!r}")
@@ -242,6 +247,8 @@ def eval_stage(
     split_file: str | Path | None = None,
     folds: int = 1,
     fold_trials: int = FOLD_TRIALS,
+    force: bool = False,
+    feature_set: str | None = None,
 ) -> EvalReport:
     """Evaluate every allocator (or the named ones) on held-out queries; see the module docstring.
 
@@ -253,12 +260,18 @@ def eval_stage(
     cross-fitting: K query folds (split "query") or one fold per task (split
     "task"), a policy trained per fold with `fold_trials` Optuna trials.
     `n_boot` bootstrap resamples of the queries (0: point estimates only).
+    `feature_set`: the fold policies' when cross-fitting (default: the bundle's, else "text");
+    "text+probe" reads the store's probe side table of the cheapest model.
+    `out_dir` must be new, empty, or an earlier report (replaced only with `force`), checked with the
+    tracking URI before any work; the report is written aside and renamed into place.
     Raises `UsageError` for bad input and `MixedEnergyError` when measured and
     estimated joules would meet and `allow_mixed_energy` is false.
     """
     cfg = EvalConfig(
         split, n_boot, seed, allow_mixed_energy, allocators, backend, overhead_meter, folds, fold_trials
     )  # fmt: skip
+    out_dir = _check_out(out_dir, force)
+    check_tracking_uri(tracking_uri)
     from store.loader import load_samples
 
     samples = load_samples(store)
@@ -275,6 +288,18 @@ def eval_stage(
         else "none (a policy per fold)",
     }
     probes = None
+    if feature_set is not None:
+        if not cfg.cross_fitting:
+            raise UsageError("feature_set chooses the fold policies' features: cross-fit with folds >= 2")
+        from policy.features import get_feature_set
+
+        if get_feature_set(feature_set).probe:
+            from store.probes import load_probes
+            from train.dataset import default_probe_model
+
+            if isinstance(store, pd.DataFrame):
+                raise UsageError("a probe feature set is evaluated on a store folder (its probe side table)")
+            probes = load_probes(store, default_probe_model(samples))
     if policy is not None and policy.needs_probe:  # the store's probe side table, of the policy's probe model
         from store.probes import load_probes
 
@@ -282,8 +307,15 @@ def eval_stage(
             raise UsageError("a probe policy is evaluated on a store folder (its probe side table), not a DataFrame")
         probes = load_probes(store, policy.probe_model)
     with tempfile.TemporaryDirectory(prefix="ttc-eval-folds-") as work:
-        ev = evaluate(samples, policy, held, cfg, Path(work), meta, probes)
-    return _record(ev, cfg, Path(out_dir), tracking_uri, experiment)
+        ev = evaluate(samples, policy, held, cfg, Path(work), meta, probes, feature_set)
+    return _record(ev, cfg, out_dir, tracking_uri, experiment, force)
+
+
+def _check_out(out_dir: str | Path, force: bool) -> Path:
+    """Export's rule: a new or empty folder, or an earlier report of ours with `force`; nothing else is touched."""
+    from eval.outputs import is_report_folder
+
+    return check_replaceable_folder(out_dir, is_report_folder, force, "--out", "an eval report of ours")
 
 
 def _held_out(
@@ -306,7 +338,9 @@ def _held_out(
     return replace(held, checks={**held.checks, "bundle_vs_store": bundle_check})
 
 
-def _record(ev: Evaluation, cfg: EvalConfig, out_dir: Path, tracking_uri: str | None, experiment: str) -> EvalReport:
+def _record(
+    ev: Evaluation, cfg: EvalConfig, out_dir: Path, tracking_uri: str | None, experiment: str, force: bool
+) -> EvalReport:
     """The side effects: files, one MLflow run holding them, and the returned `EvalReport`."""
     import mlflow
 
@@ -320,11 +354,14 @@ def _record(ev: Evaluation, cfg: EvalConfig, out_dir: Path, tracking_uri: str | 
     name = f"eval-{sp['kind']}" + (f"-{sp['n_folds']}folds" if sp["cross_fitted"] else "")
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
         report["mlflow"] = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
-        paths, _ = write_outputs(report, ev.curves, [str(q) for q in ev.ctx.test.query_ids], out_dir)
-        mlflow.log_params(_params(report, cfg))
-        mlflow.log_metrics(_metrics(ev))
-        for p in paths.values():
-            mlflow.log_artifact(str(p), artifact_path="eval")
+        # written aside and renamed at the end: a failure leaves an earlier report whole, and nothing half-written
+        with staged_folder(out_dir, recheck=lambda: _check_out(out_dir, force)) as tmp:
+            staged, _ = write_outputs(report, ev.curves, [str(q) for q in ev.ctx.test.query_ids], tmp)
+            mlflow.log_params(_params(report, cfg))
+            mlflow.log_metrics(_metrics(ev))
+            for p in staged.values():
+                mlflow.log_artifact(str(p), artifact_path="eval")
+        paths = {kind: out_dir / p.name for kind, p in staged.items()}
         run_id = run.info.run_id
     return EvalReport(
         out_dir=out_dir,
@@ -376,5 +413,9 @@ def _metrics(ev: Evaluation) -> dict[str, float]:
     for name, c in ev.curves.items():
         out[f"{name}/best_accuracy"] = float(max(p.accuracy for p in c.points))
         out[f"{name}/n_points"] = float(len(c.points))
+    for name, w in (ev.report.get("within_task_auc") or {}).items():
+        for key in ("macro_auc_cheapest_arm", "macro_auc_all_arms"):
+            if w[key] is not None and math.isfinite(w[key]):
+                out[f"within_task/{name}/{key}"] = float(w[key])
     out.update({f"time/{k}": v for k, v in ev.timings_s.items()})
     return out

@@ -127,11 +127,11 @@ def loads_toml(data: str | bytes, what: str, error: type[TTCError] = UsageError,
     except _Refused as exc:
         raise error(f"{what}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise error(f"malformed TOML in {what}: {exc}") from exc
+        raise error(f"malformed {what} (TOML): {exc}") from exc
     except RecursionError as exc:
         raise error(f"{what}: nested more than {max_depth} levels deep") from exc
     except (ValueError, OverflowError) as exc:  # e.g. an integer past Python's digit limit
-        raise error(f"malformed TOML in {what} ({type(exc).__name__}: {str(exc)[:80]})") from exc
+        raise error(f"malformed {what} (TOML, {type(exc).__name__}: {str(exc)[:80]})") from exc
     return doc
 
 

@@ -152,13 +152,12 @@ class SampleStore:
     def clean_partial(self) -> int:
         """Remove temporary files a killed writer left behind; returns how many.
 
-        A write: it takes the writer lock first, so it never deletes a live writer's
-        in-flight shard, and a second collector is refused before it loads a model.
+        A write: it takes the writer lock first (creating a brand-new store's folder), so it never
+        deletes a live writer's in-flight shard, and a second collector is refused before it loads a
+        model, on a new store as on an old one.
         """
-        if not self.root.is_dir():
-            return 0
         self.lock()
-        stale = list(self.root.glob(".shard-*.tmp")) if self.root.is_dir() else []
+        stale = list(self.root.glob(".shard-*.tmp"))
         for f in stale:
             f.unlink(missing_ok=True)
         return len(stale)

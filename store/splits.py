@@ -119,6 +119,13 @@ def write_split(path: str | Path, split: Split) -> Path:
     return path
 
 
+def check_seed(seed: object, option: str = "--seed") -> int:
+    """A seed numpy and LightGBM take: an integer in [0, 2**32); refused before any work otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UsageError(f"{option} must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+    return seed
+
+
 def read_split(path: str | Path) -> Split:
     """The split in `path` (a split.json, or the `ttc train` folder holding one), validated."""
     path = Path(path)

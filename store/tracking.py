@@ -21,6 +21,44 @@ from policy.errors import UsageError
 from store.locks import waiting_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+#: URI schemes MLflow's tracking stores take (a SQLAlchemy dialect may add "+driver": postgresql+psycopg2)
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(uri: str | None, registry: bool = False) -> None:
+    """Refuse a tracking URI MLflow cannot use, before any work and without creating or changing anything.
+
+    A SQLite database or a bare folder must be a place that can be written; another URI needs a
+    scheme MLflow knows and, for http(s), a host name that resolves. `registry`: the URI will also
+    register models (the same checks; MLflow's registry follows the tracking URI).
+    """
+    import urllib.parse
+
+    from store.paths import check_output_file, check_output_folder
+
+    uri = uri or DEFAULT_TRACKING_URI
+    option = "--tracking-uri" + (" (for --register-name)" if registry else "")
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_file():  # an existing database (or a link to one) is used as it is
+            check_output_file(path if path.is_absolute() else Path.cwd() / path, option)
+        return
+    if "://" not in uri:
+        check_output_folder(uri, option)
+        return
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.split("+")[0] not in TRACKING_SCHEMES:
+        raise UsageError(
+            f"{option} {uri!r} has a scheme MLflow cannot track to; use sqlite:///path.db, a folder, "
+            f"or one of {', '.join(s + '://' for s in TRACKING_SCHEMES[1:])}"
+        )
+    if parts.scheme in ("http", "https"):
+        import socket
+
+        try:
+            socket.getaddrinfo(parts.hostname or "", parts.port or 80)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{option} {uri!r}: the host {parts.hostname!r} does not resolve ({exc})") from exc
 
 
 def resolve_tracking_uri(uri: str | None) -> str:

@@ -56,7 +56,7 @@ def test_nesting_up_to_the_bound_and_brackets_inside_strings_are_accepted():
     "text, match",
     [
         ("a = 1" + "0" * 400, "out of range"),
-        ("a = 1" + "0" * 5000, "malformed TOML"),
+        ("a = 1" + "0" * 5000, "malformed c.toml"),
         ("a = 1e400", "not finite"),
         ("a = inf", "not finite"),
         ("a = " + "[" * 5000 + "]" * 5000, "nested"),
@@ -143,3 +143,171 @@ def test_the_total_size_of_a_zip_is_capped_not_only_each_member(bundle_copy, tmp
         load_bundle(bundle_copy)
     monkeypatch.setattr(bf, "MAX_TOTAL_BYTES", total)
     load_bundle(z)
+
+
+# ---------------------------------------------------------------- output paths
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _queries(tmp_path: Path) -> Path:
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"question": "What is 2 + 3?", "task": "rg.chain_sum"}\n', encoding="utf-8")
+    return q
+
+
+def test_allocate_never_replaces_a_fifo_or_a_symlink_with_a_file(bundle_dir, tmp_path):
+    import os
+    import stat
+
+    fifo, target, link = tmp_path / "fifo", tmp_path / "target.txt", tmp_path / "link"
+    os.mkfifo(fifo)
+    target.write_text("keep me\n")
+    link.symlink_to(target)
+    for output, kind in ((fifo, "a FIFO"), (link, "a symbolic link")):
+        r = _cli("allocate", "--bundle", bundle_dir, "--input", _queries(tmp_path), "--output", output)
+        assert r.exit_code == 2 and kind in r.output and r.output.count("\n") == 1, r.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink() and target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("bad", ["", ".", "/", "..", "{file}/sub", "{file}/a/b", "/proc/ttc-x/out"])
+def test_every_writing_command_refuses_a_path_that_is_no_place_to_write_before_any_work(tmp_path, bad, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    path = bad.format(file=tmp_path / "notes.txt")
+    missing = tmp_path / "no-such-store"  # were the output checked after the store, this would be the error
+    commands = [
+        ("allocate", "--bundle", missing, "--input", _queries(tmp_path), "--output", path),
+        ("train", "--store", missing, "--out", path),
+        ("eval", "--store", missing, "--out", path),
+        ("export", "--from", missing, "--out", path),
+    ]
+    for args in commands:
+        r = _cli(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert ("--out" in r.output or "--output" in r.output) and r.output.count("\n") == 1, (args, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "q.jsonl"]
+
+
+def test_eval_refuses_a_non_empty_user_folder_and_replaces_only_its_own_report_with_force(tmp_path):
+    from eval.outputs import JSON_NAME, MARKDOWN_NAME, is_report_folder
+    from store.paths import check_replaceable_folder
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / MARKDOWN_NAME).write_text("my own notes")
+    r = _cli("eval", "--store", tmp_path / "no-store", "--out", user, "--force")
+    assert r.exit_code == 2 and "not an eval report of ours" in r.output
+    assert (user / MARKDOWN_NAME).read_text() == "my own notes"
+    ours = tmp_path / "report"
+    ours.mkdir()
+    (ours / JSON_NAME).write_text("{}")
+    (ours / MARKDOWN_NAME).write_text("# report")
+    assert is_report_folder(ours) and not is_report_folder(user)
+    with pytest.raises(UsageError, match="--force"):
+        check_replaceable_folder(ours, is_report_folder, False, "--out", "an eval report of ours")
+    assert check_replaceable_folder(ours, is_report_folder, True, "--out", "an eval report of ours") == ours
+
+
+def test_a_staged_folder_replaces_the_old_output_only_on_success(tmp_path):
+    from store.paths import staged_folder
+
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(RuntimeError), staged_folder(out) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert not (tmp_path / "deep").exists()  # folders made for it are removed again
+    with staged_folder(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with pytest.raises(RuntimeError), staged_folder(out) as tmp:
+        raise RuntimeError
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    assert [p.name for p in out.parent.iterdir()] == ["out"]  # no temporary sibling left
+
+
+# ---------------------------------------------------------------- options checked before work
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("train", "--seed", "-1"), "--seed"),
+        (("eval", "--seed", "-1"), "--seed"),
+        (("train", "--storage", "foo://bar"), "--storage"),
+        (("train", "--storage", "journal:/proc/ttc-x/j.log"), "--storage"),
+        (("train", "--tracking-uri", "bogus://x"), "--tracking-uri"),
+        (("eval", "--tracking-uri", "sqlite:////proc/ttc-x/m.db"), "--tracking-uri"),
+        (("collect", "--ray-actors", "-1"), "--ray-actors"),
+        (("collect", "--ray-actors", "2"), "--ray"),
+        (("export", "--lam", "0.1", "--budget-j", "5"), "not both"),
+        (("allocate", "--bundle", "{bundle}", "--input", "{q}", "--device", "bogus"), "unknown device 'bogus'"),
+    ],
+)
+def test_a_bad_option_is_refused_before_any_work_and_changes_nothing(bundle_dir, tmp_path, monkeypatch, args, match):
+    monkeypatch.chdir(tmp_path)
+    q = _queries(tmp_path)
+    args = [a.format(bundle=bundle_dir, q=q) for a in args]
+    r = _cli(*args, *(["--store", tmp_path / "no-store"] if args[0] in ("train", "eval") else []))
+    assert r.exit_code == 2 and match in r.output and r.output.count("\n") == 1, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]  # no tracking DB, store, output or lock
+
+
+def test_register_name_with_an_unresolvable_tracking_uri_is_refused_before_any_write(bundle_dir, tmp_path):
+    for uri in ("bogus://x", "http://ttc-no-such-host.invalid:5000"):
+        r = _cli("export", "--from", bundle_dir, "--out", tmp_path / "P", "--register-name", "m", "--tracking-uri", uri)
+        assert r.exit_code == 2 and "--tracking-uri" in r.output, r.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_export_from_a_missing_model_leaves_no_fresh_tracking_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = _cli("export", "--from", "models:/missing@champion", "--out", "P", "--tracking-uri", "sqlite:///new.db")
+    assert r.exit_code == 2 and "cannot fetch" in r.output
+    assert list(tmp_path.iterdir()) == []  # no new.db, .new.db.lock or .new.db.ready
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("--port", "70000"), "--port"),
+        (("--port", "0"), "--port"),
+        (("--timeout-s", "nan"), "--timeout-s"),
+        (("--timeout-s", "inf"), "--timeout-s"),
+        (("--timeout-s", "0"), "--timeout-s"),
+        (("--timeout-s", "-1"), "--timeout-s"),
+        (("--budget-window", "0"), "--budget-window"),
+        (("--budget-window", "-1"), "--budget-window"),
+        (("--max-body-bytes", "0"), "--max-body-bytes"),
+        (("--max-body-bytes", "-1"), "--max-body-bytes"),
+        (("--lam", "nan"), "--lam"),
+        (("--lam", "-1"), "--lam"),
+        (("--budget-j", "inf"), "--budget-j"),
+        (("--host", "ttc-no-such-host.invalid"), "--host"),
+    ],
+)
+def test_serve_refuses_every_bad_option_before_loading_the_bundle_or_binding(tmp_path, args, match):
+    r = _cli("serve", "--bundle", tmp_path / "no-bundle", "--upstream", "m=http://127.0.0.1:9/v1", *args)
+    assert r.exit_code == 2 and match in r.output and r.output.count("\n") == 1, r.output
+
+
+def test_a_second_collector_on_a_brand_new_store_is_refused_before_loading_a_model(tmp_path):
+    import subprocess
+    import sys
+
+    from store.locks import WRITER_LOCK_NAME
+    from store.shards import SampleStore
+
+    new = tmp_path / "store"
+    with SampleStore(new) as first:
+        first.clean_partial()  # what a collector does before it loads a model: it now takes the lock
+        assert (new / WRITER_LOCK_NAME).is_file()
+        code = "import sys\nfrom store.shards import SampleStore\nSampleStore(sys.argv[1]).clean_partial()\n"
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.run([sys.executable, "-c", code, str(new)], cwd=root, capture_output=True, text=True)
+    assert proc.returncode != 0 and "is being written by" in proc.stderr

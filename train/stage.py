@@ -36,6 +36,8 @@ import numpy as np
 
 from policy.errors import UsageError
 from store.loader import load_samples
+from store.paths import check_output_folder
+from store.tracking import check_tracking_uri
 from train.fit import Clock, Evaluation, Fitted, TrainConfig, evaluate, fit, fit_policy, prepare, write_policy_bundle
 from train.registry import PREDICTORS
 from train.report import MARKER, print_summary, write_reports
@@ -149,6 +151,7 @@ def train_stage(
     )
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    check_tracking_uri(tracking_uri, registry=register_name is not None)  # before the store is read
     clock = Clock()
     samples = load_samples(store)
     clock.lap("load")
@@ -172,6 +175,11 @@ def train_stage(
     result = _result(out_dir, fitted, sp, ev, parent.info.run_id, experiment_id, tracking_uri, export_bundle, clock)
     if progress:
         print_summary(ev.metrics, data, result.timings_s["total"])
+        if result.bundle_dir is not None:  # the default price chosen on the training frontier (train/price.py)
+            from policy.bundle import load_bundle
+
+            frontier = load_bundle(result.bundle_dir).frontier
+            print(f"bundle {result.bundle_dir}: {frontier.describe()}" if frontier else "")
     return result
 
 
@@ -221,7 +229,8 @@ def _save(mlflow: Any, client: Any, tmp: Path, fitted: Fitted, sp: RowSplit, ev:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    """Refuse an `out_dir` that replacing would lose someone's files."""
+    """Refuse an `out_dir` that is no place for a folder, or that replacing would lose someone's files."""
+    check_output_folder(out_dir, "--out")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file; give a folder for the training output")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():

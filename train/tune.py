@@ -35,6 +35,7 @@ import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,16 +78,36 @@ class TuneResult:
 
 
 def check_storage(storage: str | None) -> str | None:
-    """None (in memory), 'journal:PATH', 'sqlite:///path.db' or any SQLAlchemy RDB URL."""
+    """None (in memory), 'journal:PATH', 'sqlite:///path.db' or any SQLAlchemy RDB URL.
+
+    Checked without opening it (nothing is created): a journal or SQLite file must be a regular file
+    or a new name in a writable place, an RDB URL must parse and name a dialect SQLAlchemy has.
+    """
+    from store.paths import check_output_file
+
     if storage is None:
         return None
     if isinstance(storage, str) and storage.startswith(JOURNAL_PREFIX) and storage[len(JOURNAL_PREFIX) :].strip():
+        path = Path(storage[len(JOURNAL_PREFIX) :])
+        if not path.is_file():
+            check_output_file(path, "--storage journal:")
         return storage
     if not isinstance(storage, str) or "://" not in storage:
         raise UsageError(
             "optuna storage must be empty (in memory), 'journal:PATH', 'sqlite:///path.db' or an RDB URL, "
             f"got {storage!r}"
         )
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(storage)
+        url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
+        raise UsageError(f"--storage {storage!r} is no database URL SQLAlchemy can open here ({exc})") from exc
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        if not Path(url.database).is_file():
+            check_output_file(url.database, "--storage sqlite:///")
     return storage
 
 

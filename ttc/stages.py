@@ -176,7 +176,10 @@ def run_stages(
     else:
         say("[4/4] eval: allocators on train's held-out queries")
         split_args = {"test_query_ids": tr.test_query_ids, "train_query_ids": tr.train_query_ids}
-    rep = eval_stage(store, exp["bundle"], out / "eval", n_boot=p.n_boot, tracking_uri=tracking_uri, **split_args)
+    # force: out/eval is this pipeline's own report from an earlier run (never anything else: eval checks)
+    rep = eval_stage(
+        store, exp["bundle"], out / "eval", n_boot=p.n_boot, tracking_uri=tracking_uri, force=True, **split_args
+    )
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     ref_used = reference if reference_runs else None
