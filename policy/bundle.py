@@ -19,6 +19,9 @@ Layout of a bundle (schema 2):
                          and PCA (mean, components) as plain arrays (policy/probe.py)
     stage2.json          optional: the look-then-decide rule (policy/two_stage.py): the
                          first arm, the price, and the stage-2 success trees as plain data
+    tasks.json           optional: each trained task's feature column, the global table
+                         that answers for a task the trees never saw, and the tasks
+                         adapted from a few labelled queries (policy/tasks.py)
 
 Loading reads exactly those names (policy/bundle_files.py: no links, capped
 sizes, nothing else in a zip), checks every field's type (policy/manifest.py),
@@ -63,6 +66,7 @@ from policy.manifest import (
 from policy.probe import PROBE_FILE, ProbeReduction
 from policy.records import ENERGY_SOURCES, Decision
 from policy.runtime import BACKENDS, DEFAULT_BACKEND, Backend, calibrate, make_backend
+from policy.tasks import KNOWN, TASKS_FILE, UNKNOWN, TaskTable
 from policy.two_stage import (
     STAGE2_FEATURES,
     STAGE2_FILE,
@@ -171,6 +175,10 @@ class Policy:
         self.probe_reduction = _probe_reduction(self.feature_set, self.files)
         #: the look-then-decide rule (stage2.json), checked on load; None when the bundle carries none
         self.stage_two = _stage_two(self.files, self.arm_ids, self.models)
+        #: known task columns, the unknown-task rule and adapted tasks (tasks.json); None in older bundles
+        self.task_table = (
+            TaskTable.from_json(self.files[TASKS_FILE], self.arm_ids) if TASKS_FILE in self.files else None
+        )
 
     def with_rule(self, rule: DecisionRule | Mapping[str, Any]) -> Policy:
         """A new policy with `rule` in place of the stored one (checked); this policy is unchanged.
@@ -183,6 +191,26 @@ class Policy:
             raise UsageError(f"bad decision rule: {exc}") from exc
         manifest = dataclasses.replace(self.manifest, rule=new.to_dict(), digest="", signature=None)
         return Policy(manifest, self.backend, self.files)
+
+    def with_task_table(self, table: TaskTable) -> Policy:
+        """A new policy with `table` as its tasks.json (train/adapt.py); digest stale until written out."""
+        files = {**self.files, TASKS_FILE: table.to_json()}
+        return Policy(dataclasses.replace(self.manifest, digest="", signature=None), self.backend, files)
+
+    @property
+    def known_tasks(self) -> tuple[str, ...] | None:
+        """The tasks the trees were trained on (None: a bundle without tasks.json does not record them)."""
+        return None if self.task_table is None else self.task_table.known_tasks
+
+    def task_status(self, task: str | None) -> str:
+        """How this policy decides for `task`: "known" (trained on), "adapted" (`ttc adapt`) or "unknown".
+
+        An unknown task (no task, or a name the bundle does not know) gets the bundle's k = 0 rule:
+        the global table of policy/tasks.py. A bundle without tasks.json reads any name as given.
+        """
+        if self.task_table is None:
+            return UNKNOWN if task is None else KNOWN
+        return self.task_table.status(task)
 
     @property
     def needs_probe(self) -> bool:
@@ -237,7 +265,8 @@ class Policy:
                 )
             reduced = r.reduce(probe)
         try:
-            return self.feature_set.transform(list(questions), tasks, reduced)
+            columns = None if self.task_table is None else self.task_table.columns
+            return self.feature_set.transform(list(questions), tasks, reduced, columns)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
 
@@ -253,8 +282,17 @@ class Policy:
     def predict(
         self, questions: Sequence[str], tasks: Sequence[str | None] | None = None, probe: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(p, energy_j): predicted success probability and joules, each (n_questions, n_arms), arms in `arm_ids`."""
-        return self.predict_features(self.query_features(questions, tasks, probe))
+        """(p, energy_j): predicted success probability and joules, each (n_questions, n_arms), arms in `arm_ids`.
+
+        A question of an unknown or adapted task gets its row from the task table (`route_tasks`).
+        """
+        return self.route_tasks(*self.predict_features(self.query_features(questions, tasks, probe)), tasks)
+
+    def route_tasks(
+        self, p: np.ndarray, e: np.ndarray, tasks: Sequence[str | None] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(p, energy_j) from `predict_features`, with the task table's rows for unknown and adapted tasks."""
+        return (p, e) if self.task_table is None else self.task_table.route(p, e, tasks)
 
     def allocate(
         self,
@@ -335,7 +373,11 @@ class Policy:
         if not (np.isfinite(price) and price >= 0):
             raise UsageError(f"lam (accuracy per joule) must be finite and >= 0, got {lam}")
         n_text = len(get_feature_set(STAGE2_FEATURES).names())
-        query_x = np.hstack([x[:, :n_text], sig])
+        # stage 2 was trained on hashed task columns (train/two_stage.py), whatever tasks.json names
+        text_x = (
+            x[:, :n_text] if self.task_table is None else get_feature_set(STAGE2_FEATURES).transform(questions, tasks)
+        )
+        query_x = np.hstack([text_x, sig])
         p2 = s2.predict_grid(query_x, self._arm_block)
         cont = continues(self.arms, self.arms[a1])
         marginal = marginal_joules(e, e1, cont)

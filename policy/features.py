@@ -10,8 +10,12 @@ Feature set "text" (version 1):
   their size, arithmetic operators, question words, sentences;
 - hashed word uni- and bi-grams (crc32, so stable across processes and
   languages; `N_HASH` buckets, counts scaled by 1/sqrt(words));
-- the task name hashed into `N_TASK` one-hot buckets (all zero when unknown), so
+- the task name as one of `N_TASK` one-hot columns (all zero when unknown), so
   a new task needs no new column and the ONNX graph stays a plain matrix input.
+  A bundle with tasks.json names each trained task's column (`task_columns`:
+  one column per task, policy/tasks.py), so no two known tasks share features;
+  without it (older bundles) the column is the name's crc32 bucket, where
+  rg.products_1x1 and rg.letter_count_1w collide.
 
 Feature set "text+probe" (version 2): the text features, then `PROBE_DIMS`
 columns `probe_pc_*`: one model's prefill hidden state (store/probes.py)
@@ -25,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +37,9 @@ import numpy as np
 from policy.arms import Arm, arm_feature_names, arm_features
 from policy.errors import unknown_name
 from policy.probe import PROBE_DIMS
+from policy.tasks import N_TASK, task_hash_column
 
 N_HASH = 64
-N_TASK = 16
 _WORD = re.compile(r"[A-Za-z]+|\d+(?:[.,]\d+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _OPS = re.compile(r"[+\-*/×÷=^%]")
@@ -77,12 +81,17 @@ class FeatureSet:
         questions: Sequence[str],
         tasks: Sequence[str | None] | None = None,
         probe: np.ndarray | None = None,
+        task_columns: Mapping[str, int] | None = None,
     ) -> np.ndarray:
-        """(n_queries, len(names())) float32 matrix."""
+        """(n_queries, len(names())) float32 matrix.
+
+        `task_columns`: the one-hot column of each known task (a task not in it gets none);
+        None hashes every task name into its column (the scheme of bundles without tasks.json).
+        """
         tasks = list(tasks) if tasks is not None else [None] * len(questions)
         if len(tasks) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(tasks)} task names")
-        x = _text_features(list(questions), tasks)
+        x = _text_features(list(questions), tasks, task_columns)
         if self.probe:
             if probe is None or np.shape(probe) != (len(questions), len(PROBE_NAMES)):
                 raise ValueError(
@@ -93,7 +102,9 @@ class FeatureSet:
         return x
 
 
-def _text_features(questions: list[str], tasks: list[str | None]) -> np.ndarray:
+def _text_features(
+    questions: list[str], tasks: list[str | None], task_columns: Mapping[str, int] | None = None
+) -> np.ndarray:
     """The text columns of a batch, float32 (n, 10 + len(_QWORDS) + N_HASH + N_TASK).
 
     Hot path of `ttc allocate` (100,000 queries): statistics per query in plain
@@ -115,8 +126,9 @@ def _text_features(questions: list[str], tasks: list[str | None]) -> np.ndarray:
         gram_buckets.extend(map(_GRAM_BUCKETS.__getitem__, grams))
         gram_counts[i] = len(grams)
         scale[i] = 1.0 / math.sqrt(max(len(toks), 1))
-        if task:
-            task_cols[i, _h(task, N_TASK)] = 1.0
+        col = (task_hash_column(task, N_TASK) if task_columns is None else task_columns.get(task)) if task else None
+        if col is not None:
+            task_cols[i, col] = 1.0
     owner = np.repeat(np.arange(n, dtype=np.intp), gram_counts)
     flat = owner * N_HASH + np.asarray(gram_buckets, dtype=np.intp)
     grams_x = np.bincount(flat, minlength=n * N_HASH).reshape(n, N_HASH) * scale[:, None]

@@ -55,6 +55,13 @@ class ProxyMetrics:
             registry=r,
         )
         self.errors = Counter("ttc_errors", "Errors by kind", ["kind"], registry=r)
+        self.task_rule = Counter(
+            "ttc_task_rule",
+            "Policy decisions by what the bundle knows of the request's task: known, adapted (ttc adapt) or "
+            "unknown (no hint or a name it never saw: the k = 0 rule, policy/tasks.py)",
+            ["status"],
+            registry=r,
+        )
         self.request_latency = Histogram(
             "ttc_request_duration_seconds",
             "End-to-end wall time of a request in the proxy (body read to response built; streams to their end)",

@@ -342,6 +342,7 @@ async def _policy_answer(
     # a request naming one served model keeps to it; any other name ("ttc", "gpt-4o") lets the policy pick
     model = body.get("model") if body.get("model") in state.upstreams.by_model else None
     choice = state.decider.choose(question, options.task, state.price(options), n_max, tokens_max, model)
+    state.metrics.task_rule.labels(state.decider.policy.task_status(options.task)).inc()
     forward = {k: v for k, v in body.items() if k not in _POLICY_OWNED}
     forward.update(model=choice.arm.model, max_tokens=choice.arm.max_new_tokens, temperature=choice.arm.temperature)
     sampled = await state.upstreams.sample(choice.arm.model, kind, forward, choice.arm.n, forward_headers)

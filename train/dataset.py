@@ -34,6 +34,7 @@ from policy.arms import Arm
 from policy.errors import MixedEnergyError, UsageError, unknown_name
 from policy.features import FeatureSet, get_feature_set, row_matrix, row_names
 from policy.probe import ProbeReduction, fit_reduction
+from policy.tasks import assign_task_columns
 from store.loader import load_samples
 from store.probes import ProbeTable, load_probes
 from store.schema import TRAIN_SAMPLE_COLUMNS
@@ -77,6 +78,8 @@ class TrainingData:
     store_fingerprint: str | None = None
     #: "text+probe": the PCA that made the probe columns (written to the bundle's probe.json)
     probe_reduction: ProbeReduction | None = None
+    #: task name -> its one-hot feature column, one per task (policy.tasks.assign_task_columns)
+    task_columns: dict[str, int] | None = None
 
     @property
     def groups(self) -> np.ndarray:
@@ -200,7 +203,8 @@ def build_dataset(
     arms = [Arm.parse(a) for a in arm_ids]
     models = sorted(rows["model"].unique())
     probe, reduction = _probe_features(probes, q["query_id"].tolist(), probe_fit_ids) if fs.probe else (None, None)
-    query_x = fs.transform(q["question"].tolist(), q["task"].tolist(), probe)
+    task_columns = assign_task_columns(q["task"].astype(str).unique().tolist())
+    query_x = fs.transform(q["question"].tolist(), q["task"].tolist(), probe, task_columns)
     # row_matrix lays out every (query, arm) pair query-major; pick the pairs the store has.
     qi = pd.Index(q["query_id"]).get_indexer(rows["query_id"])
     ai = pd.Index(arm_ids).get_indexer(rows["arm_id"])
@@ -218,6 +222,7 @@ def build_dataset(
         meter="+".join(meters),
         store_fingerprint=store_fingerprint(samples),
         probe_reduction=reduction,
+        task_columns=task_columns,
     )
 
 

@@ -41,6 +41,7 @@ from policy.manifest import Manifest, bundle_digest, check_calibration, resolve_
 from policy.probe import PROBE_DIMS, PROBE_FILE, ProbeReduction
 from policy.records import ENERGY_SOURCES
 from policy.runtime import make_backend
+from policy.tasks import TASKS_FILE
 from policy.two_stage import STAGE2_FILE, stage_two_json
 from train.export_trees import (  # noqa: F401  (trees_json, _float32_safe_thresholds: re-exported)
     _as_binary,
@@ -92,6 +93,7 @@ def write_bundle(
     key: bytes | str | None = None,
     probe_reduction: ProbeReduction | None = None,
     stage_two: Any = None,
+    task_table: Any = None,
 ) -> Path:
     """Write a bundle folder from two trained `lightgbm.Booster`s; returns its path.
 
@@ -105,6 +107,7 @@ def write_bundle(
     the bundle is signed. A "text+probe" feature set needs `probe_reduction`
     (written as probe.json, covered by the digest). `stage_two`
     (train.two_stage.StageTwoFit) adds the look-then-decide rule as stage2.json.
+    `task_table` (policy.tasks.TaskTable, train.adapt.training_task_table) is written as tasks.json.
     """
     fs = get_feature_set(feature_set) if isinstance(feature_set, str) else feature_set
     if fs.probe != (probe_reduction is not None):
@@ -134,6 +137,10 @@ def write_bundle(
         files[PROBE_FILE] = probe_reduction.to_json()
     if stage_two is not None:
         files[STAGE2_FILE] = _stage_two_bytes(stage_two, arm_ids)
+    if task_table is not None:
+        if list(task_table.arms) != arm_ids:
+            raise UsageError("the task table's arms differ from the bundle's; build it from the same arm rows")
+        files[TASKS_FILE] = task_table.to_json()
     manifest = Manifest(
         arms=arm_ids,
         models=models,

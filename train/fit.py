@@ -278,9 +278,16 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
     import dataclasses
 
     from policy.allocate import DecisionRule
+    from train.adapt import training_task_table
     from train.export import write_bundle
 
     data = fitted.data
+    # tasks.json: the trained tasks' columns and the global table that answers for any other task
+    train_rows = data.rows.iloc[fitted.train_idx]
+    arm_ids = [a.arm_id for a in data.arms]
+    tasks = (
+        None if data.task_columns is None else training_task_table(train_rows, arm_ids, data.task_columns, data.label)
+    )
     rule = rule if rule is not None else DecisionRule()
     # Parity reference: query features (not rows) of up to 64 training queries.
     n_query_cols = len(data.feature_set.names())
@@ -301,6 +308,7 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
         reference_x=data.X[np.sort(pick), :n_query_cols],
         probe_reduction=data.probe_reduction,
         stage_two=None if fitted.stage_two is None else dataclasses.replace(fitted.stage_two, lam=_lam(rule)),
+        task_table=tasks,
     )
     return Path(out_dir)
 

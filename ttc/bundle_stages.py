@@ -226,18 +226,31 @@ def _known_tasks() -> set[str]:
 
 
 def _with_known_tasks(
-    queries: Iterator[tuple[str, str, str | None]], known: set[str], warn: Callable[[str], None]
+    queries: Iterator[tuple[str, str, str | None]],
+    known: set[str],
+    warn: Callable[[str], None],
+    policy_tasks: bool = False,
 ) -> Iterator[tuple[str, str, str | None]]:
-    """Unknown task names become None (the unknown-task columns), with one warning for the first."""
+    """Unknown task names become None (the unknown-task rule), with one warning for the first.
+
+    `policy_tasks`: `known` are the bundle's own tasks (tasks.json), whose unknown tasks get its
+    k = 0 rule; else they are the registered tasks, and jsonl: names pass as given.
+    """
     from collect.tasks import JSONL_PREFIX
 
     warned = False
     for qid, question, task in queries:
-        if task is not None and task not in known and not task.startswith(JSONL_PREFIX):
+        if task is not None and task not in known and (policy_tasks or not task.startswith(JSONL_PREFIX)):
             if not warned:
+                rule = (
+                    "get the policy's rule for unknown tasks (its global table; `ttc adapt` learns a new task "
+                    "from a few labelled queries)"
+                    if policy_tasks
+                    else "use the unknown-task features"
+                )
                 warn(
                     f"unknown task {task!r} (query {qid!r}); known: {', '.join(sorted(known))}. Its queries and "
-                    "those of any other unknown task use the unknown-task features"
+                    f"those of any other unknown task {rule}"
                 )
                 warned = True
             task = None
@@ -275,7 +288,11 @@ def allocate_stage(
         raise UsageError(f"--input {input_path} is not a file; give a JSONL file of queries")
     policy = load_bundle(bundle, backend=backend, key=key)
     probe_fn = _probe_fn(policy, probe_model, device)
-    queries = _with_known_tasks(iter_queries(input_path), _known_tasks(), warn)
+    table = policy.task_table
+    if table is None:
+        queries = _with_known_tasks(iter_queries(input_path), _known_tasks(), warn)
+    else:
+        queries = _with_known_tasks(iter_queries(input_path), set(table.columns) | set(table.adapted), warn, True)
     fields = [f for f in Decision.__dataclass_fields__]
     extra = {"energy_source": policy.energy_source, "energy_meter": policy.energy_meter}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,3 +361,62 @@ def prefill_probes(model: str, device: str = "auto", layer: int | None = None) -
 
 #: prompts prefilled at once by `prefill_probes`
 PROBE_BATCH = 16
+
+
+# ---------------------------------------------------------------- adapt
+
+
+def adapt_stage(
+    bundle: str | Path,
+    store: str | Path,
+    out: str | Path,
+    tasks: list[str] | None = None,
+    force: bool = False,
+    key: bytes | str | None = None,
+) -> dict[str, Any]:
+    """Add the new tasks of `store` (k labelled queries each) to the bundle's task table; write it to `out`.
+
+    No tree is refitted (train/adapt.py): the new bundle is the old one with a new tasks.json,
+    written like `ttc export` writes (checked paths, built aside, proved to load, then renamed),
+    with `out`.zip beside it.
+    """
+    from policy.bundle import load_bundle
+    from policy.manifest import resolve_key
+    from store.loader import load_samples
+    from train.adapt import adapt_policy
+    from train.export import swap_in, write_policy, zip_bundle
+
+    secret = resolve_key(key)
+    src = _resolve_bundle_source(str(bundle))
+    out = Path(out)
+    policy = load_bundle(src, key=secret, require_signature=False)
+    zip_path = _check_paths(src, out, force)
+    if not Path(store).is_dir():
+        raise UsageError(f"--store {store} is not a folder; give the store `ttc collect` wrote for the new task")
+    adaptation = adapt_policy(policy, load_samples(store), tasks)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".adapt", dir=out.parent))
+    try:
+        built = write_policy(policy.with_task_table(adaptation.table), staging / out.name, key=secret)
+        zipped = zip_bundle(built, staging / zip_path.name)
+        load_bundle(zipped, key=secret)
+        _check_paths(src, out, force)  # again: something may have appeared meanwhile
+        swap_in(built, out)
+        os.replace(zipped, zip_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "bundle": str(out),
+        "zip": str(zip_path),
+        "adapted": adaptation.n_queries,
+        "known": list(policy.known_tasks or ()),
+        "prior_queries": adaptation.table.prior_queries,
+        "energy_source": adaptation.energy_source,
+    }

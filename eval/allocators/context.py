@@ -202,7 +202,8 @@ class EvalContext:
             x = fold.policy.query_features(outcomes.questions, list(outcomes.tasks), probe)
             m_feat = meter.end_window("features")
             meter.begin_window("predict")
-            p, e = fold.policy.predict_features(x)
+            # the exported rule: a task the fold's policy never saw gets its k = 0 rule (policy/tasks.py)
+            p, e = fold.policy.route_tasks(*fold.policy.predict_features(x), list(outcomes.tasks))
             m_pred = meter.end_window("predict")
             ones = np.ones(outcomes.n_queries)
             overhead = PolicyOverhead(
