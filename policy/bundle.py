@@ -22,6 +22,10 @@ Layout of a bundle (schema 2):
     tasks.json           optional: each trained task's feature column, the global table
                          that answers for a task the trees never saw, and the tasks
                          adapted from a few labelled queries (policy/tasks.py)
+    frontier.json        optional: the price frontier on the training queries and the
+                         default price chosen on it (policy/frontier.py)
+    prompts.json         optional: the prompt format each model was trained on and each
+                         task's few-shot demos (policy/prompts.py)
 
 Loading reads exactly those names (policy/bundle_files.py: no links, capped
 sizes, nothing else in a zip), checks every field's type (policy/manifest.py),
@@ -53,6 +57,7 @@ from policy.features import (
     get_feature_set,
     row_names,
 )
+from policy.frontier import FRONTIER_FILE, Frontier
 from policy.manifest import (
     ENERGY_TARGET,
     SCHEMA_VERSION,
@@ -64,6 +69,7 @@ from policy.manifest import (
     verify,
 )
 from policy.probe import PROBE_FILE, ProbeReduction
+from policy.prompts import PROMPTS_FILE, Prompts
 from policy.records import ENERGY_SOURCES, Decision
 from policy.runtime import BACKENDS, DEFAULT_BACKEND, Backend, calibrate, make_backend
 from policy.tasks import KNOWN, TASKS_FILE, UNKNOWN, TaskTable
@@ -179,6 +185,10 @@ class Policy:
         self.task_table = (
             TaskTable.from_json(self.files[TASKS_FILE], self.arm_ids) if TASKS_FILE in self.files else None
         )
+        #: the price frontier on the training queries and the default price (frontier.json); None in older bundles
+        self.frontier = Frontier.from_json(files[FRONTIER_FILE], self.arm_ids) if FRONTIER_FILE in files else None
+        #: the prompt each model was trained on, per task (prompts.json); None in older bundles
+        self.prompts = Prompts.from_json(files[PROMPTS_FILE], self.models) if PROMPTS_FILE in files else None
 
     def with_rule(self, rule: DecisionRule | Mapping[str, Any]) -> Policy:
         """A new policy with `rule` in place of the stored one (checked); this policy is unchanged.
@@ -191,6 +201,11 @@ class Policy:
             raise UsageError(f"bad decision rule: {exc}") from exc
         manifest = dataclasses.replace(self.manifest, rule=new.to_dict(), digest="", signature=None)
         return Policy(manifest, self.backend, self.files)
+
+    def with_files(self, files: Mapping[str, bytes]) -> Policy:
+        """A new policy with `files` added or replaced (checked as on load); digest stale until written out."""
+        manifest = dataclasses.replace(self.manifest, digest="", signature=None)
+        return Policy(manifest, self.backend, {**self.files, **files})
 
     def with_task_table(self, table: TaskTable) -> Policy:
         """A new policy with `table` as its tasks.json (train/adapt.py); digest stale until written out."""

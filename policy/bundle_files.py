@@ -32,13 +32,16 @@ BUNDLE_FILES = (MANIFEST, *TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PARITY)
 PROBE = "probe.json"  # "text+probe" policies only: the probe's reduction (policy/probe.py)
 STAGE2 = "stage2.json"  # optional: the look-then-decide rule (policy/two_stage.py)
 TASKS = "tasks.json"  # optional: known task columns, the unknown-task rule, adapted tasks (policy/tasks.py)
-#: every name a bundle may hold: its files, the optional probe reduction, stage-2 rule and task table
-KNOWN_FILES = (*BUNDLE_FILES, PROBE, STAGE2, TASKS)
+FRONTIER = "frontier.json"  # optional: the training price frontier and default price (policy/frontier.py)
+PROMPTS = "prompts.json"  # optional: the prompt each model was trained on, per task (policy/prompts.py)
+#: every name a bundle may hold: its files, the optional probe reduction, stage-2 rule, task table, frontier, prompts
+KNOWN_FILES = (*BUNDLE_FILES, PROBE, STAGE2, TASKS, FRONTIER, PROMPTS)
 #: files every bundle must hold besides policy.json (the model files of the optional backends may be absent)
 REQUIRED_FILES = (*TREE_FILES, PARITY)
 _MIB = 1 << 20
 _BIG_FILES = (*TREE_FILES, *LIGHTGBM_FILES, *ONNX_FILES, PROBE, STAGE2)
-MAX_BYTES = {MANIFEST: _MIB, PARITY: _MIB, TASKS: 16 * _MIB} | {name: 64 * _MIB for name in _BIG_FILES}
+MAX_BYTES = {MANIFEST: _MIB, PARITY: _MIB, TASKS: 16 * _MIB, FRONTIER: _MIB, PROMPTS: 4 * _MIB}
+MAX_BYTES |= {name: 64 * _MIB for name in _BIG_FILES}
 #: all files of one bundle together (a bundle of ours is a few MiB; each file alone is capped above)
 MAX_TOTAL_BYTES = 128 * _MIB
 _CHUNK = _MIB

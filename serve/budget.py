@@ -2,19 +2,26 @@
 
 Offline, budget mode sees the whole batch and bisects λ exactly
 (policy/allocate.py). A server sees one request at a time, so it steers λ
-instead, with a multiplicative integral controller:
+instead, by multiplicative dual ascent on the budget constraint:
 
-    after each decision, m = mean predicted joules of the last `window` decisions
-    λ ← clip(λ · (m / target) ** gain, s_min, s_max)
+    after each decision of predicted joules e:   λ ← clip(λ · exp(gain · min(e / target − 1, 3)), s_min, s_max)
 
-Spending above the target raises the price of a joule, spending below lowers
-it; the multiplicative form suits λ, which spans orders of magnitude. The
-clip range [s_min, s_max] is the range of hull slopes (accuracy per joule
-between neighbouring arms on a query's convex hull) seen so far: above the
-largest slope every query already gets its cheapest arm and below the
-smallest every query gets its best, so λ outside it changes nothing and would
-only wind up. The first λ is the bundle's price when it has one, else the
-geometric middle of the first slopes seen.
+A request above the target raises the price of a joule, one below lowers it.
+Summed over requests, log λ moves by gain × the summed relative overspend, so
+while λ stays inside its clip range the running mean of e is pulled back to
+the target after every excursion (an integral controller on the per-request
+error), rather than chasing a sliding window's mean, which lags by half a
+window. The clip range [s_min, s_max] is the range of hull slopes (accuracy
+per joule between neighbouring arms on a query's convex hull) seen so far:
+above the largest slope every query already gets its cheapest arm and below
+the smallest every query gets its best, so λ outside it changes nothing and
+would only wind up.
+
+The first λ is the caller's (`ttc serve` passes the price at which the
+bundle's training frontier meets the target, policy/frontier.py, else the
+bundle's own price), else the geometric middle of the first slopes seen. A
+target below `min_mean_j` (every request on its cheapest predicted arm) is
+refused at construction. The sliding window is kept for reporting only.
 
 What it steers is *predicted* joules (the policy's energy model): the proxy
 cannot measure the upstream's energy. This module is pure arithmetic; it never
@@ -46,9 +53,21 @@ class BudgetState:
 class BudgetController:
     """λ steered so that the mean predicted joules per request over a sliding window meets `target_j`."""
 
-    def __init__(self, target_j: float, window: int = 64, gain: float = 0.2, lam0: float = 0.0) -> None:
+    def __init__(
+        self,
+        target_j: float,
+        window: int = 64,
+        gain: float = 0.1,
+        lam0: float = 0.0,
+        min_mean_j: float | None = None,
+    ) -> None:
         if not (math.isfinite(target_j) and target_j > 0):
             raise UsageError(f"--budget-j must be > 0 joules per request, got {target_j}")
+        if min_mean_j is not None and target_j < min_mean_j:
+            raise UsageError(
+                f"--budget-j {target_j:g} J is below what the cheapest arms cost ({min_mean_j:.4g} predicted J per "
+                "request on the bundle's training queries); give at least that"
+            )
         if window < 1:
             raise UsageError(f"--budget-window must be >= 1 requests, got {window}")
         if not 0 < gain <= 2:
@@ -78,10 +97,8 @@ class BudgetController:
         self._window.append(float(predicted_j))
         if self.lam == 0.0 or self.slope_max == 0.0:
             return  # no slope seen yet: every arm choice is the same at any price
-        ratio = self.window_mean_j / self.target_j
-        if ratio <= 0:
-            return
-        lam = self.lam * ratio**self.gain
+        over = min(float(predicted_j) / self.target_j - 1.0, 3.0)  # one huge request moves λ by at most e^(3 gain)
+        lam = self.lam * math.exp(self.gain * over)
         self.lam = min(max(lam, self.slope_min), self.slope_max)
 
     @property

@@ -19,6 +19,7 @@ Never touches the network. Bad input raises `UsageError` (the proxy answers 400)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from policy.arms import Arm
 from policy.bundle import Policy
 from policy.errors import UsageError, unknown_name
 from policy.hulls import upper_hull
+from policy.prompts import TEMPLATES
+from policy.two_stage import StageTwoDecision
 from store.views import vote
 
 POLICY = "policy"
@@ -41,7 +44,7 @@ EXTRACTORS: dict[str, Callable[[str], tuple[str | None, str]]] = {
     "name": extract_name,
     "text": extract_text,
 }
-_OPTION_KEYS = ("task", "lam", "mode", "answer")
+_OPTION_KEYS = ("task", "lam", "mode", "answer", "arm")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class TTCOptions:
     task: str | None = None
     lam: float | None = None
     answer: str | None = None
+    arm: str | None = None  # run this arm id, not the policy's pick (A/B tests, baselines); checked by the Decider
 
 
 def parse_options(body_value: Any, header_value: str | None) -> TTCOptions:
@@ -81,7 +85,10 @@ def parse_options(body_value: Any, header_value: str | None) -> TTCOptions:
     answer = merged.get("answer")
     if answer is not None and answer not in EXTRACTORS:
         raise unknown_name("ttc answer extraction", str(answer), EXTRACTORS)
-    return TTCOptions(mode, task, lam, answer)
+    arm = merged.get("arm")
+    if arm is not None and not isinstance(arm, str):
+        raise UsageError("ttc arm must be an arm id string like 'smollm2-135m/n4/L64/t1'")
+    return TTCOptions(mode, task, lam, answer, arm)
 
 
 def answer_kind(options: TTCOptions) -> str:
@@ -95,6 +102,43 @@ def answer_kind(options: TTCOptions) -> str:
         if spec is not None:
             return spec.answer
     return "number"
+
+
+def resolve_price(
+    policy: Policy, lam: float | None, budget_j: float | None, max_accuracy_loss: float | None
+) -> float | None:
+    """The fixed price `ttc serve` decides at: `lam`, or the one meeting `max_accuracy_loss` on the
+    bundle's training frontier (policy/frontier.py); None for budget mode or the bundle's own rule."""
+    given = [k for k, v in (("--lam", lam), ("--budget-j", budget_j), ("--max-accuracy-loss", max_accuracy_loss))
+             if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise UsageError(f"give one of --lam, --budget-j or --max-accuracy-loss, not {' and '.join(given)}")
+    if lam is not None:
+        if isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
+            raise UsageError(f"--lam (accuracy per joule) must be a finite number >= 0, got {lam}")
+        return float(lam)
+    if max_accuracy_loss is not None:
+        if policy.frontier is None:
+            raise UsageError(
+                "--max-accuracy-loss needs the bundle's price frontier (frontier.json), which this bundle lacks; "
+                "re-export it with this version of ttc-allocator, or give --lam"
+            )
+        return policy.frontier.lam_for_loss(max_accuracy_loss)
+    return None
+
+
+def resolve_template(policy: Policy, template: str | None) -> str:
+    """The prompt template to serve with: the one asked for, else "trained" when the bundle records prompts."""
+    if template is None:
+        return "trained" if policy.prompts is not None else "client"
+    if template not in TEMPLATES:
+        raise unknown_name("--prompt-template", template, TEMPLATES)
+    if template == "trained" and policy.prompts is None:
+        raise UsageError(
+            "--prompt-template trained needs the bundle's prompts.json, which this bundle lacks; re-export it with "
+            "this version of ttc-allocator, or serve with --prompt-template client"
+        )
+    return template
 
 
 @dataclass(frozen=True)
@@ -133,9 +177,12 @@ class Decider:
         n_min: int | None,
         tokens_max: int | None,
         model: str | None = None,
+        arm_id: str | None = None,
     ) -> Choice:
         p, e = self.policy.predict([question], [task])
         arms = self.policy.arms
+        if arm_id is not None:
+            return self._forced(arm_id, p[0], e[0], lam, n_min, tokens_max)
         served = [i for i in self.cols if model is None or arms[i].model == model] or self.cols
         fits = [i for i in served if _fits(arms[i], n_min, tokens_max)]
         cols = fits or served
@@ -150,6 +197,65 @@ class Decider:
         hull = upper_hull(er, pr)
         slopes = [(pr[b] - pr[a]) / (er[b] - er[a]) for a, b in zip(hull, hull[1:], strict=False)]
         return Choice(arm, d.arm_id, d.p_success, d.energy_j, lam, d.rule, not fits, slopes)
+
+    def _forced(self, arm_id: str, p: Any, e: Any, lam: float, n_min: int | None, tokens_max: int | None) -> Choice:
+        ids = [self.policy.arm_ids[i] for i in self.cols]
+        if arm_id not in ids:
+            raise unknown_name("ttc arm (an arm of the bundle whose model has an --upstream)", arm_id, ids)
+        j = self.policy.arm_ids.index(arm_id)
+        return _clip(Arm.parse(arm_id), float(p[j]), float(e[j]), lam, "forced", n_min, tokens_max)
+
+    @property
+    def can_look(self) -> bool:
+        """The bundle has a stage-2 rule and its first arm's model is served."""
+        first = self.policy.first_arm
+        return first is not None and self.policy.arm_ids.index(first) in self.cols
+
+    def first_look(self, question: str, task: str | None, lam: float) -> Choice:
+        """Stage 1 of look-then-decide: the bundle's first arm, its predictions, and the query's hull slopes."""
+        p, e = self.policy.predict([question], [task])
+        first = self.policy.first_arm
+        if first is None:
+            raise UsageError("this bundle carries no stage-2 rule")
+        j = self.policy.arm_ids.index(first)
+        pr, er = p[0, self.cols].tolist(), e[0, self.cols].tolist()
+        hull = upper_hull(er, pr)
+        slopes = [(pr[b] - pr[a]) / (er[b] - er[a]) for a, b in zip(hull, hull[1:], strict=False)]
+        return Choice(Arm.parse(first), first, float(p[0, j]), float(e[0, j]), lam, "look", False, slopes)
+
+    def after_look(
+        self,
+        question: str,
+        task: str | None,
+        signals: Any,
+        lam: float,
+        first: Choice,
+        n_min: int | None,
+        tokens_max: int | None,
+        first_text: str | None = None,
+    ) -> tuple[Choice, StageTwoDecision]:
+        """Stage 2: stop, continue or switch, by the bundle's rule on the first sample's signals.
+
+        The predicted joules are the first sample's plus the decision's marginal joules. An arm whose
+        model has no upstream is not run: the first sample stands (the decision says so).
+        """
+        d = self.policy.decide_after_look([question], [signals], [task], lam=lam, first_text=[first_text])[0]
+        j = self.policy.arm_ids.index(d.arm_id)
+        if j not in self.cols:
+            return dataclasses.replace(first, rule="look:unserved"), d
+        c = _clip(Arm.parse(d.arm_id), d.p_success, first.predicted_j + d.marginal_j, lam, f"look:{d.action}",
+                  n_min, tokens_max)  # fmt: skip
+        return dataclasses.replace(c, slopes=first.slopes), d
+
+
+def _clip(arm: Arm, p: float, e: float, lam: float, rule: str, n_min: int | None, tokens_max: int | None) -> Choice:
+    """A Choice of `arm`, its settings clipped to the client's bounds when it does not fit them."""
+    fits = _fits(arm, n_min, tokens_max)
+    sent = arm
+    if not fits:
+        sent = Arm(arm.model, max(arm.n, n_min or arm.n), min(arm.max_new_tokens, tokens_max or arm.max_new_tokens),
+                   arm.temperature)  # fmt: skip
+    return Choice(sent, arm.arm_id, p, e, lam, rule, not fits)
 
 
 def _fits(arm: Arm, n_min: int | None, tokens_max: int | None) -> bool:

@@ -55,6 +55,10 @@ class ProxyMetrics:
             registry=r,
         )
         self.errors = Counter("ttc_errors", "Errors by kind", ["kind"], registry=r)
+        self.look_actions = Counter(
+            "ttc_look_actions", "Look-then-decide: what the stage-2 rule did after the first sample", ["action"],
+            registry=r,
+        )  # fmt: skip
         self.task_rule = Counter(
             "ttc_task_rule",
             "Policy decisions by what the bundle knows of the request's task: known, adapted (ttc adapt) or "

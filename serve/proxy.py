@@ -57,6 +57,7 @@ from policy.errors import UsageError
 from serve.budget import BudgetController
 from serve.decide import PASSTHROUGH, Choice, Decider, TTCOptions, Vote, answer_kind, parse_options, vote_texts
 from serve.metrics import ProxyMetrics, task_label
+from serve.options import check_app_options, check_listen
 from serve.upstream import CHAT, COMPLETIONS, Sampled, Upstream, UpstreamError, Upstreams
 
 MAX_BODY_BYTES = 1 << 20
@@ -146,6 +147,7 @@ def create_app(
 ) -> FastAPI:
     """The proxy app. Price: `lam` if given; else online budget mode at `budget_j` (or the
     bundle's own budget rule); else the bundle's price. `api_key`: clients must send it."""
+    check_app_options(lam, budget_j, budget_window, timeout_s, max_body_bytes)
     if lam is not None and budget_j is not None:
         raise UsageError("give --lam or --budget-j, not both")
     stray = sorted(set(upstreams) - set(policy.models))
@@ -597,6 +599,8 @@ def serve(
     from policy.bundle import load_bundle
     from serve.upstream import parse_upstream_keys, parse_upstreams
 
+    check_listen(host, port)  # every option before the bundle loads and before anything binds
+    check_app_options(**app_kw)
     upstreams = parse_upstreams(upstream_specs)
     parse_upstream_keys(upstream_keys or [], upstreams)
     if app_kw.get("api_key") == "":

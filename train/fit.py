@@ -30,6 +30,7 @@ import pandas as pd
 
 from policy.errors import UsageError, unknown_name
 from policy.features import get_feature_set
+from store.splits import check_seed
 from train import CALIBRATIONS
 from train.dataset import (
     SPLITS,
@@ -93,6 +94,7 @@ class TrainConfig:
             raise UsageError(f"n_trials must be >= 0 (0 = default hyperparameters), got {self.n_trials}")
         if self.num_threads < 1:
             raise UsageError(f"num_threads must be >= 1, got {self.num_threads}")
+        check_seed(self.seed)
         if self.cv_folds < 1:
             raise UsageError(f"cv_folds must be >= 1 (1 = one grouped holdout), got {self.cv_folds}")
         if not 0 < self.test_size < 1:
@@ -273,13 +275,16 @@ def train_query_rows(data: TrainingData, train_query_ids: Iterable[str]) -> np.n
 def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float], rule: Any = None) -> Path:
     """Write `fitted`'s success and energy models as a policy bundle folder at `out_dir`; returns it.
 
-    A fitted stage-2 rule goes in as stage2.json, priced at the rule's lam.
+    A fitted stage-2 rule goes in as stage2.json, priced at the rule's lam. Without a `rule`, both
+    are priced at the default price chosen on the training frontier (train/price.py: frontier.json,
+    prompts.json).
     """
     import dataclasses
 
     from policy.allocate import DecisionRule
     from train.adapt import training_task_table
     from train.export import write_bundle
+    from train.price import finish_bundle
 
     data = fitted.data
     # tasks.json: the trained tasks' columns and the global table that answers for any other task
@@ -288,6 +293,7 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
     tasks = (
         None if data.task_columns is None else training_task_table(train_rows, arm_ids, data.task_columns, data.label)
     )
+    rule_given = rule is not None
     rule = rule if rule is not None else DecisionRule()
     # Parity reference: query features (not rows) of up to 64 training queries.
     n_query_cols = len(data.feature_set.names())
@@ -310,6 +316,7 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
         stage_two=None if fitted.stage_two is None else dataclasses.replace(fitted.stage_two, lam=_lam(rule)),
         task_table=tasks,
     )
+    finish_bundle(Path(out_dir), fitted, rule_given=rule_given)
     return Path(out_dir)
 
 

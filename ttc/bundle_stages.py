@@ -160,6 +160,8 @@ def export_stage(
         shutil.rmtree(staging, ignore_errors=True)
     result: dict[str, Any] = {"bundle": str(out), "zip": str(zip_path), "energy_source": policy.energy_source}
     result["rule"] = rule.to_dict()
+    # the default price and what it buys on the training frontier (frontier.json), for the console
+    result["price"] = policy.frontier.describe() if policy.frontier is not None else None
     if register_name:
         result["model_uri"] = _register(out, register_name, alias, tracking_uri, policy.energy_source)
     return result

@@ -230,6 +230,7 @@ def export(
     typer.echo(
         f"bundle {r['bundle']} and {r['zip']} (energy {r['energy_source']})"
         + (f"; registered as {r['model_uri']}" if "model_uri" in r else "")
+        + (f"\n{r['price']}" if r.get("price") else "")
     )
 
 
@@ -389,6 +390,8 @@ def run(
         f"new samples now); {console.held_out(d)}; energy {d['energy_source']} ({d['energy_meter']})"
     )
     console.print_headline(s["eval"])
+    if s["export"].get("price"):
+        typer.echo(f"bundle: {s['export']['price']}")
     typer.echo(
         f"report: {s['eval'].get('markdown_path')}\nsummary: {Path(out) / 'run_summary.json'}\n"
         f"MLflow: {s['mlflow_ui']}  (took {s['timings_s']['total_s']:.0f} s)"
@@ -404,9 +407,26 @@ def serve(
     ],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    lam: Annotated[float | None, typer.Option(help="fixed joule price λ, accuracy per J (default: bundle's)")] = None,
-    budget_j: Annotated[float | None, typer.Option(help="online budget: target mean predicted J per request")] = None,
-    budget_window: Annotated[int, typer.Option(help="online budget: requests in the sliding window")] = 64,
+    lam: Annotated[
+        float | None, typer.Option(help="fixed joule price λ, accuracy per J (default: the bundle's exported price)")
+    ] = None,
+    budget_j: Annotated[
+        float | None,
+        typer.Option(help="online budget: target mean predicted J per request (refused below the cheapest arms)"),
+    ] = None,
+    max_accuracy_loss: Annotated[
+        float | None,
+        typer.Option(help="the price losing at most this accuracy (0.01 = one point) vs the most accurate arm"),
+    ] = None,
+    prompt_template: Annotated[
+        str | None,
+        typer.Option(
+            help="trained: rebuild the prompt the policy was trained on; client: forward messages as sent "
+            "(default: trained when the bundle records prompts)"
+        ),
+    ] = None,  # fmt: skip
+    look: Annotated[bool, typer.Option(help="look-then-decide with the bundle's stage-2 rule, when it has one")] = True,
+    budget_window: Annotated[int, typer.Option(help="online budget: requests in the window /metrics reports")] = 64,
     timeout_s: Annotated[float, typer.Option(help="seconds to wait for an upstream before answering 504")] = 120.0,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted, bytes (else 413)")] = 1 << 20,
     backend: Annotated[str, typer.Option(help=f"model backend: {', '.join(BACKENDS)}")] = "numpy",
@@ -423,10 +443,10 @@ def serve(
     from serve.proxy import serve as serve_proxy
 
     limits = {"budget_window": budget_window, "timeout_s": timeout_s, "max_body_bytes": max_body_bytes}
+    price = {"lam": lam, "budget_j": budget_j, "max_accuracy_loss": max_accuracy_loss}
+    how = {"prompt_template": prompt_template, "look": look}
     try:
-        serve_proxy(
-            bundle, upstream, host, port, backend, upstream_key, lam=lam, budget_j=budget_j, api_key=api_key, **limits
-        )
+        serve_proxy(bundle, upstream, host, port, backend, upstream_key, api_key=api_key, **price, **how, **limits)
     except TTCError as e:
         _fail(e)
 
