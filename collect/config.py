@@ -59,7 +59,7 @@ class CollectConfig:
 
     def arms(self) -> list[Arm]:
         ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= self.n_samples]
-        from collect.engine import stored_name
+        from collect.engine_ref import stored_name
 
         models = [stored_name(m) for m in self.models]  # an engine's URL holds "/", which arm ids cannot
         return build_grid(models, ns, list(self.levels), list(self.temperatures), self.greedy)

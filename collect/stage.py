@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 from collect.config import CollectConfig
 from collect.energy import make_meter
 from collect.energy.attribution import RULE, Share, attribute
-from collect.engine import EngineModel, engine_meter, parse_engine, stored_name
+from collect.engine import EngineModel, engine_meter
+from collect.engine_ref import parse_engine, stored_name
 from collect.tasks import Item, Task, make_task
 from policy.records import EnergyMeasurement, Sample
 from store.probes import ProbeRow, ProbeStore

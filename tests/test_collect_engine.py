@@ -20,7 +20,8 @@ import pytest
 from collect.config import CollectConfig
 from collect.energy import EstimateMeter
 from collect.energy.machine import MachineEstimateMeter
-from collect.engine import EngineModel, UnmeasuredMeter, engine_meter, parse_engine, stored_name
+from collect.engine import EngineModel, UnmeasuredMeter, engine_meter
+from collect.engine_ref import parse_engine, stored_name
 from collect.stage import run_collection
 from policy.arms import Arm
 from policy.errors import UsageError
@@ -166,7 +167,7 @@ def test_engine_without_token_list_refuses_more_than_one_level(engine):
 
 @pytest.mark.slow
 def test_remote_engine_samples_are_unmeasured_and_train_refuses_them(engine, tmp_path, monkeypatch):
-    from collect.engine import EngineRef
+    from collect.engine_ref import EngineRef
 
     monkeypatch.setattr(EngineRef, "loopback", property(lambda self: False))  # as if on another machine
     store = tmp_path / "store"
