@@ -25,6 +25,7 @@ from policy.errors import TTCError
 from policy.features import FEATURE_SETS
 from policy.runtime import BACKENDS
 from store.schema import SPLIT_KINDS as SPLITS  # the split registry's names, without pandas
+from ttc.options import check_ray, eval_inputs, read_key
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn how much test-time compute each query needs.")
 
@@ -86,6 +87,7 @@ def collect(
     from collect.observers import collect_stage
 
     try:
+        check_ray(ray, ray_actors)
         cfg = load_config(
             config,
             models=model or None,
@@ -179,21 +181,6 @@ def train(
     )
 
 
-def _key(key_file: Path | None) -> bytes | None:
-    """The bundle signing key from --key-file (else None: TTC_BUNDLE_KEY is read by the loader)."""
-    from policy.errors import UsageError
-
-    if key_file is None:
-        return None
-    try:
-        key = key_file.read_bytes().strip()
-    except OSError as e:
-        raise UsageError(f"cannot read --key-file {key_file}: {e.strerror}") from e
-    if not key:
-        raise UsageError(f"--key-file {key_file} is empty; put a secret in it")
-    return key
-
-
 KEY_FILE_HELP = "file holding the HMAC key: sign the bundle / require its signature (default: env TTC_BUNDLE_KEY)"
 
 
@@ -223,7 +210,7 @@ def export(
 
     try:
         r = export_stage(
-            source, out, mode, lam, budget_j, register_name, alias, tracking_uri, force=force, key=_key(key_file)
+            source, out, mode, lam, budget_j, register_name, alias, tracking_uri, force=force, key=read_key(key_file)
         )
     except TTCError as e:
         _fail(e)
@@ -254,7 +241,7 @@ def adapt(
 
     t0 = time.perf_counter()
     try:
-        r = adapt_stage(bundle, store, out, task or None, force=force, key=_key(key_file))
+        r = adapt_stage(bundle, store, out, task or None, force=force, key=read_key(key_file))
     except TTCError as e:
         _fail(e)
     tasks = ", ".join(f"{t} ({k} queries)" for t, k in r["adapted"].items())
@@ -291,7 +278,7 @@ def allocate(
             lam,
             budget_j,
             backend,
-            key=_key(key_file),
+            key=read_key(key_file),
             warn=lambda m: typer.echo(f"warning: {m}", err=True),
             probe_model=probe_model,
             device=device,
@@ -324,6 +311,7 @@ def eval_(
     seed: Annotated[int, typer.Option(help="seed of the folds and the bootstrap")] = 0,
     allow_mixed_energy: Annotated[bool, typer.Option(help="allow comparing measured with estimated joules")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI; default sqlite:///mlruns/mlflow.db")] = None,
+    force: Annotated[bool, typer.Option(help="replace an earlier eval report at --out (never other files)")] = False,
 ) -> None:
     """Compare the learned allocator with fixed, model scaling, random, binned, early stopping, the published
     stopping rules (adaptive_consistency, esc) and the oracle; cross-fitted with --folds."""
@@ -332,15 +320,11 @@ def eval_(
     from eval.stage import eval_stage
 
     try:
-        cross = folds > 1
-        use_split_file = not cross and not holdout_task
         r = eval_stage(
             store,
-            bundle if not cross or Path(bundle).exists() else None,
-            out,
+            out_dir=out,
             split=split,
             holdout_tasks=holdout_task or None,
-            split_file=train_dir if use_split_file else None,
             n_boot=n_boot,
             seed=seed,
             tracking_uri=tracking_uri,
@@ -348,6 +332,8 @@ def eval_(
             allocators=allocator or None,
             folds=folds,
             fold_trials=fold_trials,
+            force=force,
+            **eval_inputs(bundle, train_dir, folds, holdout_task),
         )
     except TTCError as e:
         _fail(e)
