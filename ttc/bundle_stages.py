@@ -56,8 +56,12 @@ def _download(source: str, tracking_uri: str | None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from store.tracking import resolve_tracking_uri
+    from store.tracking import DEFAULT_TRACKING_URI, resolve_tracking_uri
 
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else Path(uri) if "://" not in uri else None
+    if db is not None and not db.exists():  # reading creates nothing: no fresh database, lock or marker file
+        raise UsageError(f"cannot fetch {source!r}: there is no MLflow store at {str(db)!r}; check --tracking-uri")
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     try:
         local = Path(mlflow.artifacts.download_artifacts(source))
@@ -81,6 +85,8 @@ def _rule_overrides(mode: str | None, lam: float | None, budget_j: float | None)
 
     if mode is not None and mode not in RULES:
         raise unknown_name("--mode", mode, RULES)
+    if lam is not None and budget_j is not None:  # a price and a budget each decide the rule: never drop one
+        raise UsageError("give --lam or --budget-j, not both")
     if lam is not None and not (math.isfinite(lam) and lam >= 0):
         raise UsageError(f"--lam must be a finite price >= 0 (accuracy per joule), got {lam}")
     if budget_j is not None and not (math.isfinite(budget_j) and budget_j > 0):
@@ -93,17 +99,25 @@ def _rule_overrides(mode: str | None, lam: float | None, budget_j: float | None)
     return {k: v for k, v in changes.items() if v is not None}
 
 
-def _check_paths(src: Path, out: Path, force: bool) -> Path:
-    """Refuse an output that is, holds or lies in the source, or that holds something not ours; returns the zip path."""
+def _check_places(out: Path) -> Path:
+    """Refuse an --out folder (or its .zip) that is no place to write (store/paths.py); the zip path.
+
+    Needs no source, so export runs it before any download or load.
+    """
+    from store.paths import check_output_file, check_output_folder
+
+    check_output_folder(out, "--out")
+    zip_path = out.with_name(out.name + ".zip")
+    check_output_file(zip_path, "--out (its .zip)")
+    return zip_path
+
+
+def _check_destinations(out: Path, force: bool) -> Path:
+    """`_check_places`, and refuse an --out (or its .zip) that holds something not ours; the zip path."""
     from policy.bundle_files import is_bundle_zip
     from train.export import check_destination
 
-    src_r, out_r = src.resolve(), out.resolve()
-    zip_path = out.with_name(out.name + ".zip")
-    if out_r == src_r or src_r.is_relative_to(out_r) or out_r.is_relative_to(src_r):
-        raise UsageError(f"--out {out} is, holds or lies inside the source bundle {src}; choose another folder")
-    if zip_path.resolve() == src_r:
-        raise UsageError(f"--out {out} would overwrite the source {src} with {zip_path.name}; choose another folder")
+    zip_path = _check_places(out)
     check_destination(out, force)
     if zip_path.is_symlink() or zip_path.exists():
         if not is_bundle_zip(zip_path):
@@ -111,6 +125,17 @@ def _check_paths(src: Path, out: Path, force: bool) -> Path:
         if not force:
             raise UsageError(f"{zip_path} already holds a policy bundle; pass --force to replace it")
     return zip_path
+
+
+def _check_paths(src: Path, out: Path, force: bool) -> Path:
+    """Refuse an output that is, holds or lies in the source, or that holds something not ours; returns the zip path."""
+    src_r, out_r = src.resolve(), out.resolve()
+    zip_path = out.with_name(out.name + ".zip")
+    if out_r == src_r or src_r.is_relative_to(out_r) or out_r.is_relative_to(src_r):
+        raise UsageError(f"--out {out} is, holds or lies inside the source bundle {src}; choose another folder")
+    if zip_path.resolve() == src_r:
+        raise UsageError(f"--out {out} would overwrite the source {src} with {zip_path.name}; choose another folder")
+    return _check_destinations(out, force)
 
 
 def export_stage(
@@ -133,8 +158,13 @@ def export_stage(
 
     changes = _rule_overrides(mode, lam, budget_j)
     secret = resolve_key(key)
-    src = _resolve_bundle_source(source, tracking_uri)
     out = Path(out)
+    _check_places(out)  # before any download, load or write
+    if register_name:
+        from store.tracking import check_tracking_uri
+
+        check_tracking_uri(tracking_uri, registry=True)  # registration is refused before anything is written
+    src = _resolve_bundle_source(source, tracking_uri)
     # verifies files, digest and features before anything is written; an unsigned source may be
     # exported with a key (this is where a bundle gets signed), a signed one must match it
     policy = load_bundle(src, key=secret, require_signature=False)
@@ -276,18 +306,17 @@ def allocate_stage(
     A policy that reads a probe needs `probe_model` (its bundle's probe model): that model is loaded
     and prefills every question's prompt (`prefill_probes`), chunk by chunk.
     """
+    from collect.config import check_device
     from policy.bundle import load_bundle
     from policy.records import Decision
     from policy.stream import allocate_stream
+    from store.paths import check_output_file
 
-    if lam is not None and budget_j is not None:
-        raise UsageError("give --lam or --budget-j, not both")
-    _rule_overrides(None, lam, budget_j)  # names the value given when it is bad
-    out = Path(output_path)
-    if out.is_dir():
-        raise UsageError(f"--output {out} is a folder; give a file path for the decisions (e.g. {out}/decisions.jsonl)")
+    _rule_overrides(None, lam, budget_j)  # names the value given when it is bad, refuses both
+    out = check_output_file(output_path, "--output")  # a regular file or a new path: never a FIFO, device or link
     if not Path(input_path).is_file():
         raise UsageError(f"--input {input_path} is not a file; give a JSONL file of queries")
+    check_device(device)
     policy = load_bundle(bundle, backend=backend, key=key)
     probe_fn = _probe_fn(policy, probe_model, device)
     table = policy.task_table
