@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import policy as policy_package
+from policy.bundle import Policy
 from policy.errors import UsageError
 
 #: the question/task columns a served policy accepts, with one example row
@@ -26,8 +27,11 @@ def log_policy_model(
     registered_name: str | None = None,
     alias: str | None = None,
     backend: str = "numpy",
+    policy: Policy | None = None,
 ) -> str:
     """Log the bundle as an MLflow pyfunc model in the current (or a new) run; returns a model URI.
+
+    `policy`: the bundle already loaded from `bundle_dir`'s bytes (export loads it once); None loads it here.
 
     With `registered_name` the model is registered; with `alias` too (e.g.
     "champion") that alias points at the new version and the returned URI is
@@ -43,7 +47,8 @@ def log_policy_model(
     bundle_dir = Path(bundle_dir).resolve()
     if not bundle_dir.is_dir():
         raise UsageError(f"{bundle_dir} is not a bundle folder; log the folder that write_bundle wrote, not the .zip")
-    policy = load_bundle(bundle_dir, backend=backend)  # refuse a broken bundle before logging it
+    if policy is None:
+        policy = load_bundle(bundle_dir, backend=backend)  # refuse a broken bundle before logging it
 
     policy_dir = Path(policy_package.__file__).resolve().parent  # shipped as code: the pyfunc imports it
     signature = _signature()

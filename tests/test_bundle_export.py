@@ -182,3 +182,22 @@ def test_an_export_failing_while_writing_leaves_nothing_and_keeps_the_old_bundle
     with pytest.raises(OSError):
         export_stage(str(bundle_dir), out, lam=0.5, force=True)
     assert _tree_of(out.parent) == before
+
+
+def test_export_loads_the_new_bundle_once_and_the_source_once(bundle_dir, tmp_path, monkeypatch):
+    """Publish, zip and the final check share one load of the new bundle (the zip: the folder's bytes)."""
+    import policy.bundle
+    import train.export
+
+    loaded: list[str] = []
+    real = policy.bundle.load_bundle
+
+    def counting(path, *a, **kw):
+        loaded.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(policy.bundle, "load_bundle", counting)
+    monkeypatch.setattr(train.export, "load_bundle", counting)
+    r = export_stage(str(bundle_dir), tmp_path / "P", lam=0.01)
+    assert loaded == [bundle_dir.name, "P.zip"]
+    assert load_bundle(r["bundle"]).rule.lam == load_bundle(r["zip"]).rule.lam == 0.01

@@ -243,18 +243,35 @@ def _parity(manifest: Manifest, files: Mapping[str, bytes], fs: FeatureSet, refe
     return out
 
 
-def write_policy(policy: Policy, out_dir: str | Path, key: bytes | str | None = None, force: bool = False) -> Path:
+def write_policy(
+    policy: Policy, out_dir: str | Path, key: bytes | str | None = None, force: bool = False, verify: bool = True
+) -> Path:
     """Write a loaded (or `with_rule`-changed) policy as a bundle folder: same files, fresh digest.
 
     An existing `out_dir` must be a bundle of ours and `force` true; anything
-    else there is refused and kept.
+    else there is refused and kept. `verify=False` skips the read-back: only for a
+    caller that loads the same bytes itself before publishing them (`publish_bundle`).
     """
     manifest = Manifest(**{**policy.manifest.to_dict(), "digest": "", "signature": None})
-    return _publish(Path(out_dir), manifest, policy.files, resolve_key(key), replace=force)
+    return _publish(Path(out_dir), manifest, policy.files, resolve_key(key), replace=force, verify=verify)
 
 
-def _publish(out: Path, manifest: Manifest, files: Mapping[str, bytes], key: bytes | None, replace: bool) -> Path:
-    """Write the bundle into a temporary sibling, prove it loads, then rename it to `out`."""
+def publish_bundle(policy: Policy, staging: Path, out: Path, zip_path: Path, key: bytes | None) -> Policy:
+    """Build `policy` as a folder and its zip in `staging`, load the new bundle ONCE, return it.
+
+    The zip holds the folder's files byte for byte, so loading it (digest, signature,
+    every file's checks) proves both. The caller renames them into place with
+    `swap_in(staging / out.name, out)` and `os.replace(staging / zip_path.name, zip_path)`.
+    """
+    built = write_policy(policy, staging / out.name, key=key, verify=False)
+    zipped = zip_bundle(built, staging / zip_path.name)
+    return load_bundle(zipped, key=key)
+
+
+def _publish(
+    out: Path, manifest: Manifest, files: Mapping[str, bytes], key: bytes | None, replace: bool, verify: bool = True
+) -> Path:
+    """Write the bundle into a temporary sibling, prove it loads (unless `verify` is false), then rename it to `out`."""
     check_destination(out, replace)
     manifest = Manifest(**{**manifest.to_dict(), "files": {k: sha256(v) for k, v in sorted(files.items())}})
     digest = bundle_digest(manifest, files)
@@ -266,7 +283,8 @@ def _publish(out: Path, manifest: Manifest, files: Mapping[str, bytes], key: byt
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-        load_bundle(tmp, key=key)  # what we publish must read back with the default backend
+        if verify:
+            load_bundle(tmp, key=key)  # what we publish must read back with the default backend
         swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

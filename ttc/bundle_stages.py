@@ -154,7 +154,7 @@ def export_stage(
     from policy.allocate import DecisionRule
     from policy.bundle import load_bundle
     from policy.manifest import resolve_key
-    from train.export import swap_in, write_policy, zip_bundle
+    from train.export import publish_bundle, swap_in
 
     changes = _rule_overrides(mode, lam, budget_j)
     secret = resolve_key(key)
@@ -174,12 +174,10 @@ def export_stage(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
     try:
-        built = write_policy(policy.with_rule(rule), staging / out.name, key=secret)
-        zipped = zip_bundle(built, staging / zip_path.name)
-        load_bundle(zipped, key=secret)
+        new = publish_bundle(policy.with_rule(rule), staging, out, zip_path, secret)  # the one load of the new bundle
         _check_paths(src, out, force)  # again: something may have appeared meanwhile
-        swap_in(built, out)
-        os.replace(zipped, zip_path)
+        swap_in(staging / out.name, out)
+        os.replace(staging / zip_path.name, zip_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for p in created:  # deepest first: folders made for this export only, removed only while empty
@@ -193,11 +191,11 @@ def export_stage(
     # the default price and what it buys on the training frontier (frontier.json), for the console
     result["price"] = policy.frontier.describe() if policy.frontier is not None else None
     if register_name:
-        result["model_uri"] = _register(out, register_name, alias, tracking_uri, policy.energy_source)
+        result["model_uri"] = _register(out, new, register_name, alias, tracking_uri)
     return result
 
 
-def _register(out: Path, register_name: str, alias: str | None, tracking_uri: str | None, source: str) -> str:
+def _register(out: Path, policy: Any, register_name: str, alias: str | None, tracking_uri: str | None) -> str:
     import mlflow
 
     from serve.mlflow_log import log_policy_model
@@ -205,8 +203,8 @@ def _register(out: Path, register_name: str, alias: str | None, tracking_uri: st
 
     setup_tracking(tracking_uri, "ttc-export")
     with mlflow.start_run(run_name="export"):
-        mlflow.set_tags({"stage": "export", "energy_source": source})
-        return log_policy_model(out, registered_name=register_name, alias=alias)
+        mlflow.set_tags({"stage": "export", "energy_source": policy.energy_source})
+        return log_policy_model(out, registered_name=register_name, alias=alias, policy=policy)
 
 
 # ---------------------------------------------------------------- allocate
@@ -415,7 +413,7 @@ def adapt_stage(
     from policy.manifest import resolve_key
     from store.loader import load_samples
     from train.adapt import adapt_policy
-    from train.export import swap_in, write_policy, zip_bundle
+    from train.export import publish_bundle, swap_in
 
     secret = resolve_key(key)
     src = _resolve_bundle_source(str(bundle))
@@ -429,12 +427,10 @@ def adapt_stage(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".adapt", dir=out.parent))
     try:
-        built = write_policy(policy.with_task_table(adaptation.table), staging / out.name, key=secret)
-        zipped = zip_bundle(built, staging / zip_path.name)
-        load_bundle(zipped, key=secret)
+        publish_bundle(policy.with_task_table(adaptation.table), staging, out, zip_path, secret)
         _check_paths(src, out, force)  # again: something may have appeared meanwhile
-        swap_in(built, out)
-        os.replace(zipped, zip_path)
+        swap_in(staging / out.name, out)
+        os.replace(staging / zip_path.name, zip_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for p in created:
