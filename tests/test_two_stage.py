@@ -274,3 +274,14 @@ def test_a_stage_two_file_of_five_signals_from_older_bundles_still_loads_and_dec
     p = model.predict_proba(stage_two_rows(test.questions, list(test.tasks), tsig, ARMS, MODELS))[:, 1]
     chosen = [old.arm_ids.index(d.arm_id) for d in got]
     assert np.allclose([d.p_success for d in got], p.reshape(len(tsig), len(ARMS))[np.arange(len(tsig)), chosen])
+
+
+def test_the_first_look_is_the_most_accurate_of_the_equally_cheap_one_sample_arms():
+    from policy.arms import Arm
+    from train.two_stage import stage_one_index
+
+    arms = [Arm("m", 1, 16, 1.0), Arm("m", 1, 16, 0.0), Arm("m", 1, 32, 0.0), Arm("m", 2, 16, 1.0)]
+    mean_j = np.array([2.946, 2.954, 3.6, 1.0])  # the two-sample arm is cheaper still, but no look
+    assert stage_one_index(mean_j, arms) == 0  # without accuracies: the cheapest
+    assert stage_one_index(mean_j, arms, np.array([0.31, 0.35, 0.41, 0.9])) == 1  # 0.3% dearer, more accurate
+    assert stage_one_index(np.array([2.0, 2.2, 3.6, 1.0]), arms, np.array([0.31, 0.35, 0.41, 0.9])) == 0  # 10%

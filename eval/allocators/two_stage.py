@@ -1,10 +1,12 @@
 """`two_stage`: look, then decide. Stage 1 always draws one sample; stage 2 picks the rest from its signals.
 
 Stage 1 is the fold's cheapest one-sample arm (lowest mean joules on the fold's
-training queries; its model is the cheapest arm's model). Its sample's
-signals (`policy.features.FIRST_SAMPLE_NAMES`: mean and minimum token
+training queries, counting arms within 5% of it as equally cheap and taking the
+most accurate of those on the training queries). Its sample's
+signals (`policy.features.STAGE2_SIGNAL_NAMES`: mean and minimum token
 log-probability and mean entropy over its tokens up to the cap, whether an
-answer was extracted, its length) join the text features; a LightGBM
+answer was extracted, its length, and the equations its text writes and how
+many are wrong) join the text features; a LightGBM
 classifier trained per fold on the fold's training queries (label: the arm's
 realised vote) predicts each arm's success given them. Stage 2 takes, at a
 price λ, the arm with the most predicted accuracy minus λ x its *marginal*
@@ -47,8 +49,8 @@ __all__ = ["TwoStageAllocator", "continues", "stage_one_arm", "stage_one_signals
 
 
 def stage_one_arm(train: Outcomes, arms: list[Arm]) -> int:
-    """The one-sample arm with the lowest mean training joules (ties: arm order)."""
-    return stage_one_index(train.energy_j.mean(axis=0), arms)
+    """The most accurate of the one-sample arms within 5% of the lowest mean training joules (`stage_one_index`)."""
+    return stage_one_index(train.energy_j.mean(axis=0), arms, train.correct.mean(axis=0))
 
 
 class TwoStageAllocator(Allocator):
