@@ -61,6 +61,7 @@ from serve.options import check_app_options, check_listen
 from serve.upstream import CHAT, COMPLETIONS, Sampled, Upstream, UpstreamError, Upstreams
 
 MAX_BODY_BYTES = 1 << 20
+MAX_CHOICES = 128  # the largest n a client may ask for (the OpenAI API's own limit)
 VIRTUAL_MODEL = "ttc"
 # dropped from a policy-mode request before it goes upstream: the arm sets them, or they are ours
 _POLICY_OWNED = ("ttc", "n", "max_tokens", "max_completion_tokens", "temperature", "stream", "stream_options")
@@ -324,6 +325,9 @@ def _client_bounds(body: dict[str, Any]) -> tuple[int | None, int | None]:
             raise UsageError(f'"{key}" must be an integer >= 1, got {v!r}')
         out.append(v)
     n, max_tokens, max_completion = out
+    if n is not None and n > MAX_CHOICES:
+        # n is a lower bound on the samples drawn: unbounded, one request could queue the engine for hours
+        raise UsageError(f'"n" must be <= {MAX_CHOICES} (as in the OpenAI API), got {n}')
     caps = [v for v in (max_tokens, max_completion) if v is not None]
     return n, min(caps) if caps else None
 

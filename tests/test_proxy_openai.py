@@ -344,3 +344,10 @@ def test_ttc_serve_refuses_an_unset_upstream_key_before_listening(policy_dir):
     cmd += ["--upstream", "tiny-135m=http://127.0.0.1:9/v1", "--upstream-key", "tiny-135m=TTC_SURELY_UNSET_VAR"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "TTC_SURELY_UNSET_VAR" in r.stderr and "export" in r.stderr
+
+
+def test_n_above_the_openai_limit_is_refused_before_any_sample(stack):
+    s = stack()
+    with pytest.raises(openai.BadRequestError, match="<= 128"):
+        s.chat(n=129)
+    assert s.seen == []
