@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from policy import jsonsafe
 from policy.allocate import DEFAULT_P_FLOOR
 from policy.errors import BundleError, UsageError
 from policy.hulls import hulls, price_positions
@@ -124,7 +125,7 @@ class Frontier:
     @classmethod
     def from_json(cls, raw: bytes, arm_ids: Sequence[str]) -> Frontier:
         try:
-            d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+            d = jsonsafe.loads(raw, FRONTIER_FILE, BundleError, "; re-export the bundle")
             points = [FrontierPoint(**_nums(q, ("lam", "accuracy", "mean_predicted_j", "mean_j"))) for q in d["points"]]
             arms = [
                 ArmPoint(str(a["arm_id"]), **_nums(a, ("accuracy", "mean_predicted_j", "mean_j"))) for a in d["arms"]
@@ -154,10 +155,6 @@ def _nums(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
             raise ValueError(f"{k} must be a finite number, got {v!r}")
         out[k] = float(v)
     return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _pick(points: Sequence[FrontierPoint], floor: float) -> tuple[float, bool]:

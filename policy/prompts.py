@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from policy import jsonsafe
 from policy.errors import BundleError
 
 PROMPTS_FILE = "prompts.json"
@@ -85,10 +86,7 @@ class Prompts:
 
     @classmethod
     def from_json(cls, raw: bytes, models: Sequence[str]) -> Prompts:
-        try:
-            d = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise BundleError(f"{PROMPTS_FILE} is not valid UTF-8 JSON; re-export the bundle") from exc
+        d = jsonsafe.loads(raw, PROMPTS_FILE, BundleError, "; re-export the bundle")
         if not isinstance(d, dict) or not isinstance(d.get("models"), dict) or not isinstance(d.get("demos"), dict):
             raise BundleError(f'{PROMPTS_FILE} must hold {{"models": {{...}}, "demos": {{...}}}}; re-export the bundle')
         out: dict[str, ModelPrompt] = {}

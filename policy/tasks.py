@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from policy import jsonsafe
 from policy.errors import BundleError, UsageError
 
 TASKS_FILE = "tasks.json"
@@ -241,10 +242,7 @@ class TaskTable:
     @classmethod
     def from_json(cls, raw: bytes, arm_ids: Sequence[str]) -> TaskTable:
         """Parse and check tasks.json against the bundle's arms; `BundleError` naming the bad field."""
-        try:
-            d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise BundleError(f"{TASKS_FILE} is not valid UTF-8 JSON; re-export the bundle") from exc
+        d = jsonsafe.loads(raw, TASKS_FILE, BundleError, "; re-export the bundle")
         if not isinstance(d, dict) or set(d) != _KEYS:
             raise BundleError(f"{TASKS_FILE} must be an object with keys {sorted(_KEYS)}; re-export the bundle")
         if d["arms"] != list(arm_ids):
@@ -282,10 +280,6 @@ _KEYS = {"arms", "columns", "global", "prior_queries", "unknown_rule", "adapted"
 
 def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _table(d: Mapping[str, Any], n_arms: int, what: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
