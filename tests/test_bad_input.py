@@ -311,3 +311,60 @@ def test_a_second_collector_on_a_brand_new_store_is_refused_before_loading_a_mod
         root = Path(__file__).resolve().parents[1]
         proc = subprocess.run([sys.executable, "-c", code, str(new)], cwd=root, capture_output=True, text=True)
     assert proc.returncode != 0 and "is being written by" in proc.stderr
+
+
+# ---------------------------------------------------------------- the proxy
+
+
+DEEP = "[" * 6000 + "]" * 6000
+MSG = '[{"role": "user", "content": "What is 2 + 3?"}]'
+
+
+@pytest.mark.parametrize(
+    "body, header",
+    [
+        ('{"model": "ttc", "messages": ' + DEEP + "}", None),
+        ('{"model": "ttc", "messages": ' + MSG + ', "ttc": {"lam": 1' + "0" * 400 + "}}", None),
+        ('{"model": "ttc", "messages": ' + MSG + ', "n": 1e400}', None),
+        ('{"model": "ttc", "messages": ' + MSG + ', "max_tokens": ' + "9" * 5000 + "}", None),
+        ('{"model": "ttc", "messages": ' + MSG + ', "temperature": NaN}', None),
+        ('{"model": "ttc", "messages": ' + MSG + "}", '{"lam": ' + DEEP + "}"),
+        ('{"model": "ttc", "messages": ' + MSG + "}", '{"lam": 1e999}'),
+        ('{"model": "ttc", "prompt": ' + DEEP + "}", None),
+    ],
+)
+def test_the_proxy_answers_deep_or_huge_json_with_a_400_in_the_openai_format(bundle_dir, body, header):
+    from fastapi.testclient import TestClient
+    from policy_fixtures import MODELS
+
+    from serve.proxy import create_app
+    from serve.upstream import parse_upstreams
+
+    app = create_app(load_bundle(bundle_dir), parse_upstreams([f"{m}=http://127.0.0.1:9/v1" for m in MODELS]))
+    endpoint = "/v1/completions" if '"prompt"' in body else "/v1/chat/completions"
+    headers = {"content-type": "application/json"} | ({"x-ttc": header} if header else {})
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post(endpoint, content=body.encode(), headers=headers)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"] and "\n" not in err["message"]
+
+
+def test_no_module_parses_json_or_toml_outside_the_one_parser():
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    # round trips of this package's own output, never untrusted text
+    own_output = {"train/export.py", "ttc/cli.py", "ttc/stages.py", "train/price.py"}
+    found = []
+    for pkg in ("policy", "store", "collect", "serve", "train", "eval", "ttc"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel == "policy/jsonsafe.py" or rel in own_output:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                f = node.func if isinstance(node, ast.Call) else None
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                    if (f.value.id, f.attr) in {("json", "loads"), ("json", "load"), ("tomllib", "loads")}:
+                        found.append(f"{rel}:{node.lineno}")
+    assert found == [], f"parse untrusted JSON/TOML with policy.jsonsafe, not: {found}"
