@@ -416,8 +416,9 @@ def adapt_stage(
     from train.export import publish_bundle, swap_in
 
     secret = resolve_key(key)
-    src = _resolve_bundle_source(str(bundle))
     out = Path(out)
+    _check_places(out)  # before the bundle or the store is read
+    src = _resolve_bundle_source(str(bundle))
     policy = load_bundle(src, key=secret, require_signature=False)
     zip_path = _check_paths(src, out, force)
     if not Path(store).is_dir():
