@@ -26,7 +26,17 @@ engine (e.g. a llama.cpp server) and reports the same split. Every load is
 bounded and the script stops by itself. Without `--bundle` a synthetic bundle
 is trained and exported to a temp folder first (tests/policy_fixtures.py).
 
+Beside the overhead, `reference_heldout` (benchmarks/serve_accuracy.py): a
+policy trained on 60% of the reference collection, and `--accuracy-requests`
+(200) of the other queries sent through `ttc serve` at the bundle's exported
+default price, with the trained prompt and look-then-decide, then forced to
+the most accurate arm and to the small model's greedy arm, in one run:
+accuracy and predicted joules per request side by side. Its engine replays
+the reference's stored samples (not a model: see that module);
+`--accuracy-requests 0` skips it.
+
     python benchmarks/serve.py [--bundle DIR] [--requests 200] [--concurrency 8] [--llama-url URL]
+                               [--accuracy-requests 200] [--accuracy-trials 0]
 """
 
 from __future__ import annotations
@@ -156,6 +166,10 @@ def main() -> None:
     ap.add_argument("--llama-requests", type=int, default=12)
     ap.add_argument("--llama-max-tokens", type=int, default=32, help="client cap on tokens per sample")
     ap.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    ap.add_argument(
+        "--accuracy-requests", type=int, default=200, help="held-out reference questions served (0: skip that run)"
+    )
+    ap.add_argument("--accuracy-trials", type=int, default=0, help="Optuna trials of that run's policy (0: defaults)")
     args = ap.parse_args()
 
     from policy.bundle import load_bundle
@@ -191,6 +205,11 @@ def main() -> None:
     if args.llama_url:
         n, tok = args.llama_requests, args.llama_max_tokens
         report["llama_cpp"] = proxy_run(bundle, args.llama_url.rstrip("/"), models, 2, n, 2, tok)
+    if args.accuracy_requests > 0:
+        from benchmarks.serve_accuracy import accuracy_run
+
+        reference = ROOT / "data" / "reference"
+        report["reference_heldout"] = accuracy_run(reference, args.accuracy_requests, trials=args.accuracy_trials)
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

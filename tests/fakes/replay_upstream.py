@@ -4,11 +4,16 @@ For each request it finds the question (the last user message, or the last
 "Question: ... Answer:" block of a plain prompt) among the stored samples of
 the requested model, and returns the next stored samples at that temperature
 (temperature 0: the greedy sample), cut at the largest graded cap not above
-`max_tokens`. Each reply text is "The answer is X." with X the grader's
-stored answer at that cap (or "I do not know." when it had none), so the
-proxy's extraction recovers exactly the graded answer; `finish_reason`,
-`usage.completion_tokens` and per-token `logprobs` (chosen-token and top-1,
-token strings empty) are the sample's own up to that cap. It does not
+`max_tokens`. The reply text is the sample's own when that cap covers it;
+when the cap cut it, the store holds no text at the cut, so the reply is
+"The answer is X." with X the grader's stored answer at that cap (or "I do
+not know." when it had none): the proxy's extraction then recovers the graded
+answer exactly, while a cut share of the text's characters would not (the
+answer's last digits fall off). `answers_only` makes every text so.
+`finish_reason`, `usage.completion_tokens` and per-token `logprobs`
+(chosen-token and top-1, token strings empty) are the sample's own up to
+that cap. `app.state.reset()` starts every question's samples from the first
+again (so two passes over the same questions see the same samples). It does not
 generate anything and measures nothing: it lets the proxy's decisions, votes
 and look-then-decide run on real recorded outcomes. `correct_answers` gives,
 per question, the answers the grader marked correct, to score voted replies.
@@ -49,9 +54,9 @@ def correct_answers(samples: pd.DataFrame) -> dict[str, set[str]]:
     return dict(out)
 
 
-def make_replay_upstream(samples: pd.DataFrame, delay_s: float = 0.0) -> FastAPI:
+def make_replay_upstream(samples: pd.DataFrame, delay_s: float = 0.0, answers_only: bool = False) -> FastAPI:
     """The replay engine over `samples` (store rows with levels, level answers and token log-probs)."""
-    keep = ["question", "model", "temperature", "sample_index", "finished", "output_tokens", "levels",
+    keep = ["question", "model", "temperature", "sample_index", "finished", "output_tokens", "levels", "text",
             "level_answer", "level_output_tokens", "token_logprob", "token_top1_logprob", "prompt_tokens"]  # fmt: skip
     rows = samples[keep].sort_values(["model", "question", "temperature", "sample_index"])
     index: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
@@ -61,15 +66,23 @@ def make_replay_upstream(samples: pd.DataFrame, delay_s: float = 0.0) -> FastAPI
     app = FastAPI()
     app.state.seen = []
 
+    def reset() -> None:
+        cycles.update({k: itertools.cycle(v) for k, v in index.items()})
+
+    app.state.reset = reset
+
     def sample(model: str, question: str, temperature: float, cap: int, kind: str, i: int) -> dict[str, Any]:
         key = (model, question, 0.0 if temperature == 0 else temperature)
         r = next(cycles[key])
         levels = list(r["levels"])
         k = max([j for j, L in enumerate(levels) if L <= cap] or [0])
         tokens = int(r["level_output_tokens"][k])
-        answer = r["level_answer"][k]
-        text = f"The answer is {answer}." if answer is not None else "I do not know."
-        finished = bool(r["finished"]) and tokens >= int(r["output_tokens"])
+        answer, out_tokens, full = r["level_answer"][k], int(r["output_tokens"]), str(r["text"] or "")
+        if answers_only or tokens < out_tokens:
+            text = f"The answer is {answer}." if answer is not None else "I do not know."
+        else:
+            text = full
+        finished = bool(r["finished"]) and tokens >= out_tokens
         lps = [float(x) for x in list(r["token_logprob"])[:tokens]]
         tops = [float(x) for x in list(r["token_top1_logprob"])[:tokens]]
         if kind == "chat":
