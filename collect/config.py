@@ -47,7 +47,7 @@ class CollectConfig:
     idle_baseline_s: float = 0.0
     device: str = "auto"
     threads: int = 0
-    dtype: str = "auto"  # compute dtype (collect.models.DTYPES); "auto" = bfloat16
+    dtype: str = "auto"  # compute dtype (collect.models.DTYPES); "auto" = bfloat16 where native, else float32
     store: str = "runs/default/store"
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     experiment: str = "ttc-collect"
@@ -96,6 +96,10 @@ class CollectConfig:
         if Path(self.store).is_file():
             raise UsageError(f"store {self.store!r} is a file; give a folder (it is created if missing)")
         check_device(self.device)
+        if self.track:
+            from store.tracking import check_tracking_uri
+
+            check_tracking_uri(self.tracking_uri)  # a bad URI fails now, not after the collection
         from collect.models import resolve_dtype
 
         resolve_dtype(self.dtype, self.device)  # raises on an unknown dtype, or float16 on CPU

@@ -245,6 +245,7 @@ def test_a_staged_folder_replaces_the_old_output_only_on_success(tmp_path):
         (("train", "--tracking-uri", "bogus://x"), "--tracking-uri"),
         (("eval", "--tracking-uri", "sqlite:////proc/ttc-x/m.db"), "--tracking-uri"),
         (("collect", "--ray-actors", "-1"), "--ray-actors"),
+        (("collect", "--tracking-uri", "bogus://x", "--device", "cpu"), "--tracking-uri"),
         (("collect", "--ray-actors", "2"), "--ray"),
         (("export", "--lam", "0.1", "--budget-j", "5"), "not both"),
         (("allocate", "--bundle", "{bundle}", "--input", "{q}", "--device", "bogus"), "unknown device 'bogus'"),
