@@ -311,3 +311,19 @@ def test_no_look_serves_one_stage_and_a_forced_arm_skips_the_look(stack, look_po
     resp, _ = s.chat("What is 7 + 5?", extra_body={"ttc": {"arm": "tiny-360m/n4/L128/t0.7"}})
     assert resp.model_extra["ttc"]["look"] is None and resp.model_extra["ttc"]["rule"] == "forced"
     assert resp.model_extra["ttc"]["samples"] == 4
+
+
+def test_the_serve_command_refuses_a_price_the_bundle_cannot_give_in_one_line(plain_policy, priced_policy, tmp_path):
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    plain = write_policy(plain_policy, tmp_path / "plain")
+    ups = [a for m in MODELS for a in ("--upstream", f"{m}=http://127.0.0.1:9/v1")]
+    r = CliRunner().invoke(app, ["serve", "--bundle", str(plain), *ups, "--max-accuracy-loss", "0.01"])
+    assert r.exit_code == 2 and "frontier.json" in r.output and len(r.output.strip().splitlines()) == 1
+    priced = write_policy(priced_policy, tmp_path / "priced")
+    r = CliRunner().invoke(app, ["serve", "--bundle", str(priced), *ups, "--budget-j", "0.001"])
+    assert r.exit_code == 2 and "cheapest arms" in r.output
+    r = CliRunner().invoke(app, ["serve", "--bundle", str(priced), *ups, "--prompt-template", "nope"])
+    assert r.exit_code == 2 and "--prompt-template" in r.output
