@@ -327,3 +327,15 @@ def test_the_serve_command_refuses_a_price_the_bundle_cannot_give_in_one_line(pl
     assert r.exit_code == 2 and "cheapest arms" in r.output
     r = CliRunner().invoke(app, ["serve", "--bundle", str(priced), *ups, "--prompt-template", "nope"])
     assert r.exit_code == 2 and "--prompt-template" in r.output
+
+
+def test_export_prints_the_default_price_and_what_it_buys(priced_policy, tmp_path):
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    src = write_policy(priced_policy, tmp_path / "src")
+    r = CliRunner().invoke(app, ["export", "--from", str(src), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert priced_policy.frontier.describe() in r.output and "most accurate arm" in r.output
+    assert load_bundle(tmp_path / "out").frontier == priced_policy.frontier  # carried through export
