@@ -3,7 +3,10 @@
 - `parse_options`: the request's `ttc` body field and `x-ttc` header (the same
   JSON object; the body wins per key): `task`, `lam` (a price in accuracy per
   joule for this request), `mode` ("policy" or "passthrough"), `answer` (how
-  to extract answers: "number", "name" or "text").
+  to extract answers: "number", "name" or "text"), `arm` (run this arm id of
+  the bundle instead of the policy's pick: A/B tests and baselines).
+- `resolve_price`, `resolve_template`: `ttc serve`'s price (`--lam`, or
+  `--max-accuracy-loss` on the bundle's frontier) and prompt template.
 - `Decider.choose`: the query's features, the bundle's predictions over the
   arms whose model has an upstream (only the requested model's arms when the
   request's `model` names one of them), and the price rule at λ. A client's own
@@ -11,6 +14,10 @@
   lower bound on the arm's samples: arms outside them are not considered;
   when no arm fits, the policy's pick is clipped to them and marked `clipped`
   (its predicted joules then describe the unclipped arm).
+- `Decider.first_look` / `after_look`: look-then-decide (serve/plan.py runs
+  it): the bundle's first arm, then `Policy.decide_after_look` on the first
+  sample's signals; the predicted joules are the first sample's plus the
+  decision's marginal joules.
 - `vote_texts`: the grader's extraction on each sample and the arm view's
   majority vote (store/views.py), so serving votes exactly as training scored.
 
