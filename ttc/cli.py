@@ -84,7 +84,7 @@ def collect(
 ) -> None:
     """Generate samples over the (query, budget) grid into a crash-safe store."""
     from collect.config import load_config
-    from collect.observers import collect_stage
+    from ttc.stages import collect_any
 
     try:
         check_ray(ray, ray_actors)
@@ -107,23 +107,10 @@ def collect(
             device=device,
             threads=threads,
         ).validate()
-        failed: tuple[str, ...] = ()
-        if ray is None:
-            r = collect_stage(cfg)
-        else:
-            from collect.distributed import run_distributed
-
-            d = run_distributed(cfg, ray, max_actors=ray_actors)
-            r, failed = d.collect, d.failed
+        r, failed = collect_any(cfg, ray, ray_actors)
     except TTCError as e:
         _fail(e)
-    typer.echo(
-        f"collected {r.new_samples} new samples ({r.skipped_groups} query groups already stored); "
-        f"store {r.store} holds {r.total_samples}; {r.output_tokens} tokens, "
-        f"{r.energy_j:.1f} J {r.energy_source} ({r.meter} meter)"
-    )
-    for line in failed:  # units skipped after their bounded tries; a rerun tries them again
-        typer.echo(f"failed: {line}", err=True)
+    console.collected(r, failed)
     if failed:
         raise typer.Exit(code=1)
 
@@ -175,10 +162,7 @@ def train(
         )
     except TTCError as e:
         _fail(e)
-    typer.echo(
-        f"trained on {len(r.train_query_ids)} queries, held out {len(r.test_query_ids)}; "
-        f"models in {r.out_dir}; MLflow run {r.run_id}"
-    )
+    console.trained(r)
 
 
 KEY_FILE_HELP = "file holding the HMAC key: sign the bundle / require its signature (default: env TTC_BUNDLE_KEY)"
@@ -214,11 +198,7 @@ def export(
         )
     except TTCError as e:
         _fail(e)
-    typer.echo(
-        f"bundle {r['bundle']} and {r['zip']} (energy {r['energy_source']})"
-        + (f"; registered as {r['model_uri']}" if "model_uri" in r else "")
-        + (f"\n{r['price']}" if r.get("price") else "")
-    )
+    console.exported(r)
 
 
 @app.command()
@@ -244,11 +224,7 @@ def adapt(
         r = adapt_stage(bundle, store, out, task or None, force=force, key=read_key(key_file))
     except TTCError as e:
         _fail(e)
-    tasks = ", ".join(f"{t} ({k} queries)" for t, k in r["adapted"].items())
-    typer.echo(
-        f"adapted {tasks} (prior weight {r['prior_queries']:.1f} queries; energy {r['energy_source']}); "
-        f"bundle {r['bundle']} and {r['zip']} in {time.perf_counter() - t0:.1f} s"
-    )
+    console.adapted(r, time.perf_counter() - t0)
 
 
 @app.command()
@@ -315,8 +291,6 @@ def eval_(
 ) -> None:
     """Compare the learned allocator with fixed, model scaling, random, binned, early stopping, the published
     stopping rules (adaptive_consistency, esc) and the oracle; cross-fitted with --folds."""
-    import json
-
     from eval.stage import eval_stage
 
     try:
@@ -337,8 +311,7 @@ def eval_(
         )
     except TTCError as e:
         _fail(e)
-    console.print_headline(json.loads(r.to_json()))
-    typer.echo(f"report: {r.markdown_path}  |  MLflow: mlflow ui --backend-store-uri {r.tracking_uri}")
+    console.evaluated(r)
 
 
 @app.command()
@@ -369,19 +342,7 @@ def run(
         )
     except TTCError as e:
         _fail(e)
-    d = s["data"]
-    typer.echo(
-        f"\ndata: {d['queries']} queries ({d['queries_from_reference']} from the reference collection, "
-        f"{d['queries_collected_by_this_or_earlier_runs']} collected by ttc run; {d['new_samples_this_run']} "
-        f"new samples now); {console.held_out(d)}; energy {d['energy_source']} ({d['energy_meter']})"
-    )
-    console.print_headline(s["eval"])
-    if s["export"].get("price"):
-        typer.echo(f"bundle: {s['export']['price']}")
-    typer.echo(
-        f"report: {s['eval'].get('markdown_path')}\nsummary: {Path(out) / 'run_summary.json'}\n"
-        f"MLflow: {s['mlflow_ui']}  (took {s['timings_s']['total_s']:.0f} s)"
-    )
+    console.ran(s, str(Path(out) / "run_summary.json"))
 
 
 @app.command()

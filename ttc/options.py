@@ -28,7 +28,7 @@ def read_key(key_file: Path | None) -> bytes | None:
 def check_ray(ray: str | None, ray_actors: int) -> None:
     """--ray-actors is a count >= 0 and means something only with --ray."""
     if isinstance(ray_actors, bool) or not isinstance(ray_actors, int) or ray_actors < 0:
-        raise UsageError(f"--ray-actors must be an integer >= 0 (0 = one per slot), got {ray_actors!r}")
+        raise UsageError(f"--ray-actors must be >= 0 (an integer; 0 = one per slot), got {ray_actors!r}")
     if ray is None and ray_actors:
         raise UsageError("--ray-actors applies to a Ray collection; add --ray local (or auto, or HOST:PORT)")
 

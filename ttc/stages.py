@@ -263,3 +263,19 @@ def run_pipeline(
     summary = summarize(run)
     _atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def collect_any(cfg: Any, ray: str | None = None, max_actors: int = 0) -> tuple[Any, tuple[str, ...]]:
+    """`ttc collect`: in this process, or on Ray actors when `ray` names a cluster.
+
+    Returns the `CollectResult` and the units that failed after their bounded tries (Ray only;
+    a rerun tries them again).
+    """
+    if ray is None:
+        from collect.observers import collect_stage
+
+        return collect_stage(cfg), ()
+    from collect.distributed import run_distributed
+
+    d = run_distributed(cfg, ray, max_actors=max_actors)
+    return d.collect, tuple(d.failed)
