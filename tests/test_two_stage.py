@@ -252,7 +252,7 @@ def test_a_stage_two_file_of_five_signals_from_older_bundles_still_loads_and_dec
     from policy_fixtures import train_boosters as _boosters
 
     from train.export import write_bundle
-    from train.two_stage import fit_stage_two_model, stage_two_rows
+    from train.two_stage import fit_stage_two_model, predict_stage_two, stage_two_rows
 
     ctx, fold, _, _ = simulated
     first = ARMS[fold["a1"]]
@@ -271,7 +271,7 @@ def test_a_stage_two_file_of_five_signals_from_older_bundles_still_loads_and_dec
     test = ctx.test
     tsig = stage_one_signals(ctx.samples, list(test.query_ids), first)[:, : len(FIRST_SAMPLE_NAMES)]
     got = old.decide_after_look(test.questions, tsig, list(test.tasks), lam=0.0, first_text=["ignored"] * len(tsig))
-    p = model.predict_proba(stage_two_rows(test.questions, list(test.tasks), tsig, ARMS, MODELS))[:, 1]
+    p = predict_stage_two(model, stage_two_rows(test.questions, list(test.tasks), tsig, ARMS, MODELS))
     chosen = [old.arm_ids.index(d.arm_id) for d in got]
     assert np.allclose([d.p_success for d in got], p.reshape(len(tsig), len(ARMS))[np.arange(len(tsig)), chosen])
 
@@ -285,3 +285,15 @@ def test_the_first_look_is_the_most_accurate_of_the_equally_cheap_one_sample_arm
     assert stage_one_index(mean_j, arms) == 0  # without accuracies: the cheapest
     assert stage_one_index(mean_j, arms, np.array([0.31, 0.35, 0.41, 0.9])) == 1  # 0.3% dearer, more accurate
     assert stage_one_index(np.array([2.0, 2.2, 3.6, 1.0]), arms, np.array([0.31, 0.35, 0.41, 0.9])) == 0  # 10%
+
+
+def test_the_stage_two_model_learns_expected_correctness_from_soft_labels():
+    from train.two_stage import fit_stage_two_model, predict_stage_two
+
+    rng = np.random.default_rng(0)
+    group = rng.integers(0, 2, 600)
+    x = np.column_stack([group, rng.random(600)]).astype(np.float32)
+    y = np.where(group == 1, 0.8, 0.2)  # soft labels: no single row is 0 or 1
+    p = predict_stage_two(fit_stage_two_model(x, y, seed=0), np.asarray([[0, 0.5], [1, 0.5]], dtype=np.float32))
+    assert abs(p[0] - 0.2) < 0.05 and abs(p[1] - 0.8) < 0.05
+    assert predict_stage_two(fit_stage_two_model(x, np.full(600, 0.3), seed=0), x[:2]).tolist() == [0.3, 0.3]

@@ -5,7 +5,8 @@ stage2.json through train/export.py) and the eval simulation
 (eval/allocators/two_stage.py), so both learn the same model from the same
 rows: (question's "text" features, the first sample's `STAGE2_SIGNAL_NAMES`:
 its confidence and the checks of its own text, arm features) labelled with the
-arm's realised vote. Stage 1 is the most accurate of the (equally) cheapest
+arm's expected correctness (the arm view's `correct_soft`; the realised vote
+when a caller has no soft labels). Stage 1 is the most accurate of the (equally) cheapest
 one-sample arms (`stage_one_index`). The store keeps each sample's whole text, not its text at
 each cap: for a cap that cut the sample, the text's first (cap tokens / output
 tokens) share of characters stands in for it (serving passes the exact text). Stage 1 is the one-sample
@@ -103,19 +104,32 @@ def stage_two_rows(
     return row_matrix(np.hstack([text, signals]), arms, models)
 
 
-def fit_stage_two_model(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
-    """LightGBM on (query, signals, arm) rows; a constant when the labels hold one class only."""
-    if len(np.unique(y)) < 2:
-        return float(y[0]) if len(y) else 0.0
-    from lightgbm import LGBMClassifier
+#: the stage-2 model's LightGBM settings (issue 18: 15 leaves x 300 trees on soft labels; on the 877-query
+#: reference the former 7 x 150 on realised votes underfitted the task x arm interactions)
+STAGE2_PARAMS = dict(n_estimators=300, learning_rate=0.05, num_leaves=15, min_child_samples=20, subsample=0.8)
 
-    params = dict(n_estimators=150, learning_rate=0.05, num_leaves=7, min_child_samples=20, subsample=0.8)
-    model = LGBMClassifier(**params, subsample_freq=1, random_state=seed, n_jobs=1, verbose=-1)
+
+def fit_stage_two_model(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    """LightGBM on (query, signals, arm) rows with cross-entropy on labels in [0, 1]; a constant when all agree.
+
+    `y` is each arm's expected correctness (the arm view's `correct_soft`: less noisy than one vote's luck)
+    or its realised vote; the model's output is a probability (sigmoid of the raw score).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) == 0 or y.min() == y.max():
+        return float(y[0]) if len(y) else 0.0
+    from lightgbm import LGBMRegressor
+
+    model = LGBMRegressor(objective="cross_entropy", **STAGE2_PARAMS, subsample_freq=1, random_state=seed,
+                          n_jobs=1, verbose=-1)  # fmt: skip
     return model.fit(x, y)
 
 
 def predict_stage_two(model: Any, x: np.ndarray) -> np.ndarray:
-    return np.full(len(x), model) if isinstance(model, float) else model.predict_proba(x)[:, 1]
+    """P(correct) per row: the constant, or the cross-entropy model's sigmoid output."""
+    if isinstance(model, float):
+        return np.full(len(x), model)
+    return model.predict_proba(x)[:, 1] if hasattr(model, "predict_proba") else model.predict(x)
 
 
 def fit_stage_two(
@@ -124,8 +138,10 @@ def fit_stage_two(
     """The stage-2 rule of the training arm rows `rows`, on the queries that have an outcome of every arm."""
     ids = sorted(rows["query_id"].unique())
     arm_ids = [a.arm_id for a in arms]
-    grid = rows.set_index(["query_id", "arm_id"])[["energy_j", "correct"]].unstack("arm_id").reindex(index=ids)
-    grid = grid.reindex(columns=pd.MultiIndex.from_product([["energy_j", "correct"], arm_ids]))
+    label = "correct_soft" if "correct_soft" in rows.columns else "correct"
+    cols = list(dict.fromkeys(["energy_j", "correct", label]))
+    grid = rows.set_index(["query_id", "arm_id"])[cols].unstack("arm_id").reindex(index=ids)
+    grid = grid.reindex(columns=pd.MultiIndex.from_product([cols, arm_ids]))
     # queries with every arm's outcome only (stores collected model by model may be mid-way)
     grid = grid[~grid.isna().any(axis=1)]
     ids = list(grid.index)
@@ -139,5 +155,5 @@ def fit_stage_two(
     q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids]
     sig = stage_one_signals(samples, ids, arms[a1])
     x = stage_two_rows(q["question"].tolist(), q["task"].tolist(), sig, arms, models)
-    y = grid["correct"][arm_ids].to_numpy(dtype=np.float64).reshape(-1).astype(int)
+    y = grid[label][arm_ids].to_numpy(dtype=np.float64).reshape(-1)
     return StageTwoFit(arm_ids[a1], float(lam), fit_stage_two_model(x, y, seed))

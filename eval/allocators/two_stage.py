@@ -7,8 +7,8 @@ signals (`policy.features.STAGE2_SIGNAL_NAMES`: mean and minimum token
 log-probability and mean entropy over its tokens up to the cap, whether an
 answer was extracted, its length, and the equations its text writes and how
 many are wrong) join the text features; a LightGBM
-classifier trained per fold on the fold's training queries (label: the arm's
-realised vote) predicts each arm's success given them. Stage 2 takes, at a
+model trained per fold on the fold's training queries (label: the arm's
+expected correctness `correct_soft`, cross-entropy) predicts each arm's success given them. Stage 2 takes, at a
 price λ, the arm with the most predicted accuracy minus λ x its *marginal*
 joules (the fold policy's predicted joules, less the stage-1 joules already
 spent when the arm continues that sample). Choosing the stage-1 arm itself is
@@ -77,7 +77,9 @@ class TwoStageAllocator(Allocator):
             sig = stage_one_signals(ctx.samples, list(o.query_ids), arms[a1])
             return stage_two_rows(o.questions, list(o.tasks), sig, arms, models)
 
-        model = fit_stage_two_model(rows(fold.train), fold.train.correct.reshape(-1).astype(int), ctx.seed)
+        # soft labels (expected correctness) where the outcomes carry them, as `ttc train` fits it
+        label = fold.train.correct if fold.train.correct_soft is None else fold.train.correct_soft
+        model = fit_stage_two_model(rows(fold.train), label.reshape(-1).astype(np.float64), ctx.seed)
         meter = make_meter(ctx.overhead_meter)
         meter.begin_window("two_stage")
         p2 = predict_stage_two(model, rows(fold.test)).reshape(fold.test.n_queries, len(arms))
