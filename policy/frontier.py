@@ -110,7 +110,7 @@ class Frontier:
 
     def describe(self) -> str:
         d, b = self.default_point, self.best_arm
-        met = "" if self.criterion_met else f" (no price gets within {self.max_accuracy_loss:g}: best accuracy)"
+        met = "" if self.criterion_met else ", not met: no price gets that close, so the price of the best accuracy"
         return (
             f"default price lam={self.default_lam:.4g} acc/J: accuracy {d.accuracy:.3f} at {d.mean_predicted_j:.3g} "
             f"predicted J/query vs the most accurate arm {b.arm_id} {b.accuracy:.3f} at {b.mean_predicted_j:.3g} J "
