@@ -113,6 +113,10 @@ def pts(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:+.1f} points"
 
 
+def points(v: float) -> str:
+    return f"{100 * v:.1f} points"
+
+
 def verdict(value: float | None, target: float, show, low: float | None = None, need_low: bool = False) -> str:  # noqa: ANN001
     """MET, or MISSED and by how much (`show` formats a difference); never asserted."""
     if value is None:
@@ -120,7 +124,7 @@ def verdict(value: float | None, target: float, show, low: float | None = None, 
     if value >= target and (not need_low or (low is not None and low > 0)):
         return f"MET (by {show(value - target)})"
     if value >= target:
-        return f"MISSED (point met, but the interval's low end {show(low)} is not above 0)"
+        return f"MISSED (point met, but the interval's low end {pts(low)} is not above 0)"
     return f"MISSED by {show(target - value)}"
 
 
@@ -154,7 +158,7 @@ def issue18(docs: dict[str, dict]) -> None:
         g, lo = gain["point"], gain["low"]
         print(
             f"    {best} - per_task at equal energy: {pts(g)} [{pts(lo)}, {pts(gain['high'])}]  "
-            f"target >= +3.0 points, interval above 0: {verdict(g, TARGET_GAIN, pts, lo, True)}"
+            f"target >= +3.0 points, interval above 0: {verdict(g, TARGET_GAIN, points, lo, True)}"
         )
         sp = share["point"] if share else None
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
