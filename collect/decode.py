@@ -10,7 +10,14 @@ of the model's temperature-1 distribution: the first-sample confidence signals.
 Sampling draws from softmax(logits / temperature) with no top-k or top-p, by
 inverting the cumulative distribution at one uniform number per row and step
 (`torch.multinomial` draws one exponential per vocabulary entry, which cost
-more than ten times as much CPU per step here). All rows draw at every step
+more than ten times as much CPU per step here). `_Sampler` does a step's work
+over the vocabulary a few rows at a time in float32 buffers allocated once per
+call and small enough to stay in the core's cache, and inverts the CDF in two
+levels (blocks of the vocabulary, then one block), so no full-vocabulary
+cumulative sum or temporary is made per step: with Gemma 3's 262,144 tokens a
+(32 rows x vocabulary) float32 temporary is 33.5 MB, above glibc's largest mmap
+threshold, so each of the ~8 temporaries the straightforward code made per step
+was a fresh mapping, page-faulted and zeroed. All rows draw at every step
 (finished rows are padded), so with one seed a generation capped at L is the
 prefix of one capped higher. Greedy is the argmax. A row ends at a
 token of `lm.end_ids` (an EOS counts as an output token, a pad does not) or,
@@ -152,14 +159,10 @@ def _decode(
     pad = int(lm.tokenizer.pad_token_id)
     end = torch.tensor(sorted(lm.end_ids), device=logits.device)
     done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+    sampler = _Sampler(rows, logits.shape[1], logits.device)
     tokens, stats = [], []
     for t in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        probs = logp.exp()  # one pass over the vocabulary, shared by the entropy and a temperature-1 draw
-        nxt = _draw(logits, temperature, probs) if temperature > 0 else logp.argmax(dim=-1)
-        top1 = logp.max(dim=-1).values
-        chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)
-        entropy = -(probs * logp).nan_to_num().sum(dim=-1)
+        nxt, chosen, top1, entropy = sampler.step(logits, temperature)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens.append(nxt)
         stats.append(torch.stack([chosen, top1, entropy]))
@@ -175,17 +178,79 @@ def _decode(
     return torch.stack(tokens, 1), torch.stack(stats, 2)
 
 
-def _draw(logits: Any, temperature: float, probs: Any = None) -> Any:
-    """One token per row from softmax(logits / temperature), by inverse CDF (one uniform per row).
+class _Sampler:
+    """One decode step's draw and statistics over the vocabulary, for every row.
 
-    `probs`: softmax(logits), already computed by the caller; reused at temperature 1.
+    Per row, under the temperature-1 distribution p = softmax(x): the chosen
+    token's log-probability, the top-1 log-probability (-log sum exp(x - max)) and
+    the entropy (log s - sum(exp(x - max) (x - max)) / s, s = sum exp(x - max));
+    the token is drawn from softmax(x / temperature) (argmax when it is 0) by
+    inverting its CDF at one uniform number per row: the block of `BLOCK` tokens
+    from the block sums' cumulative sum, then the token inside that block.
+    Rows are taken `chunk` at a time (about `CACHE_BYTES` of float32 per buffer),
+    in buffers allocated once, whatever the logits' dtype.
     """
-    import torch
 
-    p = probs if probs is not None and temperature == 1.0 else torch.softmax(logits.float() / temperature, dim=-1)
-    cdf = p.cumsum(dim=-1)
-    u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
+    BLOCK = 1024
+    CACHE_BYTES = 1 << 20
+
+    def __init__(self, rows: int, vocab: int, device: Any) -> None:
+        import torch
+
+        self.vocab = vocab
+        self.blocks = -(-vocab // self.BLOCK)
+        self.chunk = max(1, min(rows, self.CACHE_BYTES // (4 * self.blocks * self.BLOCK)))
+        shape = (self.chunk, self.blocks * self.BLOCK)
+        # the tail past `vocab` stays 0 in `p` and `q`: no probability there
+        self.x, self.p, self.q = (torch.zeros(shape, device=device) for _ in range(3))
+
+    def step(self, logits: Any, temperature: float) -> tuple[Any, Any, Any, Any]:
+        """(token, chosen log-prob, top-1 log-prob, entropy), each of shape (rows,)."""
+        import torch
+
+        rows = logits.shape[0]
+        u = torch.rand((rows, 1), device=logits.device) if temperature > 0 else None
+        parts = [self._rows(logits[a : a + self.chunk], u, a, temperature) for a in range(0, rows, self.chunk)]
+        nxt, chosen, top1, entropy = (torch.cat(col) for col in zip(*parts, strict=True))
+        return nxt, chosen, top1, entropy
+
+    def _rows(self, logits: Any, u: Any, first: int, temperature: float) -> tuple[Any, Any, Any, Any]:
+        import torch
+
+        k, v = logits.shape[0], self.vocab
+        x, p = self.x[:k, :v], self.p[:k, :v]
+        x.copy_(logits)  # float32, whatever the model computes in
+        x.sub_(x.amax(dim=-1, keepdim=True)).clamp_(min=-1e4)  # max 0; a -inf logit gives p = 0, not NaN below
+        torch.exp(x, out=p)
+        s = p.sum(dim=-1, keepdim=True)
+        log_s = s.log()
+        q = self.q[:k, :v]
+        torch.mul(p, x, out=q)
+        entropy = (log_s - q.sum(dim=-1, keepdim=True) / s).squeeze(1)
+        if temperature > 0:
+            if temperature != 1.0:
+                torch.div(x, temperature, out=q).exp_()
+                nxt = self._invert(self.q[:k], u[first : first + k])
+            else:
+                nxt = self._invert(self.p[:k], u[first : first + k])
+        else:
+            nxt = x.argmax(dim=-1)
+        chosen = (x.gather(1, nxt.unsqueeze(1)) - log_s).squeeze(1)
+        return nxt, chosen, (-log_s).squeeze(1), entropy
+
+    def _invert(self, w: Any, u: Any) -> Any:
+        """Per row, the first index whose cumulative weight reaches u x the row's total (two-level search)."""
+        import torch
+
+        k = w.shape[0]
+        blocks = w.view(k, self.blocks, self.BLOCK)
+        bcdf = blocks.sum(dim=-1).cumsum(dim=-1)
+        target = u * bcdf[:, -1:]
+        b = torch.searchsorted(bcdf, target).clamp(max=self.blocks - 1)
+        before = torch.where(b > 0, bcdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(target))
+        inner = blocks[torch.arange(k, device=w.device), b.squeeze(1)].cumsum(dim=-1) + before
+        i = torch.searchsorted(inner, target).clamp(max=self.BLOCK - 1)
+        return (b * self.BLOCK + i).squeeze(1).clamp(max=self.vocab - 1)
 
 
 def _stopped(lm: LoadedModel, tokens: Any, done: Any) -> Any:

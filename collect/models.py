@@ -17,9 +17,12 @@ energy or grades answers.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +91,7 @@ def resolve_model(name: str) -> ModelSpec:
     )
 
 
-#: compute dtypes a model can be loaded in; "auto" is bfloat16 (see `resolve_dtype`)
+#: compute dtypes a model can be loaded in; "auto" is bfloat16 where it is native, else float32 (`resolve_dtype`)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: KV caches: "dynamic" grows by concatenation (every step copies the cache), "static" is preallocated
 #: to prompt + max_new_tokens; in benchmarks/collect.py static used 0-20% less CPU per token than dynamic
@@ -96,11 +99,15 @@ CACHES = ("dynamic", "static")
 
 
 def resolve_dtype(name: str, device: str) -> str:
-    """The dtype a model computes in. "auto": bfloat16 everywhere.
+    """The dtype a model computes in. "auto": bfloat16 on CUDA and on a CPU that computes it natively
+    (`cpu_bf16_native`), float32 on any other CPU.
 
-    On this project's CPU (AVX512-BF16) bfloat16 beat float32 in `benchmarks/collect.py`
-    at the same accuracy; on CUDA it is the usual choice. float16 is refused on CPU
-    (slow kernels, overflow in some models).
+    On this project's CPU (AMX) bfloat16 beat float32 in `benchmarks/collect.py` at the
+    same accuracy (Gemma 3's 262k-token LM head: 4x faster); where bfloat16 is emulated
+    (oneDNN limited to AVX2, as on an AMD EPYC without AVX512-BF16) the same matmul ran
+    2.9x slower than in float32: the likely cause, with the sampler's full-vocabulary passes
+    (collect/decode.py), of Gemma's ~3 tokens/s sampled batches seen on such a CPU.
+    float16 is refused on CPU (slow kernels, overflow in some models).
     """
     if name not in DTYPES:
         from policy.errors import unknown_name
@@ -108,7 +115,23 @@ def resolve_dtype(name: str, device: str) -> str:
         raise unknown_name("dtype", name, DTYPES)
     if name == "float16" and not device.startswith("cuda"):
         raise UsageError("dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
-    return "bfloat16" if name == "auto" else name
+    if name != "auto":
+        return name
+    return "bfloat16" if device.startswith("cuda") or cpu_bf16_native() else "float32"
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively: AVX512-BF16 or AMX-BF16, and oneDNN allowed to use them."""
+    import torch
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # also False when ONEDNN_MAX_CPU_ISA caps it below
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class LoadedModel:
@@ -147,10 +170,11 @@ class LoadedModel:
         if spec.gguf_file:
             cache_dir = self._gguf_cache_dir(spec)
             if not (cache_dir / "config.json").exists():
-                tok = AutoTokenizer.from_pretrained(spec.location, gguf_file=spec.gguf_file)
-                model = AutoModelForCausalLM.from_pretrained(
-                    spec.location, gguf_file=spec.gguf_file, dtype=torch.float32
-                )
+                with _quiet_gguf():
+                    tok = AutoTokenizer.from_pretrained(spec.location, gguf_file=spec.gguf_file)
+                    model = AutoModelForCausalLM.from_pretrained(
+                        spec.location, gguf_file=spec.gguf_file, dtype=torch.float32
+                    )
                 self._save_dequantised(tok, model, cache_dir)
             src: str = str(cache_dir)
         else:
@@ -235,6 +259,20 @@ class LoadedModel:
             logits_to_keep=1,
         )
         return out.logits[:, -1]
+
+
+@contextlib.contextmanager
+def _quiet_gguf() -> Iterator[None]:
+    """No "Converting and de-quantizing GGUF tensors" bar: transformers' GGUF reader calls tqdm.auto
+    directly, outside its own progress-bar switch, so its module's `tqdm` is made a disabled one here."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    real = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(real, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = real
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:

@@ -67,6 +67,7 @@ class GSM8KTask(Task):
     def _load_pool(self) -> list[Item]:
         import datasets
 
+        datasets.disable_progress_bars()  # its "Generating train split" bar per load: noise, not progress
         if self.source == "package":
             rows = datasets.load_dataset("json", data_files=str(packaged_gsm8k_path()), split="train")
         elif self.source == "hub":
