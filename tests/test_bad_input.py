@@ -188,6 +188,7 @@ def test_every_writing_command_refuses_a_path_that_is_no_place_to_write_before_a
         ("eval", "--store", missing, "--out", path),
         ("export", "--from", missing, "--out", path),
         ("adapt", "--bundle", missing, "--store", missing, "--out", path),
+        ("run", "--out", path),
     ]
     for args in commands:
         r = _cli(*args)
