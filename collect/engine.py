@@ -37,6 +37,7 @@ from typing import Any
 from collect.engine_ref import EngineRef
 from collect.generation import Generation
 from policy.errors import UsageError
+from policy.prompts import PLAIN, PLAIN_STOP, chat_messages, plain_prompt
 from policy.records import EnergyMeasurement
 
 UNMEASURED = "unmeasured"
@@ -95,13 +96,19 @@ class _Seq:
     top1: list[float]
 
 
-def _chat_tokens(choice: dict[str, Any]) -> tuple[list[str], list[float], list[float]] | None:
-    """Token strings, chosen-token and top-1 log-probabilities of a chat choice (None: the engine gave none)."""
+def choice_tokens(choice: dict[str, Any]) -> tuple[list[str], list[float], list[float]] | None:
+    """Token strings, chosen-token and top-1 log-probabilities of a chat or completions choice (None: none given)."""
     lp = choice.get("logprobs") or {}
     if isinstance(lp.get("content"), list):  # chat: [{token, logprob, top_logprobs: [...]}]
         items = lp["content"]
         top = [max((t["logprob"] for t in i.get("top_logprobs") or []), default=i["logprob"]) for i in items]
         return [i["token"] for i in items], [float(i["logprob"]) for i in items], [float(t) for t in top]
+    if isinstance(lp.get("tokens"), list) and isinstance(lp.get("token_logprobs"), list):  # completions
+        toks, lps = lp["tokens"], [float(x) if x is not None else 0.0 for x in lp["token_logprobs"]]
+        tops = lp.get("top_logprobs") or [None] * len(toks)
+        pairs = zip(tops, lps, strict=False)
+        top = [max((float(v) for v in t.values()), default=x) if isinstance(t, dict) else x for t, x in pairs]
+        return [str(t) for t in toks], lps, top
     return None
 
 
@@ -111,7 +118,7 @@ def _seqs(reply: dict[str, Any]) -> list[_Seq]:
     out = []
     for c in choices:
         text = str((c.get("message") or {}).get("content") or c.get("text") or "")
-        toks = _chat_tokens(c)
+        toks = choice_tokens(c)
         pieces, lp, top = toks if toks else (None, [], [])
         count = len(pieces) if pieces is not None else int(usage.get("completion_tokens", 0)) // len(choices)
         out.append(
@@ -132,20 +139,23 @@ class EngineModel:
     probe_layer = -1
 
     def __init__(self, ref: EngineRef, levels: tuple[int, ...] | list[int], timeout_s: float = 600.0) -> None:
+        from collect.models import prompt_style
         from serve.upstream import Upstream
 
         self.ref = ref
         self.levels = sorted(levels)
         self.timeout_s = timeout_s
         self.upstream = Upstream(ref.label, ref.base_url)
+        #: the built-in model's prompt style when the label names one (gemma3-270m: plain), else chat
+        self.prompt_style = prompt_style(ref.label)[0]
         self._pieces: list[str] = []
         self._full: dict[tuple[int, int], str] = {}
 
-    def build_prompt(self, question: str, demos: list[tuple[str, str]]) -> list[dict[str, str]]:
-        messages = []
-        for q, a in demos:
-            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        return messages + [{"role": "user", "content": question}]
+    def build_prompt(self, question: str, demos: list[tuple[str, str]]) -> list[dict[str, str]] | str:
+        """The in-process collector's prompt (policy/prompts.py): chat turns, or plain text for a base model."""
+        if self.prompt_style == PLAIN:
+            return plain_prompt(question, demos)
+        return chat_messages(question, demos)
 
     def decode(self, ids: list[int]) -> str:
         full = self._full.get((ids[0], len(ids))) if ids else None
@@ -196,33 +206,29 @@ class EngineModel:
             await ups.close()
         return [s for seqs in per_prompt for s in seqs]
 
-    def _body(self, messages: list[Any], cap: int, temperature: float, seed: int) -> dict[str, Any]:
-        return {
-            "model": self.ref.model,
-            "messages": messages,
-            "max_tokens": cap,
-            "temperature": temperature,
-            "seed": seed,
-            "logprobs": True,
-            "top_logprobs": 1,
-        }
+    def _body(self, prompt: list[Any] | str, cap: int, temperature: float, seed: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.ref.model, "max_tokens": cap, "temperature": temperature, "seed": seed}
+        if isinstance(prompt, str):  # plain: /v1/completions, cut at the next demo block as in-process
+            return body | {"prompt": prompt, "stop": list(PLAIN_STOP), "logprobs": 1}
+        return body | {"messages": prompt, "logprobs": True, "top_logprobs": 1}
 
     async def _n(self, ups: Any, body: dict[str, Any], n: int) -> list[_Seq]:
         """n completions of one prompt: the API's n where the engine honours it, else n single requests."""
-        from serve.upstream import CHAT, UpstreamError
+        from serve.upstream import CHAT, COMPLETIONS, UpstreamError
 
         up, label, out = self.upstream, self.ref.label, []
+        kind = COMPLETIONS if "prompt" in body else CHAT
         try:
             if n > 1 and up.supports_n is not False:
                 try:
-                    out += _seqs(await ups.post(label, CHAT, {**body, "n": n}))
+                    out += _seqs(await ups.post(label, kind, {**body, "n": n}))
                     up.supports_n = len(out) >= n
                 except UpstreamError as exc:
                     if up.supports_n is not None or exc.status not in (400, 422):
                         raise
                     up.supports_n = False
             singles = [{**body, "n": 1, "seed": body["seed"] + k} for k in range(len(out), n)]
-            for reply in await asyncio.gather(*(ups.post(label, CHAT, b) for b in singles)):
+            for reply in await asyncio.gather(*(ups.post(label, kind, b) for b in singles)):
                 out += _seqs(reply)
         except UpstreamError as exc:
             raise UsageError(f"{exc.message}; check that the engine serves {self.ref.model!r} there") from None
