@@ -55,9 +55,21 @@ from policy import jsonsafe
 from policy.bundle import Policy
 from policy.errors import UsageError
 from serve.budget import BudgetController
-from serve.decide import PASSTHROUGH, Choice, Decider, TTCOptions, Vote, answer_kind, parse_options, vote_texts
+from serve.decide import (
+    PASSTHROUGH,
+    Choice,
+    Decider,
+    TTCOptions,
+    Vote,
+    answer_kind,
+    parse_options,
+    resolve_price,
+    resolve_template,
+    vote_texts,
+)
 from serve.metrics import ProxyMetrics, task_label
 from serve.options import check_app_options, check_listen
+from serve.plan import plan_and_sample
 from serve.upstream import CHAT, COMPLETIONS, Sampled, Upstream, UpstreamError, Upstreams
 
 MAX_BODY_BYTES = 1 << 20
@@ -129,6 +141,27 @@ class ProxyState:
     controller: BudgetController | None
     fixed_lam: float
     max_body_bytes: int
+    prompt_template: str = "client"  # serve/plan.py: "trained" rebuilds the bundle's prompt
+    look: bool = False  # look-then-decide with the bundle's stage-2 rule
+
+    def serving(self) -> str:
+        """How requests are served, for the startup banner: price, prompt, look-then-decide."""
+        f = self.policy.frontier
+        if self.controller:
+            c = self.controller
+            how = f"online budget {c.target_j:g} predicted J/request, starting at lam={c.lam:.4g}"
+        else:
+            how = f"price lam={self.fixed_lam:.4g} acc/J"
+        if f is not None:
+            how += f" ({f.describe()})"
+        look = "off"
+        if self.policy.first_arm is not None:
+            look = (
+                f"from {self.policy.first_arm}"
+                if self.look and self.decider.can_look
+                else "off (its model is not served or --no-look)"
+            )
+        return f"serving at {how}; prompt template {self.prompt_template}; look-then-decide {look}"
 
     def price(self, options: TTCOptions) -> float:
         if options.lam is not None:
@@ -145,18 +178,27 @@ def create_app(
     timeout_s: float = 120.0,
     max_body_bytes: int = MAX_BODY_BYTES,
     api_key: str | None = None,
+    max_accuracy_loss: float | None = None,
+    prompt_template: str | None = None,
+    look: bool = True,
 ) -> FastAPI:
     """The proxy app. Price: `lam` if given; else online budget mode at `budget_j` (or the
-    bundle's own budget rule); else the bundle's price. `api_key`: clients must send it."""
-    check_app_options(lam, budget_j, budget_window, timeout_s, max_body_bytes)
-    if lam is not None and budget_j is not None:
-        raise UsageError("give --lam or --budget-j, not both")
+    bundle's own budget rule); else the price meeting `max_accuracy_loss` on the bundle's
+    frontier; else the bundle's price. `api_key`: clients must send it. `prompt_template`:
+    "trained" or "client" (default: trained when the bundle has prompts.json). `look`: use the
+    bundle's stage-2 rule when it has one."""
+    check_app_options(lam, budget_j, budget_window, timeout_s, max_body_bytes, max_accuracy_loss)
+    rule, price = policy.rule, resolve_price(policy, lam, budget_j, max_accuracy_loss)
     stray = sorted(set(upstreams) - set(policy.models))
     if stray:
         raise UsageError(f"--upstream names models {stray} that the bundle does not use; its models: {policy.models}")
-    rule = policy.rule
-    target = budget_j if budget_j is not None else (rule.budget_j if lam is None and rule.mode == "budget" else None)
-    controller = BudgetController(target, budget_window, lam0=rule.lam) if target is not None else None
+    template = resolve_template(policy, prompt_template)
+    target = budget_j if budget_j is not None else (rule.budget_j if price is None and rule.mode == "budget" else None)
+    controller = None
+    if target is not None:
+        f = policy.frontier
+        lam0 = f.lam_for_budget(target) if f is not None else rule.lam
+        controller = BudgetController(target, budget_window, lam0=lam0, min_mean_j=f and f.cheapest_mean_predicted_j)
     counters = ProxyMetrics()
     state = ProxyState(
         policy,
@@ -164,8 +206,10 @@ def create_app(
         Upstreams(upstreams, timeout_s, observe=lambda m, outcome: counters.upstream_requests.labels(m, outcome).inc()),
         counters,
         controller,
-        float(lam if lam is not None else rule.lam),
+        float(price if price is not None else rule.lam),
         max_body_bytes,
+        template,
+        bool(look),
     )
     if controller:
         state.metrics.budget(controller.state())
@@ -347,18 +391,27 @@ async def _policy_answer(
     extraction = answer_kind(options)
     # a request naming one served model keeps to it; any other name ("ttc", "gpt-4o") lets the policy pick
     model = body.get("model") if body.get("model") in state.upstreams.by_model else None
-    choice = state.decider.choose(question, options.task, state.price(options), n_max, tokens_max, model)
-    state.metrics.task_rule.labels(state.decider.policy.task_status(options.task)).inc()
     forward = {k: v for k, v in body.items() if k not in _POLICY_OWNED}
-    forward.update(model=choice.arm.model, max_tokens=choice.arm.max_new_tokens, temperature=choice.arm.temperature)
-    sampled = await state.upstreams.sample(choice.arm.model, kind, forward, choice.arm.n, forward_headers)
+    # the trained prompt, and look-then-decide when the bundle has a stage-2 rule (serve/plan.py)
+    planned = await plan_and_sample(
+        state, kind, forward, options.task, question, state.price(options), extraction, n_max, tokens_max, model,
+        options.arm, forward_headers,
+    )  # fmt: skip
+    choice, sampled = planned.choice, planned.sampled
+    state.metrics.task_rule.labels(state.decider.policy.task_status(options.task)).inc()
     state.metrics.upstream_latency.labels(choice.arm.model).observe(sampled.upstream_s)
     v = vote_texts(sampled.texts, extraction)
     _count_decision(state, choice)
     _count_samples(state, choice.arm.model, options.task, sampled, v)
     proxy_ms = (time.perf_counter() - t0 - sampled.upstream_s) * 1e3
     ttc = _ttc_object(state, choice, v, sampled, extraction)
-    return _reply(kind, body, v, sampled, ttc, _headers(ttc, sampled, proxy_ms))
+    ttc.update(prompt=planned.prompt, look=planned.look)
+    headers = _headers(ttc, sampled, proxy_ms)
+    headers["x-ttc-prompt"] = planned.prompt["template"]
+    if planned.look is not None:
+        headers["x-ttc-look"] = planned.look["action"]
+        state.metrics.look_actions.labels(planned.look["action"]).inc()
+    return _reply(kind, body, v, sampled, ttc, headers)
 
 
 _UNVOTABLE = {
@@ -610,5 +663,7 @@ def serve(
     if app_kw.get("api_key") == "":
         raise UsageError("--api-key is empty; give a key, or leave it out to serve without one")
     app = create_app(load_bundle(bundle, backend=backend), upstreams, **app_kw)
-    print(f"ttc serve: {app.state.ttc.policy.describe()}; listening on http://{host}:{port}/v1")
+    print(
+        f"ttc serve: {app.state.ttc.policy.describe()}\n{app.state.ttc.serving()}; listening on http://{host}:{port}/v1"
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
