@@ -7,14 +7,17 @@ have done there: the realised accuracy (the chosen arm's graded outcome) and
 the mean *predicted* joules (what the proxy reports and the budget controller
 steers), beside the same two figures for every fixed arm. The default price
 is the largest λ whose accuracy is within `max_accuracy_loss` (default one
-point) of the most accurate fixed arm; when no λ gets that close, the λ of
-the best accuracy (its `criterion_met` is then false).
+point) of the reference accuracy: the most accurate fixed arm's, or the
+policy's own best on the sweep when that is higher (a policy that beats every
+arm should not be priced down to the best arm's accuracy); when no λ gets
+that close, the λ of the best accuracy (its `criterion_met` is then false).
 
 `ttc serve --max-accuracy-loss X` reads the same table (`lam_for_loss`), the
 online budget controller starts at `lam_for_budget(target)`, and a target
 below `cheapest_mean_predicted_j` (every query on its cheapest predicted arm)
-is refused at startup. The figures are on *training* queries (the policy has
-seen them), so they are optimistic about accuracy; eval reports held-out ones.
+is refused at startup. The figures are on *training* queries, predicted by
+refits that did not see them (train/price.py), and still noisy: eval and
+benchmarks/serve_accuracy.py report held-out ones.
 
 numpy and the standard library only; frontier.json is untrusted and checked on
 load (`BundleError`).
@@ -71,6 +74,12 @@ class Frontier:
     cheapest_mean_predicted_j: float
     energy_source: str
     queries_from: str = "training"
+    #: what the loss is measured against: the best arm's accuracy, or the policy's best when higher
+    reference_accuracy: float | None = None
+
+    @property
+    def reference(self) -> float:
+        return self.best_arm.accuracy if self.reference_accuracy is None else self.reference_accuracy
 
     @property
     def default_point(self) -> FrontierPoint:
@@ -88,7 +97,7 @@ class Frontier:
             raise UsageError(
                 f"--max-accuracy-loss must be in [0, 1] (a share: 0.01 = one point), got {max_accuracy_loss}"
             )
-        lam, _ = _pick(self.points, self.best_arm.accuracy - max_accuracy_loss)
+        lam, _ = _pick(self.points, self.reference - max_accuracy_loss)
         return lam
 
     def lam_for_budget(self, target_j: float) -> float:
@@ -110,11 +119,12 @@ class Frontier:
 
     def describe(self) -> str:
         d, b = self.default_point, self.best_arm
+        ref = "" if self.reference <= b.accuracy else f"; the policy's best {self.reference:.3f}"
         met = "" if self.criterion_met else ", not met: no price gets that close, so the price of the best accuracy"
         return (
             f"default price lam={self.default_lam:.4g} acc/J: accuracy {d.accuracy:.3f} at {d.mean_predicted_j:.3g} "
-            f"predicted J/query vs the most accurate arm {b.arm_id} {b.accuracy:.3f} at {b.mean_predicted_j:.3g} J "
-            f"(max loss {self.max_accuracy_loss:g}{met}; {self.queries} {self.queries_from} queries, "
+            f"predicted J/query vs the most accurate arm {b.arm_id} {b.accuracy:.3f} at {b.mean_predicted_j:.3g} J"
+            f"{ref} (max loss {self.max_accuracy_loss:g}{met}; {self.queries} {self.queries_from} queries, "
             f"{self.energy_source} joules)"
         )
 
@@ -136,6 +146,8 @@ class Frontier:
                 int(d["queries"]), float(d["max_accuracy_loss"]), float(d["default_lam"]), bool(d["criterion_met"]),
                 best, points, arms, float(d["cheapest_mean_predicted_j"]), str(d["energy_source"]),
                 str(d.get("queries_from", "training")),
+                None if d.get("reference_accuracy") is None else _nums(d, ("reference_accuracy",))[
+                    "reference_accuracy"],
             )  # fmt: skip
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise BundleError(f"{FRONTIER_FILE} is malformed ({exc}); re-export the bundle") from exc
@@ -218,9 +230,12 @@ def sweep(
     ]
     # the most accurate arm; among equals the cheaper one
     best = min(arms, key=lambda a: (-a.accuracy, a.mean_predicted_j))
-    lam, met = _pick(points, best.accuracy - max_accuracy_loss)
+    reference = max(best.accuracy, max(q.accuracy for q in points))
+    lam, met = _pick(points, reference - max_accuracy_loss)
     cheapest = float(e_pred.min(axis=1).mean())
-    return Frontier(n, float(max_accuracy_loss), lam, met, best, points, arms, cheapest, energy_source)
+    return Frontier(
+        n, float(max_accuracy_loss), lam, met, best, points, arms, cheapest, energy_source, "training", reference
+    )
 
 
 def greedy_arm(arm_ids: Sequence[str], models: Sequence[str]) -> str | None:

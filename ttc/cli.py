@@ -363,7 +363,7 @@ def serve(
     ] = None,
     max_accuracy_loss: Annotated[
         float | None,
-        typer.Option(help="the price losing at most this accuracy (0.01 = one point) vs the most accurate arm"),
+        typer.Option(help="the price losing at most this accuracy (0.01 = one point) vs the best arm or policy"),
     ] = None,
     prompt_template: Annotated[
         str | None,
