@@ -45,6 +45,14 @@ def _deep(depth: int, leaf: str = "1") -> str:
     return "[" * depth + leaf + "]" * depth
 
 
+def _nested(depth: int) -> list:
+    """A list nested `depth` levels, built without recursion (the writer's json.dumps still copes at 600)."""
+    v: list = [1]
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
+
 def _dumps(v) -> str:
     """JSON text as an attacker may write it: NaN/Infinity literals allowed."""
     return json.dumps(v, allow_nan=True)
@@ -84,7 +92,7 @@ def _copy(bundle_dir: Path, work: str) -> Path:
 
 
 @SETTINGS
-@given(data=st.data(), value=VALUES | st.integers(50, 2000).map(lambda n: json.loads(_deep(n))), rehash=st.booleans())
+@given(data=st.data(), value=VALUES | st.integers(65, 600).map(_nested), rehash=st.booleans())
 def test_any_value_in_any_policy_json_field_loads_or_is_a_bundle_error(bundle_dir, policy_keys, data, value, rehash):
     path = data.draw(st.sampled_from(policy_keys))
     with tempfile.TemporaryDirectory() as work:
@@ -95,8 +103,8 @@ def test_any_value_in_any_policy_json_field_loads_or_is_a_bundle_error(bundle_di
         if rehash:
             try:
                 rehash_bundle(b)
-            except (ValueError, TypeError, OverflowError, RecursionError):
-                pass  # a value the attacker's own hashing cannot take; the file stays as written
+            except Exception:  # noqa: BLE001 - the attacker's own hashing tool failing, not the loader
+                pass  # (a value it cannot take, "files" naming no file); the file stays as written
         try:
             load_bundle(b)
         except TTCError:
