@@ -341,3 +341,15 @@ def test_export_prints_the_default_price_and_what_it_buys(priced_policy, tmp_pat
     assert r.exit_code == 0, r.output
     assert priced_policy.frontier.describe() in r.output and "most accurate arm" in r.output
     assert load_bundle(tmp_path / "out").frontier == priced_policy.frontier  # carried through export
+
+
+def test_a_rule_given_at_training_is_kept_and_its_frontier_is_labelled_in_sample(reference_samples, tmp_path):
+    from policy.allocate import DecisionRule
+    from train.fit import TrainConfig, fit_policy
+
+    queries = sorted(reference_samples["query_id"].unique())[:48]
+    cfg = TrainConfig(n_trials=0, num_threads=1)
+    out = fit_policy(reference_samples, queries, cfg, tmp_path / "b", rule=DecisionRule(lam=0.5))
+    policy = load_bundle(out)
+    assert policy.rule.lam == 0.5 and policy.frontier is not None and policy.prompts is not None
+    assert "bundle predictions" in policy.frontier.queries_from  # not cross-fitted: nothing is priced by it

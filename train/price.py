@@ -113,12 +113,17 @@ def finish_bundle(
     rule_given: bool,
     max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS,
 ) -> Frontier:
-    """Add frontier.json and prompts.json to the bundle at `out_dir`; without `rule_given`, price it by the frontier."""
+    """Add frontier.json and prompts.json to the bundle at `out_dir`; without `rule_given`, price it by the frontier.
+
+    Without `rule_given` the frontier is cross-fitted (`cross_fitted`); with it, the bundle's own predictions.
+    """
     from train.export import write_policy
 
     policy = load_bundle(out_dir)
+    # the refits cost a few fits; a caller that fixes the rule (eval's cross-fitting folds) prices nothing
+    # by the frontier, so it gets the cheap one from the bundle's own predictions (labelled as such)
     enough = len(np.unique(fitted.data.groups[fitted.train_idx])) >= 2 * FOLDS
-    predictions = cross_fitted(fitted) if enough else None
+    predictions = cross_fitted(fitted) if enough and not rule_given else None
     frontier = training_frontier(policy, fitted.data, fitted.train_idx, max_accuracy_loss, predictions)
     files = {FRONTIER_FILE: frontier.to_json(), PROMPTS_FILE: training_prompts(fitted.data).to_json()}
     if not rule_given:
