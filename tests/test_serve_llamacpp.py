@@ -129,3 +129,25 @@ def test_engine_collection_prompts_a_base_model_with_plain_text_on_completions(e
     assert all(not any(s in m.decode(ids) for s in PLAIN_STOP if s.strip()) for ids in gen.output_ids)
     chat = EngineModel(EngineRef("smollm2-135m", engine), levels=[16])
     assert chat.build_prompt(QUESTION, demos) == chat_messages(QUESTION, demos)
+
+
+def test_the_trained_prompt_is_token_for_token_the_collections(shim, tmp_path):
+    """llama.cpp renders the proxy's trained prompt to exactly as many tokens as the reference collection's
+    in-process collector recorded for the same question (SmolLM2, its own chat template, the task's demos)."""
+    from store.loader import load_samples
+    from ttc.stages import REFERENCE_STORE
+
+    tasks = ["rg.basic_arithmetic_1d", "gsm8k"]
+    s = load_samples(REFERENCE_STORE, columns=["question", "task", "model", "prompt_tokens"])
+    rows = s[(s["model"] == "smollm2-135m") & s["task"].isin(tasks)].drop_duplicates("task")
+    policy = load_bundle(build_synthetic_bundle(tmp_path / "base"))
+    prompts = build_prompts({"tiny-135m": "chat", "tiny-360m": "plain"}, {t: make_task(t).demos for t in tasks})
+    bundle = load_bundle(write_policy(policy.with_files({PROMPTS_FILE: prompts.to_json()}), tmp_path / "b"))
+    with _proxy(bundle, shim) as proxy:
+        c = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="none", max_retries=0, timeout=600)
+        for r in rows.itertuples():
+            resp = c.chat.completions.create(
+                model="ttc", messages=[{"role": "user", "content": r.question}], max_tokens=16,
+                extra_body={"ttc": {"task": r.task, "arm": "tiny-135m/n1/L32/greedy"}},
+            )  # fmt: skip
+            assert resp.usage.prompt_tokens == r.prompt_tokens, (r.task, resp.usage.prompt_tokens, r.prompt_tokens)
