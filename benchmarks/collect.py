@@ -14,6 +14,13 @@ energy attribution, probe rows), and prints tokens/s (wall and per CPU second) a
 - `bf16-r32-compile`: static cache plus `torch.compile` of the decode step
   (skipped, with the reason, when compilation fails or outlasts `--compile-limit-s`).
 
+Both built-in models by default (`--models`), one report each. Before the variants,
+a per-model section measures what every decode step costs beside the model itself:
+the sampler over the model's vocabulary (the former one, with ~8 full-vocabulary
+temporaries per step, against collect/decode.py's `_Sampler`) and the LM head's
+matmul in bfloat16 and float32, with which dtype "auto" picks on this CPU
+(`collect.models.cpu_bf16_native`).
+
 Accuracy on so few queries is noisy, so greedy answers (deterministic) are also
 compared on `--accuracy-queries` more queries: today's float32 path against
 bfloat16, query by query. Rounds rotate the order of the variants so that load from other processes on
@@ -23,7 +30,7 @@ memory-bandwidth bound: the bytes of weights every decode step must stream
 times the decode steps, over the measured time, against a copy bandwidth
 measured in the same run.
 
-    python benchmarks/collect.py [--model smollm2-135m] [--queries 8] [--rounds 2]
+    python benchmarks/collect.py [--models smollm2-135m,gemma3-270m] [--queries 8] [--rounds 2] [--steps-only]
 """
 
 from __future__ import annotations
@@ -44,9 +51,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from collect.config import make_config  # noqa: E402
+from collect.decode import _Sampler  # noqa: E402
 from collect.energy import make_meter  # noqa: E402
 from collect.generation import Generation  # noqa: E402
-from collect.models import LoadedModel, resolve_model  # noqa: E402
+from collect.models import LoadedModel, cpu_bf16_native, resolve_dtype, resolve_model  # noqa: E402
 from collect.stage import _Batch, run_batch  # noqa: E402
 from collect.tasks import make_task  # noqa: E402
 
@@ -103,6 +111,50 @@ class TodayModel:
             [s[0] for s in seqs], [s[1] for s in seqs], [int(p_tok[i // n]) for i in range(len(seqs))],
             first[0] if first else 0.0, None, empty, empty, empty, probe, probe, n,
         )  # fmt: skip
+
+
+def former_sampler(logits: Any, temperature: float) -> tuple[Any, ...]:
+    """The decode loop's sampler before `_Sampler`: full-vocabulary float32 temporaries every step."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    probs = logp.exp()
+    p = probs if temperature == 1.0 else torch.softmax(logits.float() / temperature, dim=-1)
+    cdf = p.cumsum(dim=-1)
+    u = torch.rand((cdf.shape[0], 1)) * cdf[:, -1:]
+    nxt = torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
+    chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)
+    return nxt, chosen, logp.max(dim=-1).values, -(probs * logp).nan_to_num().sum(dim=-1)
+
+
+def _ms(fn: Any, reps: int) -> float:
+    fn()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps * 1e3
+
+
+def step_costs(lm: LoadedModel, rows: int = 32, reps: int = 5) -> None:
+    """Per decode step at `rows` rows: the sampler (former vs now) and the LM head (bf16 vs fp32)."""
+    head = lm.model.get_output_embeddings().weight
+    vocab, hidden = head.shape
+    logits = (torch.randn(rows, vocab) * 3).to(getattr(torch, lm.dtype))
+    sampler = _Sampler(rows, vocab, "cpu")
+    with torch.inference_mode():
+        for t in (1.0, 0.7):
+            old, new = _ms(lambda t=t: former_sampler(logits, t), reps), _ms(lambda t=t: sampler.step(logits, t), reps)
+            print(
+                f"  sampler, vocab {vocab}, {rows} rows, t={t:g}: former {old:.1f} ms/step, now {new:.1f} ms/step "
+                f"({old / new:.1f}x)"
+            )
+        h = torch.randn(rows, hidden)
+        w32, w16 = head.detach().float(), head.detach().bfloat16()
+        f32 = _ms(lambda: torch.nn.functional.linear(h, w32), reps)
+        b16 = _ms(lambda: torch.nn.functional.linear(h.bfloat16(), w16), reps)
+    print(
+        f"  LM head ({hidden} x {vocab}), {rows} rows: float32 {f32:.1f} ms, bfloat16 {b16:.1f} ms per step; "
+        f"bf16 native on this CPU: {cpu_bf16_native()} -> dtype auto = {resolve_dtype('auto', 'cpu')} "
+        f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+    )
 
 
 def _trim(lm: LoadedModel, seq: list[int]) -> tuple[list[int], bool]:
@@ -224,7 +276,7 @@ def build_variants(model: str, rows: int, skip: set[str]) -> list[Variant]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--models", "--model", default="smollm2-135m,gemma3-270m", help="comma-separated")
     ap.add_argument("--task", default="rg.basic_arithmetic_2d")
     ap.add_argument("--queries", type=int, default=8, help="queries per pass (every arm of each)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -232,8 +284,17 @@ def main() -> None:
     ap.add_argument("--compile-limit-s", type=int, default=240, help="give up on torch.compile after this")
     ap.add_argument("--accuracy-queries", type=int, default=32, help="greedy queries for the dtype check; 0 = none")
     ap.add_argument("--skip", default="", help="comma-separated variant names (or 'compile') to leave out")
+    ap.add_argument("--steps-only", action="store_true", help="only the per-step sampler and LM-head costs")
     args = ap.parse_args()
+    for model in [m for m in args.models.split(",") if m]:
+        print(f"\n=== {model}")
+        step_costs(LoadedModel(resolve_model(model), device="cpu"))
+        if not args.steps_only:
+            bench_model(argparse.Namespace(**{**vars(args), "model": model}))
 
+
+def bench_model(args: Any) -> None:
+    """The variants' rounds, report and greedy check for `args.model`."""
     n = 8
     task = make_task(args.task)
     items = task.items(args.queries, seed=1)

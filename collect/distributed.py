@@ -19,7 +19,7 @@ Guarantees:
   raises is retried too, and after `MAX_UNIT_TRIES` tries it is reported by name
   and skipped. At the end the store, not the messages, says what is missing.
 
-Side effects: one rich progress bar on the driver, fed by the actors' results;
+Side effects: one progress line on the driver, fed by the actors' results;
 with `cfg.track`, one MLflow parent run (the single-process collect run) and a
 nested run per actor, logged by the actors through a tracking URI every node
 must reach (a shared `mlflow server` on real clusters). This module never
@@ -248,7 +248,7 @@ class _Job:
     def _execute(self, plan: Plan) -> DistributedResult:
         import ray
 
-        from collect.observers import BarObserver
+        from collect.observers import LineObserver
 
         n, threads, use_gpu = actor_layout(self.cfg, ray.cluster_resources(), self.max_actors, len(plan.units))
         run_name = self.tracking.run_id if self.tracking else f"ray-{int(time.time())}"
@@ -263,8 +263,9 @@ class _Job:
             if self.tracking:
                 self.tracking.tag_actors(infos)
             self.obs.actors_ready(infos, handles)
-            bar = BarObserver(self.progress)
-            bar.start(sum(len(u.items) for u in plan.units), infos[0].energy_source)
+            bar = LineObserver(self.progress)
+            units = plan.units
+            bar.start(sum(len(u.items) for u in units), infos[0].energy_source, sum(u.n * len(u.items) for u in units))
             try:
                 results, errors = self._drain(handles, plan.units, bar)
             finally:

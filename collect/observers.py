@@ -1,4 +1,4 @@
-"""The collect stage's side effects: the progress bar and the MLflow run, as observers of the work.
+"""The collect stage's side effects: the progress line and the MLflow run, as observers of the work.
 
 `collect.stage.run_collection` does the work and reports to one observer;
 `collect_stage` builds the ones the config and the caller ask for and runs it.
@@ -8,7 +8,7 @@ This module never generates, grades or writes samples.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,49 +18,38 @@ if TYPE_CHECKING:
 from collect.config import CollectConfig
 
 
-class BarObserver:
-    """A rich progress bar: queries done, tokens/s and joules so far."""
+class LineObserver:
+    """The collect stage's live progress line (store/progress.py): queries and samples done of
+    total, tokens/s, joules, elapsed time and ETA. A query counts once per model and setting
+    (sampled, greedy), as the batches hold it."""
 
     def __init__(self, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as Bar
+        from store.progress import ProgressLine
 
-        cols = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[tps]:.1f} tok/s  {task.fields[joules]:.1f} J ({task.fields[source]})"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
-        self.bar = Bar(*cols, disable=not enabled)
-        self.job: Any = None
+        self.line = ProgressLine("collect", enabled, eta_by="samples")
+        self.queries = self.samples = 0
+        self.source = ""
+        self.counts: list[tuple[str, int, int]] = []
+        self.rate = ""
+        self.model = ""
 
-    def start(self, total_queries: int, meter_source: str) -> None:
-        self.bar.start()
-        self.job = self.bar.add_task("collect", total=total_queries, tps=0.0, joules=0.0, source=meter_source)
+    def start(self, total_queries: int, meter_source: str, total_samples: int = 0) -> None:
+        self.queries, self.samples, self.source = total_queries, total_samples, meter_source
+        self.counts = [("queries", 0, total_queries), ("samples", 0, total_samples)]
+        self.line.update(self.counts, force=True)
 
     def loading(self, model: str) -> None:
-        self.bar.update(self.job, description=f"loading {model}")
+        self.model = model
+        self.line.update(self.counts, self.rate, note=f"loading {model}", force=True)
 
     def batch_done(self, batch: _Batch, progress: Progress) -> None:
         tps = progress.output_tokens / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
-        self.bar.update(
-            self.job,
-            completed=progress.queries_done,
-            tps=tps,
-            joules=progress.energy_j,
-            description=f"{batch.model} t={batch.temperature:g} n={batch.n}",
-        )
+        self.counts = [("queries", progress.queries_done, self.queries), ("samples", progress.samples, self.samples)]
+        self.rate = f"{tps:.1f} tok/s  {progress.energy_j:.0f} J ({self.source})"
+        self.line.update(self.counts, self.rate, note=batch.model)
 
     def stop(self) -> None:
-        self.bar.stop()
+        self.line.finish(self.counts, self.rate, note="" if self.queries else "nothing new to collect")
 
 
 class Tracker:
@@ -118,14 +107,14 @@ class Tracker:
 class _Both:
     """The observer `run_collection` sees: forwards to the bar and, if any, the tracker."""
 
-    def __init__(self, bar: BarObserver, tracker: Tracker | None) -> None:
+    def __init__(self, bar: LineObserver, tracker: Tracker | None) -> None:
         self.bar, self.tracker = bar, tracker
         self.run_name = tracker.run_id if tracker else ""
         self.source = ""
 
-    def start(self, total_queries: int, meter_source: str, idle_power_w: float | None) -> None:
+    def start(self, total_queries: int, meter_source: str, idle_power_w: float | None, total_samples: int = 0) -> None:
         self.source = meter_source
-        self.bar.start(total_queries, meter_source)
+        self.bar.start(total_queries, meter_source, total_samples)
         if self.tracker and idle_power_w is not None:
             self.tracker.log_metrics({f"idle_power_w.{meter_source}": idle_power_w}, 0)
 
@@ -139,13 +128,13 @@ class _Both:
 
 
 def collect_stage(cfg: CollectConfig, progress: bool = True) -> CollectResult:
-    """Run (or resume) a collection with its side effects: a progress bar and, if `cfg.track`, an MLflow run."""
+    """Run (or resume) a collection with its side effects: a progress line and, if `cfg.track`, an MLflow run."""
     from collect.stage import run_collection
     from store.shards import SampleStore, read_samples
 
     cfg.validate()  # before an MLflow run is opened
     tracker = Tracker(cfg) if cfg.track else None
-    obs = _Both(BarObserver(progress), tracker)
+    obs = _Both(LineObserver(progress), tracker)
     try:
         try:
             result = run_collection(cfg, obs)

@@ -6,7 +6,7 @@ actor runs the single-process code (`collect.stage.run_batch`: the same batch,
 the same seed, so the same samples), meters its own device, stamps each sample
 with its node and device, and writes the unit's probe and sample shards itself
 (`collect.ray_store`: named after the unit, refused if already there). It hands
-back only a small `UnitResult` for the driver's progress bar; the samples never
+back only a small `UnitResult` for the driver's progress line; the samples never
 travel through Ray.
 
 Energy: the meter is opened inside the actor process, after Ray has set

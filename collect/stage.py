@@ -106,11 +106,13 @@ class Progress:
 
 
 class Observer(Protocol):
-    """What the work reports; `collect.observers.collect_stage` plugs in the progress bar and MLflow."""
+    """What the work reports; `collect.observers.collect_stage` plugs in the progress line and MLflow."""
 
     run_name: str
 
-    def start(self, total_queries: int, meter_source: str, idle_power_w: float | None) -> None: ...
+    def start(
+        self, total_queries: int, meter_source: str, idle_power_w: float | None, total_samples: int = 0
+    ) -> None: ...
     def loading(self, model: str) -> None: ...
     def batch_done(self, step: int, batch: _Batch, progress: Progress) -> None: ...
 
@@ -118,7 +120,7 @@ class Observer(Protocol):
 class _Silent:
     run_name = ""
 
-    def start(self, total_queries: int, meter_source: str, idle_power_w: float | None) -> None:
+    def start(self, total_queries: int, meter_source: str, idle_power_w: float | None, total_samples: int = 0) -> None:
         pass
 
     def loading(self, model: str) -> None:
@@ -306,7 +308,7 @@ def run_collection(cfg: CollectConfig, observer: Observer | None = None) -> Coll
     todo = [b for b in batches if _pending(b, store.done_groups(), cfg.max_new_tokens)]
     skipped = sum(len(b.items) for b in batches) - sum(len(b.items) for b in todo)
     idle = meter.measure_idle(cfg.idle_baseline_s) if cfg.idle_baseline_s > 0 else None
-    obs.start(sum(len(b.items) for b in todo), meter.source, idle)
+    obs.start(sum(len(b.items) for b in todo), meter.source, idle, sum(b.n * len(b.items) for b in todo))
     run_name = obs.run_name or f"local-{int(time.time())}"
     prog, t0, lm, lm_name = Progress(), time.perf_counter(), None, None
     written = 0  # a batch with one new query regenerates its stored ones (one batch regime); they are not rewritten

@@ -16,7 +16,7 @@ one `Fold` each). Never logs; writes only the fold bundles.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,11 @@ def train_fold_policies(
     rule: Any = None,
     backend: str = DEFAULT_BACKEND,
     probes: Any = None,
+    on_fold: Callable[[int, int], None] | None = None,
 ) -> list[Any]:
     """One loaded `Policy` per fold, trained on every query not in that fold (bundles under `work_dir`).
+
+    `on_fold(done, total)` hears of each fold as its policy is loaded (the progress line).
 
     "text+probe": `probes` is the store's `store.probes.ProbeTable` (or the store folder); each
     fold's probe PCA is fitted on that fold's training queries only.
@@ -93,4 +96,6 @@ def train_fold_policies(
             raise UsageError(f"fold {fold.name!r} leaves no query to train on; use more folds or more queries")
         path = fit_policy(samples, train_ids, cfg, Path(work_dir) / fold.name, rule, probes)
         policies.append(load_bundle(path, backend))
+        if on_fold is not None:
+            on_fold(len(policies), len(folds))
     return policies

@@ -163,20 +163,42 @@ def evaluate(
     meta: dict[str, Any],
     probes: Any = None,
     feature_set: str | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """The work: fold policies (cross-fitting), outcome matrices, every allocator's curve, the report dict.
 
     `feature_set`: the fold policies' (default: the bundle's, else "text"); "text+probe" needs `probes`.
+    `progress`: one live line (store/progress.py): folds trained, allocators run, elapsed, ETA.
     """
+    from store.progress import ProgressLine
+
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     policies = [policy] * len(held.folds)
+    n_folds = len(held.folds) if held.cross_fitted else 0
+    line = ProgressLine("eval", progress, eta_by="folds" if n_folds else "allocators")
+    steps = {"folds": 0, "allocators": 0, "n_alloc": len(cfg.allocators) if cfg.allocators else len(ALLOCATORS)}
+
+    def show(note: str = "", force: bool = False) -> None:
+        counts = [("folds", steps["folds"], n_folds)] if n_folds else []
+        line.eta_by = "folds" if n_folds and steps["folds"] < n_folds else "allocators"
+        line.update(counts + [("allocators", steps["allocators"], steps["n_alloc"])], note=note, force=force)
+
+    def fold_done(done: int, total: int) -> None:
+        steps["folds"] = done
+        show("training fold policies" if done < total else "", force=True)
+
+    def alloc_done(name: str, done: int, total: int) -> None:
+        steps["allocators"], steps["n_alloc"] = done, total
+        show(name)
+
+    show("training fold policies" if n_folds else "", force=True)
     if held.cross_fitted:
         feature_set = feature_set or (policy.feature_set.name if policy is not None else "text")
         policies = train_fold_policies(
             samples, held.folds, work_dir, feature_set=feature_set, n_trials=cfg.fold_trials,
             seed=cfg.seed, num_threads=cfg.num_threads, rule=policy.rule if policy is not None else None,
-            backend=cfg.backend, probes=probes,
+            backend=cfg.backend, probes=probes, on_fold=fold_done,
         )  # fmt: skip
         timings["train_folds_s"] = time.perf_counter() - t0
     energy = _energy(samples, policies, held, cfg)
@@ -193,7 +215,8 @@ def evaluate(
         folds=folds,
         probes=probes,
     )
-    curves, skipped = run_allocators(ctx, list(cfg.allocators) if cfg.allocators else None)
+    curves, skipped = run_allocators(ctx, list(cfg.allocators) if cfg.allocators else None, alloc_done)
+    show(f"report ({cfg.n_boot} bootstrap resamples)" if cfg.n_boot else "report", force=True)
     timings["allocators_s"] = time.perf_counter() - t0 - sum(timings.values())
     meta = {**meta, "split": _split_meta(held, folds, cfg), "energy": energy, "arms": list(policies[0].arm_ids)}
     meta["models"] = {"small": small, "big": big}
@@ -201,6 +224,8 @@ def evaluate(
     named = [(f.name, [str(q) for q in f.test.query_ids]) for f in folds]
     report = build_report(ctx, curves, skipped, full, meta, cfg.n_boot, cfg.seed, named)
     timings["report_s"] = time.perf_counter() - t0 - sum(timings.values())
+    done = [("folds", n_folds, n_folds)] if n_folds else []
+    line.finish(done + [("allocators", steps["n_alloc"], steps["n_alloc"])])
     return Evaluation(ctx, curves, report, held, timings)
 
 
@@ -249,6 +274,7 @@ def eval_stage(
     fold_trials: int = FOLD_TRIALS,
     force: bool = False,
     feature_set: str | None = None,
+    progress: bool = False,
 ) -> EvalReport:
     """Evaluate every allocator (or the named ones) on held-out queries; see the module docstring.
 
@@ -307,7 +333,7 @@ def eval_stage(
             raise UsageError("a probe policy is evaluated on a store folder (its probe side table), not a DataFrame")
         probes = load_probes(store, policy.probe_model)
     with tempfile.TemporaryDirectory(prefix="ttc-eval-folds-") as work:
-        ev = evaluate(samples, policy, held, cfg, Path(work), meta, probes, feature_set)
+        ev = evaluate(samples, policy, held, cfg, Path(work), meta, probes, feature_set, progress)
     return _record(ev, cfg, out_dir, tracking_uri, experiment, force)
 
 

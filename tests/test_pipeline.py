@@ -28,7 +28,7 @@ def quick_run(tmp_path_factory):
         TASKS[0],
         "--task",
         TASKS[1],
-        "--extra-items",
+        "--collect",
         "1",
         "--trials",
         "2",
@@ -154,6 +154,30 @@ def test_train_refuses_an_empty_store(tmp_path):
         ],
     )
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+
+
+@pytest.mark.slow
+def test_quick_run_prints_one_progress_line_per_stage_and_no_library_bars(quick_run):
+    """In a log (no terminal) each stage's line is printed whole: every 30 s while it runs and once at its end
+    (counts done = total); libraries print no bars."""
+    from store.progress import LOG_EVERY_S
+
+    _, summary, output = quick_run
+    lines = output.splitlines()
+    for stage, first in (("collect", "queries"), ("train", "trials"), ("export", ""), ("eval", "allocators")):
+        mine = [x for x in lines if x.startswith(f"{stage}  ")]
+        assert mine and first in mine[-1] and not any(c in x for x in mine for c in "\r━"), (stage, mine)
+        counts = [p.split()[1] for p in mine[-1].split("  ") if "/" in p and p.split()[0] in ("queries", "samples",
+                  "trials", "folds", "allocators")]  # fmt: skip
+        assert all(c.split("/")[0] == c.split("/")[1] for c in counts), mine[-1]
+        h, m, sec = (int(v) for v in next(p for p in mine[-1].split("  ") if p.count(":") == 2).split(":"))
+        assert len(mine) <= 1 + (3600 * h + 60 * m + sec) // LOG_EVERY_S, mine  # one line, plus one per 30 s
+    collect = next(x for x in reversed(lines) if x.startswith("collect  ")).split("  ")
+    done, total = map(int, next(p for p in collect if p.startswith("samples ")).split()[1].split("/"))
+    # every planned sample generated; a batch holding a stored query regenerates it (not rewritten)
+    assert done == total >= summary["data"]["new_samples_this_run"] > 0 and any("tok/s" in p for p in collect)
+    for noise in ("Generating train split", "Converting and de-quantizing", "━", "Loading weights"):
+        assert noise not in output
 
 
 @pytest.mark.slow

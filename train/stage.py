@@ -72,34 +72,36 @@ class TrainResult:
 
 
 class _Progress:
-    """A rich progress bar over every trial of every predictor, or nothing."""
+    """The train stage's live progress line (store/progress.py): Optuna trials done of all predictors', ETA."""
 
     def __init__(self, enabled: bool, total: int) -> None:
-        self.bar = None
-        self.best: dict[str, float] = {}
-        if enabled and total > 0:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from store.progress import ProgressLine
 
-            self.bar = Progress(
-                TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-            )
-            self.task = self.bar.add_task("tuning", total=total)
+        self.line = ProgressLine("train", enabled and total > 0, eta_by="trials")
+        self.total, self.done = total, 0
+        self.best: dict[str, float] = {}
+        self.note = ""
 
     def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
+        self.line.update([("trials", 0, self.total)], force=True)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.close()
+        else:  # tuning is done; the held-out metrics, the bundle and MLflow follow (`close` ends the line)
+            self.line.update([("trials", self.done, self.total)], note="held-out metrics, bundle, MLflow", force=True)
+
+    def close(self) -> None:
+        self.line.finish([("trials", self.done, self.total)], note=self.note)
 
     def advance(self, rec: TrialRecord) -> None:
-        if self.bar is None:
-            return
+        self.done += 1
         best = self.best.get(rec.predictor, float("inf"))
         self.best[rec.predictor] = best = min(best, rec.value) if rec.value == rec.value else best
-        self.bar.update(self.task, advance=1, description=f"{rec.predictor} trial {rec.number} best {best:.4f}")
+        self.note = "  ".join(f"{p} best {b:.4f}" for p, b in self.best.items())
+        note = f"{rec.predictor} trial {rec.number} best {best:.4f}"
+        self.line.update([("trials", self.done, self.total)], note=note)
 
 
 def train_stage(
@@ -117,6 +119,7 @@ def train_stage(
     num_threads: int = 2,
     progress: bool = True,
     *,
+    summary: bool = True,
     test_size: float = 0.2,
     cv_folds: int = 1,
     soft_labels: bool = True,
@@ -133,6 +136,7 @@ def train_stage(
     `<name>-success`, `<name>-energy`, `<name>-length` with alias "champion";
     `rule` is the bundle's `policy.allocate.DecisionRule` (or its dict; default:
     price mode, lam 0), written to `out_dir/bundle` when `export_bundle`.
+    `progress`: one live line (trials done, ETA); `summary`: then the held-out metrics table.
     Raises `UsageError` for bad input.
     """
     cfg = TrainConfig(
@@ -173,7 +177,8 @@ def train_stage(
         with _staged(out_dir) as tmp:
             _save(mlflow, client, tmp, fitted, sp, ev, register_name, rule, export_bundle, clock)
     result = _result(out_dir, fitted, sp, ev, parent.info.run_id, experiment_id, tracking_uri, export_bundle, clock)
-    if progress:
+    bar.close()
+    if progress and summary:
         print_summary(ev.metrics, data, result.timings_s["total"])
         if result.bundle_dir is not None:  # the default price chosen on the training frontier (train/price.py)
             from policy.bundle import load_bundle

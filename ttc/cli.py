@@ -318,8 +318,13 @@ def eval_(
 def run(
     quick: Annotated[bool, typer.Option(help="smaller preset for a first look (fewer trials and resamples)")] = False,
     out: Annotated[str, typer.Option(help="folder for the store, models, bundle and report")] = "runs/default",
-    extra_items: Annotated[
-        int | None, typer.Option(help="queries per task collected in this run beyond the reference")
+    collect: Annotated[
+        int | None,
+        typer.Option(
+            "--collect",
+            "--extra-items",
+            help="new queries per task to collect beyond the reference (default 0; minutes each on a CPU)",
+        ),
     ] = None,
     task: Annotated[list[str] | None, typer.Option(help="restrict to these tasks; repeatable")] = None,
     trials: Annotated[int | None, typer.Option(help="Optuna trials per predictor")] = None,
@@ -334,7 +339,7 @@ def run(
             out,
             "quick" if quick else "default",
             tasks=task or None,
-            extra_items_per_task=extra_items,
+            extra_items_per_task=collect,
             n_trials=trials,
             n_boot=n_boot,
             tracking_uri=tracking_uri,

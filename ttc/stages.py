@@ -54,7 +54,9 @@ class RunPreset:
 
 
 PRESETS = {
-    "default": RunPreset(extra_items_per_task=2, n_trials=30, n_boot=1000, register=True, folds=5, fold_trials=5),
+    # collects nothing by default: the reference holds 877 queries, and on a 2-core CPU each new query of
+    # both models costs minutes (`ttc run --collect N` asks for N more per task)
+    "default": RunPreset(extra_items_per_task=0, n_trials=30, n_boot=1000, register=True, folds=5, fold_trials=5),
     "quick": RunPreset(extra_items_per_task=1, n_trials=6, n_boot=200, register=False, folds=1, fold_trials=0),
 }
 
@@ -143,6 +145,7 @@ def run_stages(
     from collect.config import make_config
     from collect.observers import collect_stage
     from eval.stage import eval_stage
+    from store.progress import ProgressLine
     from train.stage import train_stage
 
     store, timings, t0 = out / "store", {}, time.perf_counter()
@@ -150,14 +153,27 @@ def run_stages(
     overrides |= ({"tasks": tasks} if tasks else {}) | ({"models": models} if models else {})
     grid = make_config(None, **overrides).validate()
     base_items, reference_runs = _seed_store(store, reference, grid, say)
+    if base_items == 0 and p.extra_items_per_task == 0:
+        raise UsageError("no reference collection to start from; collect some: `ttc run --collect N` (N per task)")
     cfg = make_config(grid, items_per_task=base_items + p.extra_items_per_task).validate()
-    say(f"[1/4] collect: {cfg.items_per_task} queries per task x {len(cfg.tasks)} tasks x {len(cfg.models)} models")
+    if p.extra_items_per_task:
+        say(
+            f"[1/4] collect: {p.extra_items_per_task} new queries per task beyond the reference's {base_items} "
+            f"x {len(cfg.tasks)} tasks x {len(cfg.models)} models"
+        )
+    else:
+        say(
+            f"[1/4] collect: nothing new (the reference holds {base_items} queries per task); "
+            "`ttc run --collect N` collects N more per task with every model"
+        )
     c = collect_stage(cfg, progress=progress)
     timings["collect_s"] = time.perf_counter() - t0
 
     say("[2/4] train: LightGBM success and energy predictors, Optuna, MLflow")
     t = time.perf_counter()
-    tr = train_stage(store, out / "train", n_trials=p.n_trials, tracking_uri=tracking_uri, progress=progress)
+    tr = train_stage(
+        store, out / "train", n_trials=p.n_trials, tracking_uri=tracking_uri, progress=progress, summary=False
+    )
     timings["train_s"] = time.perf_counter() - t
 
     say("[3/4] export: portable bundle (LightGBM text + ONNX + policy.json)")
@@ -168,6 +184,10 @@ def run_stages(
         str(out / "train"), out / "policy", register_name=register_name, tracking_uri=tracking_uri, force=True
     )
     timings["export_s"] = time.perf_counter() - t
+    line = ProgressLine("export", progress)
+    line.t0 = t  # the line's clock: the export's time
+    registered = f", registered as {register_name}" if register_name else ""
+    line.finish([], note=f"{exp['bundle']} and {Path(exp['zip']).name}{registered}")
 
     t = time.perf_counter()
     if p.folds >= 2:
@@ -178,7 +198,14 @@ def run_stages(
         split_args = {"test_query_ids": tr.test_query_ids, "train_query_ids": tr.train_query_ids}
     # force: out/eval is this pipeline's own report from an earlier run (never anything else: eval checks)
     rep = eval_stage(
-        store, exp["bundle"], out / "eval", n_boot=p.n_boot, tracking_uri=tracking_uri, force=True, **split_args
+        store,
+        exp["bundle"],
+        out / "eval",
+        n_boot=p.n_boot,
+        tracking_uri=tracking_uri,
+        force=True,
+        progress=progress,
+        **split_args,
     )
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
@@ -241,7 +268,7 @@ def run_pipeline(
 
     The run's store starts as a copy of the committed reference collection (real
     samples recorded with the same config) and the run itself collects
-    `extra_items_per_task` further queries per task with both models. Every
+    `extra_items_per_task` further queries per task with both models (none by default). Every
     number in the summary says which data it comes from. `run_stages` does the
     work and returns typed results; this function resolves the preset, passes
     `echo` the step lines, and writes and returns the summary.

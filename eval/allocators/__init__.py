@@ -114,11 +114,14 @@ def make_allocator(name: str) -> Allocator:
     return ALLOCATORS[name]()
 
 
-def run_allocators(ctx: EvalContext, names: Sequence[str] | None = None) -> tuple[dict[str, Curve], dict[str, str]]:
+def run_allocators(
+    ctx: EvalContext, names: Sequence[str] | None = None, on_done: Callable[[str, int, int], None] | None = None
+) -> tuple[dict[str, Curve], dict[str, str]]:
     """Curves of the named allocators (default: every one that can run), and why the others were skipped.
 
     A named allocator that cannot run in this context is a `UsageError`; with
-    the default list it is skipped and its reason returned.
+    the default list it is skipped and its reason returned. `on_done(name, done, total)`
+    hears of each allocator as it finishes (the progress line).
     """
     explicit = names is not None
     names = list(ALLOCATORS) if names is None else list(names)
@@ -126,12 +129,14 @@ def run_allocators(ctx: EvalContext, names: Sequence[str] | None = None) -> tupl
         if nm not in ALLOCATORS:
             raise unknown_name("allocator", nm, ALLOCATORS)
     curves, skipped = {}, {}
-    for nm in names:
+    for i, nm in enumerate(names):
         why = make_allocator(nm).unavailable(ctx)
         if why is not None:
             if explicit:
                 raise UsageError(f"allocator {nm!r} {why}; drop it from the list or supply what it needs")
             skipped[nm] = why
-            continue
-        curves[nm] = ctx.curve(make_allocator(nm))
+        else:
+            curves[nm] = ctx.curve(make_allocator(nm))
+        if on_done is not None:
+            on_done(nm, i + 1, len(names))
     return curves, skipped
