@@ -151,3 +151,44 @@ def test_the_trained_prompt_is_token_for_token_the_collections(shim, tmp_path):
                 extra_body={"ttc": {"task": r.task, "arm": "tiny-135m/n1/L32/greedy"}},
             )  # fmt: skip
             assert resp.usage.prompt_tokens == r.prompt_tokens, (r.task, resp.usage.prompt_tokens, r.prompt_tokens)
+
+
+def test_a_base_models_plain_prompt_is_token_for_token_the_collections(tmp_path):
+    """Gemma-3-270M (base, plain style) behind llama.cpp: the proxy's plain few-shot text on /v1/completions
+    renders to exactly the prompt tokens the reference collection recorded for the same questions."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from collect.models import resolve_model
+    from store.loader import load_samples
+    from tests.fakes.openai_upstream import wait_http
+    from tests.test_proxy_llamacpp import _free_port
+    from ttc.stages import REFERENCE_STORE
+
+    spec = resolve_model("gemma3-270m")  # assembles the packaged GGUF chunks once
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(Path(spec.location) / spec.gguf_file)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"]
+    proc = subprocess.Popen(cmd, stdout=(tmp_path / "gemma.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", timeout_s=180)
+        tasks = ["rg.basic_arithmetic_1d", "gsm8k"]
+        s = load_samples(REFERENCE_STORE, columns=["question", "task", "model", "prompt_tokens"])
+        rows = s[(s["model"] == "gemma3-270m") & s["task"].isin(tasks)].drop_duplicates("task")
+        policy = load_bundle(build_synthetic_bundle(tmp_path / "base"))
+        prompts = build_prompts({"tiny-135m": "chat", "tiny-360m": "plain"}, {t: make_task(t).demos for t in tasks})
+        bundle = load_bundle(write_policy(policy.with_files({PROMPTS_FILE: prompts.to_json()}), tmp_path / "b"))
+        ups = parse_upstreams([f"{m}=http://127.0.0.1:{port}/v1" for m in MODELS])
+        with ThreadServer(create_app(bundle, ups)) as proxy:
+            c = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="none", max_retries=0, timeout=600)
+            for r in rows.itertuples():
+                resp = c.chat.completions.create(
+                    model="ttc", messages=[{"role": "user", "content": r.question}], max_tokens=16,
+                    extra_body={"ttc": {"task": r.task, "arm": "tiny-360m/n1/L32/greedy"}},
+                )  # fmt: skip
+                assert resp.model_extra["ttc"]["prompt"]["style"] == "plain"
+                assert resp.usage.prompt_tokens == r.prompt_tokens, (r.task, resp.usage.prompt_tokens, r.prompt_tokens)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
