@@ -43,6 +43,8 @@ MAX_DEPTH = 256
 MAX_FEATURES = 100_000
 #: nodes x arms above which raw_score_grid evaluates full rows instead of specialising trees per arm
 MAX_SPECIALISE_WORK = 5_000_000
+#: (arm units x trees x queries) values up to which raw_score_grid sums in one accumulate (one query: ~30 x 300)
+_ACCUMULATE_MAX = 1 << 16
 TRANSFORMS = ("identity", "sigmoid")
 MISSING_TYPES = {"None": 0, "Zero": 1, "NaN": 2}
 DECISION_TYPES = ("<=",)
@@ -226,6 +228,10 @@ class TreeEnsemble:
         _, forest, units = cached
         per_tree = np.ascontiguousarray(forest.leaf_values(q).T)
         # tree by tree, as _sum_in_order adds them: the same bits as the row path, any batch size
+        if 0 < units.size * q.shape[0] <= _ACCUMULATE_MAX:
+            # a few queries: one strictly sequential accumulate (add.accumulate adds left to right, from the
+            # first tree's value, as the loop below does from zero) instead of a Python step per tree
+            return np.add.accumulate(per_tree[units], axis=1)[:, -1, :].T
         acc = np.zeros((units.shape[0], q.shape[0]), dtype=np.float64)
         for t in range(units.shape[1]):
             acc += per_tree[units[:, t]]
