@@ -206,14 +206,24 @@ def test_the_mlflow_pyfunc_reads_the_signal_columns(simulated, tmp_path):
         model = mlflow.pyfunc.load_model(log_policy_model(bundle))
         out = model.predict(df, params={"lam": 0.01})
         plain = model.predict(df[["question", "task"]])
+        # the five confidence columns plus the first sample's text stand for the seven
+        texts = ["2 + 2 = 5. The answer is 5." if i % 3 else "" for i in range(len(df))]
+        by_text = df.drop(columns=["first_equations", "first_wrong_equations"]).assign(first_text=texts)
+        out_text = model.predict(by_text, params={"lam": 0.01})
+        no_text = model.predict(by_text.drop(columns=["first_text"]))
     finally:
         mlflow.set_tracking_uri(old)
-    want = load_bundle(bundle).decide_after_look(
+    policy = load_bundle(bundle)
+    want = policy.decide_after_look(
         test.questions, sig, list(test.tasks), first_energy_j=test.energy_j[:, a1], lam=0.01
     )
     assert list(out["stage2_arm_id"]) == [d.arm_id for d in want]
     assert list(out["stage2_action"]) == [d.action for d in want]
     assert set(out["first_arm_id"]) == {ARMS[a1].arm_id} and "stage2_arm_id" not in plain.columns
+    want_text = policy.decide_after_look(test.questions, sig[:, :5], list(test.tasks),
+                                         first_energy_j=test.energy_j[:, a1], lam=0.01, first_text=texts)  # fmt: skip
+    assert list(out_text["stage2_arm_id"]) == [d.arm_id for d in want_text]
+    assert "stage2_arm_id" not in no_text.columns  # a seven-signal rule without the text: no stage-2 columns
 
 
 def _copy(src: Path, dst: Path) -> Path:
