@@ -236,6 +236,9 @@ class _StubPolicy:
     def predict_features(self, x):
         return np.full(x.shape, 0.5), np.asarray(x, dtype=float)
 
+    def route_tasks(self, p, e, tasks):  # every task known: the predictions stand
+        return p, e
+
 
 def test_stage_one_signals_read_the_first_sample_up_to_its_cap():
     sig = stage_one_signals(_samples(["a", "b"], [True, False]), ["a", "b"], ARMS[0])
