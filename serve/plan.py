@@ -143,6 +143,9 @@ async def plan_and_sample(
         and arm_id is None
         and (model is None or model == first_model)
         and (n_min or 1) == 1
+        # stage 2 never saw an unknown or adapted task: with a task table (policy/tasks.py) those get its
+        # k = 0 rule or their adapted table instead
+        and (decider.policy.task_table is None or decider.policy.task_status(task) == "known")
     )
     if not look:
         choice = decider.choose(question, task, lam, n_min, tokens_max, model, arm_id)

@@ -12,6 +12,7 @@ from policy.bundle import load_bundle
 from policy.tasks import TaskTable, assign_task_columns
 from tests.policy_fixtures import build_synthetic_bundle
 from tests.test_proxy import Stack
+from tests.test_serve_policy import look_policy, plain_policy, priced_policy, stack  # noqa: F401 (fixtures)
 from train.export import write_policy
 
 LAM = 0.002
@@ -46,3 +47,21 @@ def test_no_hint_and_an_unknown_hint_get_the_k0_rule_and_are_counted(policy):
         assert 'ttc_task_rule_total{status="known"} 1.0' in text
     finally:
         s.close()
+
+
+def test_look_then_decide_is_for_known_tasks_only(look_policy, stack, tmp_path):  # noqa: F811 (fixtures)
+    """Stage 2 never saw an unknown task: with a task table, such a request takes the k = 0 rule, no look."""
+    from tests.test_serve_policy import _logprob_engine
+
+    n = len(look_policy.arm_ids)
+    energy = np.linspace(1.0, 30.0, n)
+    table = TaskTable(tuple(look_policy.arm_ids), assign_task_columns(["chain_sum", "gsm8k"]), 240,
+                      tuple(np.full(n, 0.5).tolist()), tuple(energy.tolist()), 8.0)  # fmt: skip
+    pol = load_bundle(write_policy(look_policy.with_task_table(table), tmp_path / "b"))
+    s = stack(pol, fake=_logprob_engine(-0.05), lam=0.01)
+    q = "Start with 4, then plus 9, then times 3. What is the result?"
+    known, _ = s.chat(q, extra_body={"ttc": {"task": "gsm8k"}})
+    unknown, _ = s.chat(q, extra_body={"ttc": {"task": "my.own.task"}})
+    assert known.model_extra["ttc"]["look"] is not None
+    assert unknown.model_extra["ttc"]["look"] is None
+    assert unknown.model_extra["ttc"]["arm"] == pol.arm_ids[int(np.argmin(energy))]  # equal accuracy: cheapest
