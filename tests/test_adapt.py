@@ -159,3 +159,17 @@ def test_allocate_reports_an_unknown_task_once_with_the_known_names(policy_dir: 
     n = allocate_stage(policy_dir, src, tmp_path / "d.jsonl", lam=0.01, warn=warnings.append)
     assert n == 4 and len(warnings) == 1
     assert "'mine'" in warnings[0] and "gsm8k" in warnings[0] and "unknown tasks" in warnings[0]
+
+
+def test_ttc_adapt_refuses_a_store_without_every_model_of_the_policy(policy_dir: Path, new_task_store, tmp_path):
+    one_model = tmp_path / "store"
+    one_model.mkdir()
+    for f in sorted(new_task_store.glob("shard-*.parquet")):
+        t = pq.read_table(f)
+        t = t.filter(np.asarray(t.column("model").to_pylist()) == "smollm2-135m")
+        if t.num_rows:
+            pq.write_table(t, one_model / f.name)
+    out = tmp_path / "b2"
+    r = CliRunner().invoke(app, ["adapt", "--bundle", str(policy_dir), "--store", str(one_model), "--out", str(out)])
+    assert r.exit_code == 2 and "gemma3-270m" in r.output
+    assert not out.exists()
