@@ -179,7 +179,126 @@ def accuracy_run(
     }
 
 
+def _gold_answers(samples: Any, kind_of: dict[str, str]) -> dict[str, str | None]:
+    """Per question, its gold answer as the proxy's extraction normalises it (so a live engine can be graded)."""
+    from serve.decide import EXTRACTORS
+
+    first = samples.drop_duplicates("question")
+    triples = zip(first["question"], first["task"], first["gold"], strict=True)
+    return {q: EXTRACTORS[kind_of[t]](f"The answer is {g}.")[0] for q, t, g in triples}
+
+
+def llama_run(reference: Path, n_requests: int = 40, seed: int = 0, trials: int = 0) -> dict[str, Any]:
+    """The same split and bundle, `n_requests` held-out questions through `ttc serve` in front of the *real*
+    llama.cpp servers of both models (Q4 GGUFs, one thread each): the policy and the small model's greedy arm.
+
+    Accuracy is graded against each question's gold answer; `stored_accuracy` is the reference's own
+    (bf16, in-process) figure for the same arm on the same questions, so the difference is what serving
+    the Q4 engine costs. Joules are still predictions.
+    """
+    from collect.models import resolve_model
+    from policy.bundle import load_bundle
+    from serve.decide import TTCOptions, answer_kind
+    from store.loader import load_samples
+    from tests.fakes.openai_upstream import wait_http
+    from train.fit import TrainConfig, fit_policy
+
+    samples = load_samples(reference)
+    queries = np.asarray(sorted(samples["query_id"].unique()))
+    order = np.random.default_rng(seed).permutation(len(queries))
+    n_train = int(round(0.6 * len(queries)))
+    train_ids, held = sorted(queries[order[:n_train]]), sorted(queries[order[n_train:]])
+    ask = sorted(np.random.default_rng(seed + 1).choice(held, size=n_requests, replace=False))
+    tmp = tempfile.TemporaryDirectory()
+    bundle = fit_policy(
+        samples, train_ids, TrainConfig(n_trials=trials, num_threads=1, seed=seed), Path(tmp.name) / "b"
+    )
+    policy = load_bundle(bundle)
+    test = samples[samples["query_id"].isin(ask)]
+    first = test.drop_duplicates("query_id").set_index("query_id")
+    items = [(str(first.loc[q, "question"]), str(first.loc[q, "task"])) for q in ask]
+    kind_of = {t: answer_kind(TTCOptions(task=t)) for t in set(test["task"])}
+    gold = _gold_answers(test, kind_of)
+    engines, urls = [], {}
+    try:
+        for m in policy.models:
+            spec = resolve_model(m)
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(Path(spec.location) / spec.gguf_file)]
+            cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
+            cmd += ["--n_threads_batch", "1"]
+            engines.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            urls[m] = f"http://127.0.0.1:{port}/v1"
+            wait_http(f"{urls[m]}/models", timeout_s=180)
+        passes: dict[str, Any] = {}
+        for name, ttc in (("policy", {}), ("greedy_small", {"arm": SMALL_GREEDY})):
+            ups = [a for m in policy.models for a in ("--upstream", f"{m}={urls[m]}")]
+            proc, proxy = _serve_to(bundle, ups)
+            try:
+                t = time.perf_counter()
+                replies = asyncio.run(_send(proxy, items, ttc, 2))
+                ok = [
+                    r["answer"] is not None and r["answer"] == gold[q] for r, (q, _) in zip(replies, items, strict=True)
+                ]
+                passes[name] = {
+                    "requests": len(replies),
+                    "accuracy": round(float(np.mean(ok)), 4),
+                    "mean_predicted_j": round(float(np.mean([r["predicted_j"] for r in replies])), 3),
+                    "mean_samples": round(float(np.mean([r["samples"] for r in replies])), 3),
+                    "wall_s": round(time.perf_counter() - t, 1),
+                }
+                looks = [r["look"]["action"] for r in replies if r.get("look")]
+                if looks:
+                    passes[name]["look_actions"] = dict(Counter(looks))
+                arms = [r["arm"] for r in replies]
+                passes[name]["stored_accuracy_same_arms"] = round(float(np.mean(
+                    _stored_correct(samples, ask, arms))), 4)  # fmt: skip
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    finally:
+        for e in engines:
+            e.terminate()
+        tmp.cleanup()
+    return {
+        "engine": "llama.cpp servers (llama-cpp-python) with the packaged Q4 GGUFs, one thread each",
+        "joules": f"predicted by the policy ({policy.energy_source} training joules)",
+        "requests": n_requests,
+        "exported_price": policy.rule.lam,
+        "passes": passes,
+    }
+
+
+def _stored_correct(samples: Any, query_ids: list[str], arm_ids: list[str]) -> list[bool]:
+    """The reference's own outcome (store/views.py vote) of each question's arm: what the bf16 collector got."""
+    from policy.arms import Arm
+    from store.views import arm_outcomes
+
+    out = []
+    for q, a in zip(query_ids, arm_ids, strict=True):
+        rows = arm_outcomes(samples[samples["query_id"] == q], [Arm.parse(a)])
+        out.append(bool(rows["correct"].iloc[0]))
+    return out
+
+
+def _serve_to(bundle: Path, ups: list[str]) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from tests.fakes.openai_upstream import wait_http
+
+    cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(bundle), "--port", str(port), *ups]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/health", timeout_s=120)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(accuracy_run(ROOT / "data" / "reference"), indent=2))
+    if "--llama" in sys.argv:
+        print(json.dumps(llama_run(ROOT / "data" / "reference"), indent=2))
+    else:
+        print(json.dumps(accuracy_run(ROOT / "data" / "reference"), indent=2))
