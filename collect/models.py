@@ -29,6 +29,7 @@ from typing import Any
 
 from collect.generation import Generation
 from policy.errors import UsageError
+from policy.prompts import PLAIN_STOP, chat_messages, plain_prompt
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,15 @@ def _gemma3() -> ModelSpec:
 
 
 BUILTIN_MODELS = {"smollm2-135m": _smollm2, "gemma3-270m": _gemma3}
+#: the prompt style of each built-in model (the instruct model chats; the base model gets plain few-shot text)
+PROMPT_STYLES = {"smollm2-135m": "chat", "gemma3-270m": "plain"}
+
+
+def prompt_style(name: str) -> tuple[str, bool]:
+    """(style, assumed) of a stored model name: a built-in's own, else "chat" (assumed: the tokenizer decided)."""
+    if name in PROMPT_STYLES:
+        return PROMPT_STYLES[name], False
+    return "chat", True
 
 
 def _cache_root() -> Path:
@@ -195,7 +205,7 @@ class LoadedModel:
         if style == "auto":
             style = "chat" if self.tokenizer.chat_template else "plain"
         self.prompt_style = style
-        self.stop_strings = ["\nQuestion:", "\n\n"] if style == "plain" else []
+        self.stop_strings = list(PLAIN_STOP) if style == "plain" else []
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
         self.end_ids = self.eos_ids | {self.tokenizer.pad_token_id}
         self.probe_layer = int(self.model.config.get_text_config().num_hidden_layers)
@@ -225,14 +235,11 @@ class LoadedModel:
             tmp.replace(cache)
 
     def build_prompt(self, question: str, demos: list[tuple[str, str]]) -> str:
+        # one definition of both formats (policy/prompts.py): engines and the proxy build the same turns
         if self.prompt_style == "chat":
-            messages = []
-            for q, a in demos:
-                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            messages.append({"role": "user", "content": question})
+            messages = chat_messages(question, demos)
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in demos)
-        return f"{shots}Question: {question}\nAnswer:"
+        return plain_prompt(question, demos)
 
     def decode(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
