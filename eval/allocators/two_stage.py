@@ -110,7 +110,7 @@ class TwoStageAllocator(Allocator):
             p2[r], marginal[r], cont[r], a1[r], stage2_j[r] = f["p2"], f["marginal"], f["cont"], f["a1"], f["stage2_j"]
         pred, q = ctx.predictions("test"), np.arange(n)
         settings = []
-        for lam in lambda_grid(hull_slopes(p2, marginal + 1e-9), self.n_lambdas):
+        for lam in with_midpoints(lambda_grid(hull_slopes(p2, marginal + 1e-9), self.n_lambdas)):
             # the exported rule's own choice (policy.two_stage.choose), so a bundle decides as simulated here
             settings.append((choose(p2, marginal, float(lam)), float(lam)))
         points = []
@@ -123,6 +123,19 @@ class TwoStageAllocator(Allocator):
         notes = {"stage_one_arms": sorted({ctx.arm_ids[int(j)] for j in a1}), **stage_two_scores(p2, ctx.test.correct)}
         notes["within_task_auc"] = ctx.within_task_auc(p2)
         return Curve(self.name, points, notes=notes)
+
+
+def with_midpoints(lams: np.ndarray) -> np.ndarray:
+    """The prices and one between each neighbouring pair (geometric; half the least positive next to 0), descending.
+
+    A price exactly at a hull slope is a tie the rule breaks toward the cheaper arm; the prices between
+    two slopes are the settled choices, and with few queries the quantile grid may hold no such price.
+    """
+    lams = np.unique(np.asarray(lams, dtype=np.float64))
+    pos = lams[lams > 0]
+    mids = np.sqrt(pos[:-1] * pos[1:]) if len(pos) > 1 else np.zeros(0)
+    low = [pos[0] / 2] if len(pos) and lams[0] == 0 else []
+    return np.unique(np.concatenate([lams, mids, low]))[::-1]
 
 
 def stage_two_scores(p: np.ndarray, correct: np.ndarray) -> dict[str, float]:
