@@ -46,6 +46,8 @@ class ProgressLine:
     def update(self, counts: list[tuple[str, int, int]], rate: str = "", note: str = "", force: bool = False) -> None:
         self._text = self._format(counts, rate, note)
         now = time.perf_counter()
+        if not self.tty and counts and all(d == t for _, d, t in counts):
+            return  # all done: in a log the stage's closing line (`finish`) says it once
         if (force and self.tty) or now - self._last >= (TTY_EVERY_S if self.tty else LOG_EVERY_S):
             self._show()
             self._last = now

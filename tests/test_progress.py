@@ -33,7 +33,7 @@ def test_a_log_hears_from_a_long_stage_every_interval(monkeypatch):
         line.update([("trials", k, 90)])
     line.finish([("trials", 90, 90)])
     lines = out.getvalue().splitlines()
-    assert len(lines) == 180 // progress.LOG_EVERY_S + 1
+    assert len(lines) == 180 // progress.LOG_EVERY_S  # at 30, 60, ..., 150 s, then the closing line
     assert lines[0] == "train  trials 15/90  0:00:30  ETA 0:02:30"  # elapsed x (1 - share) / share
     assert lines[-1] == "train  trials 90/90  0:03:00"
 
@@ -56,3 +56,13 @@ def test_disabled_prints_nothing_and_the_clock_reads_hours():
     line.finish([("queries", 2, 2)])
     assert out.getvalue() == ""
     assert clock(3725.4) == "1:02:05" and clock(-1) == "0:00:00"
+
+
+def test_a_log_says_all_done_once_even_when_the_interval_falls_on_the_last_step(monkeypatch):
+    out, now = io.StringIO(), [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    line = ProgressLine("collect", stream=out, eta_by="samples")
+    now[0] = 40.0
+    line.update([("queries", 2, 2), ("samples", 18, 18)], "9.0 tok/s", note="gemma3-270m")
+    line.finish([("queries", 2, 2), ("samples", 18, 18)], "9.0 tok/s")
+    assert out.getvalue() == "collect  queries 2/2  samples 18/18  9.0 tok/s  0:00:40\n"

@@ -323,7 +323,7 @@ def run(
         typer.Option(
             "--collect",
             "--extra-items",
-            help="new queries per task to collect beyond the reference (default 0; minutes each on a CPU)",
+            help="new queries per task to collect beyond the reference (default 0; 1 took 4.6 min on 2 CPU cores)",
         ),
     ] = None,
     task: Annotated[list[str] | None, typer.Option(help="restrict to these tasks; repeatable")] = None,
