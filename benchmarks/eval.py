@@ -24,7 +24,10 @@ whether it is met (and by how much it is missed): the best exported rule
 per-task table at the table's top-point joules (target >= +3 points with the
 paired interval above 0); the share of the soft oracle's gain over the table it
 captures (target >= 25%); the within-task macro AUC of the success predictor
-for the cheapest arm (target >= 0.70), per predictor (text, text+probe, two-stage).
+for the cheapest arm (target >= 0.70), per predictor (text, text+probe, two-stage),
+and, as a second, labelled line, the same AUC at the arm the two-stage rule looks
+at first (the most accurate one-sample arm within 5% of the cheapest joules) with
+its joules relative to the cheapest arm's.
 Targets are printed beside the measurements, never asserted.
 
     python benchmarks/eval.py [--store data/reference] [--folds 5] [--fold-trials 5] [--n-boot 1000]
@@ -45,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from eval.report import tagged  # noqa: E402
 from eval.stage import eval_stage  # noqa: E402
 
 FIGURES = (
@@ -167,20 +171,44 @@ def issue18(docs: dict[str, dict]) -> None:
             f"{verdict(sp, TARGET_SHARE, pct)}"
         )
     aucs = []
+    ratio_key = tagged("look_arm_energy_ratio_to_cheapest", first["energy"]["source"])
     for fs, doc in docs.items():
         for name, w in (doc.get("within_task_auc") or {}).items():
             if name == "two_stage" and fs != next(iter(docs)):
                 continue  # the stage-2 model reads its own signals, the same in every feature-set run
             label = f"{name} ({w.get('feature_set') or fs})" if name == "learned" else "two_stage"
-            aucs.append((label, w["macro_auc_cheapest_arm"], w["macro_auc_all_arms"], w["cheapest_arm"]))
+            aucs.append((label, w))
+    r3 = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print("  within-task macro AUC of the success predictor (held-out, cross-fitted; a per-task base rate: 0.5)")
-    for label, cheap, every, arm in aucs:
-        shown = "n/a" if cheap is None else f"{cheap:.3f}"
-        print(f"    {label:24s} cheapest arm ({arm}) {shown}; all arms {every if every is None else round(every, 3)}")
-    defined = [(c, lab) for lab, c, _, _ in aucs if c is not None]
-    if defined:
-        best_auc, who = max(defined)
-        print(f"    best, {who}: {best_auc:.3f}  target >= 0.70: {verdict(best_auc, TARGET_AUC, lambda v: f'{v:.3f}')}")
+    for label, w in aucs:
+        look, ratio = ", ".join(w.get("look_arms") or []) or "n/a", w.get(ratio_key)
+        rel = "n/a" if ratio is None else f"{100 * (ratio - 1):+.1f}% joules vs the cheapest"
+        print(
+            f"    {label:24s} cheapest arm ({w['cheapest_arm']}) {r3(w['macro_auc_cheapest_arm'])}; all arms "
+            f"{r3(w['macro_auc_all_arms'])}; two-stage look arm ({look}, {rel}) {r3(w.get('macro_auc_look_arm'))}"
+        )
+    show3 = lambda v: f"{v:.3f}"  # noqa: E731
+    cheap = [
+        (w["macro_auc_cheapest_arm"], lab, w["cheapest_arm"])
+        for lab, w in aucs
+        if w["macro_auc_cheapest_arm"] is not None
+    ]
+    if cheap:
+        best_auc, who, arm = max(cheap)
+        print(
+            f"    target (the strictly cheapest arm, {arm}): best {who} {best_auc:.3f}  target >= 0.70: "
+            f"{verdict(best_auc, TARGET_AUC, show3)}"
+        )
+    looked = [(w["macro_auc_look_arm"], lab, w) for lab, w in aucs if w.get("macro_auc_look_arm") is not None]
+    if looked:
+        best_auc, who, w = max(looked, key=lambda t: t[0])
+        ratio = w.get(ratio_key)
+        rel = "n/a" if ratio is None else f"{100 * (ratio - 1):+.1f}%"
+        print(
+            f"    secondary (not the target's arm: the two-stage rule's first look, {', '.join(w['look_arms'])}, "
+            f"{rel} joules vs the cheapest, {first['energy']['label']}): best {who} {best_auc:.3f}  "
+            f"vs 0.70: {verdict(best_auc, TARGET_AUC, show3)}"
+        )
 
 
 def main() -> None:

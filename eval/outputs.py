@@ -135,19 +135,31 @@ def _references(h: Mapping[str, Any]) -> str:
     )
 
 
-def _discrimination(w: Mapping[str, Any] | None) -> list[str]:
-    """Within-task AUC of each success predictor (a per-task base rate scores 0.5 by construction)."""
+def _discrimination(w: Mapping[str, Any] | None, src: str, label: str) -> list[str]:
+    """Within-task AUC of each success predictor (a per-task base rate scores 0.5 by construction), at the
+    strictly cheapest arm and at the arm the look-then-decide rule looks at first."""
     if not w:
         return []
     out = ["## Within-task discrimination", "", "AUC of the success predictor inside each task (a per-task base "]
-    out[-1] += "rate scores 0.5 there by construction), macro-averaged over tasks; held-out queries, cross-fitted."
-    out += ["", "| predictor | cheapest arm | macro AUC, cheapest arm | macro AUC, all arms | tasks defined |"]
-    out.append("|---|---|---|---|---|")
+    out[-1] += "rate scores 0.5 there by construction), macro-averaged over tasks; held-out queries, cross-fitted. "
+    out[-1] += "The cheapest arm is the one of least mean joules; the look arm is the one-sample arm each fold's "
+    out[-1] += f"look-then-decide rule draws first (its mean joules over the cheapest arm's, {label})."
+    out += [
+        "",
+        "| predictor | cheapest arm | macro AUC, cheapest arm | look arm | look arm J / cheapest J "
+        "| macro AUC, look arm | macro AUC, all arms | tasks defined (cheapest, look) |",
+    ]
+    out.append("|---|---|---|---|---|---|---|---|")
+    ratio_key = tagged("look_arm_energy_ratio_to_cheapest", src)
     for name, v in w.items():
-        label = f"{name} ({v['feature_set']})" if v.get("feature_set") else name
+        who = f"{name} ({v['feature_set']})" if v.get("feature_set") else name
+        look = ", ".join(v.get("look_arms") or []) or "n/a"
+        ratio = v.get(ratio_key)
         out.append(
-            f"| {label} | {v['cheapest_arm']} | {_fmt(v['macro_auc_cheapest_arm'])} | "
-            f"{_fmt(v['macro_auc_all_arms'])} | {v['n_tasks_defined_cheapest_arm']} |"
+            f"| {who} | {v['cheapest_arm']} | {_fmt(v['macro_auc_cheapest_arm'])} | {look} | "
+            f"{'n/a' if ratio is None else f'{ratio:.3f}'} | {_fmt(v.get('macro_auc_look_arm'))} | "
+            f"{_fmt(v['macro_auc_all_arms'])} | {v['n_tasks_defined_cheapest_arm']}, "
+            f"{v.get('n_tasks_defined_look_arm', 0)} |"
         )
     return [*out, ""]
 
@@ -266,7 +278,7 @@ def _notes(report: Mapping[str, Any], src: str) -> list[str]:
 def write_markdown(report: Mapping[str, Any], path: Path) -> Path:
     src, label = report["energy"]["source"], report["energy"]["label"]
     lines = _intro(report) + _headline(report.get("headline"), label) + _folds(report.get("cross_fitting"))
-    lines += _discrimination(report.get("within_task_auc"))
+    lines += _discrimination(report.get("within_task_auc"), src, label)
     lines += _allocators(report, src, label) + _finding1(report, src) + _finding2(report, src, label)
     lines += _finding3(report) + _notes(report, src)
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -239,7 +239,8 @@ def _task_entry(ctx, curves, full: Outcomes, task: str, meta: Mapping[str, Any],
 
 def within_task_discrimination(ctx: EvalContext, curves: Mapping[str, Curve]) -> dict[str, Any]:
     """Within-task AUC (train.discrimination) of each cross-fitted success predictor on the held-out queries:
-    the learned policy's (named by its feature set) and two_stage's; a per-task base rate would score 0.5."""
+    the learned policy's (named by its feature set) and two_stage's; a per-task base rate would score 0.5.
+    Each at the strictly cheapest arm and at the arm each fold's look-then-decide rule looks at first."""
     out: dict[str, Any] = {}
     if "learned" in curves and ctx.has_predictions("test"):
         feature_set = getattr(getattr(ctx.policy, "feature_set", None), "name", None)

@@ -440,8 +440,8 @@ def _metrics(ev: Evaluation) -> dict[str, float]:
         out[f"{name}/best_accuracy"] = float(max(p.accuracy for p in c.points))
         out[f"{name}/n_points"] = float(len(c.points))
     for name, w in (ev.report.get("within_task_auc") or {}).items():
-        for key in ("macro_auc_cheapest_arm", "macro_auc_all_arms"):
-            if w[key] is not None and math.isfinite(w[key]):
+        for key in ("macro_auc_cheapest_arm", "macro_auc_look_arm", "macro_auc_all_arms"):
+            if w.get(key) is not None and math.isfinite(w[key]):
                 out[f"within_task/{name}/{key}"] = float(w[key])
     out.update({f"time/{k}": v for k, v in ev.timings_s.items()})
     return out

@@ -105,9 +105,12 @@ def test_the_report_writes_each_predictors_within_task_auc(staged):
     assert set(w) == {"learned", "two_stage"} and w["learned"]["feature_set"] == "text"
     for v in w.values():
         assert v["n_cells"] == 8 * len(doc["arms"])  # the v1 reference's 8 tasks x every arm
-        for key in ("macro_auc_cheapest_arm", "macro_auc_all_arms"):
+        for key in ("macro_auc_cheapest_arm", "macro_auc_look_arm", "macro_auc_all_arms"):
             assert v[key] is None or 0.0 <= v[key] <= 1.0
-    assert "## Within-task discrimination" in report.markdown_path.read_text()
+        assert v["look_arms"] == doc["curves"]["two_stage"]["notes"]["stage_one_arms"]  # the rule's own look
+        assert v["look_arm_energy_ratio_to_cheapest_estimated"] >= 1.0
+    md = report.markdown_path.read_text()
+    assert "## Within-task discrimination" in md and "macro AUC, look arm" in md
 
 
 def test_a_task_base_rate_scores_one_half_within_tasks_in_the_context(table_curves):
@@ -117,3 +120,45 @@ def test_a_task_base_rate_scores_one_half_within_tasks_in_the_context(table_curv
     w = ctx.within_task_auc(rate)
     assert w["macro_auc_cheapest_arm"] == 0.5 and w["macro_auc_all_arms"] == 0.5
     assert ctx.within_task_auc(t.correct_soft)["macro_auc_all_arms"] > 0.6  # expected accuracy does discriminate
+
+
+def test_the_look_arm_column_scores_exactly_the_arm_each_folds_rule_looked_at():
+    from eval.allocators.two_stage import stage_one_arm
+
+    # arm 1 (m/n1/L64) costs 2% more than arm 0 (within the look's 5%): a fold looks at it where its
+    # training queries find it more accurate. It is right on fold 0's queries only, so fold 0 looks at arm 0
+    # (its training never saw arm 1 right) and the other folds at arm 1.
+    base = random_outcomes(7, 240, ["a", "b", "c"])
+    parts = [list(base.query_ids[j::4]) for j in range(4)]
+    rng = np.random.default_rng(3)
+    correct, energy = base.correct.copy(), base.energy_j.copy()
+    in_fold0 = np.isin(base.query_ids, parts[0])
+    correct[:, 0] = rng.random(240) < 0.15
+    correct[:, 1] = rng.random(240) < np.where(in_fold0, 0.9, 0.05)
+    energy[:, 1] = energy[:, 0] * 1.02
+    full = dataclasses.replace(base, correct=correct, energy_j=energy, correct_soft=correct.astype(float))
+    folds = [
+        Fold(f"f{j}", full.subset(p), full.subset([q for q in full.query_ids if q not in set(p)]), None)
+        for j, p in enumerate(parts)
+    ]
+    ctx = EvalContext(test=full.subset([q for p in parts for q in p]), folds=folds)
+    t, look = ctx.test, ctx.look_arms()
+    for k, fold in enumerate(ctx.folds):
+        assert set(look[ctx.fold_rows(k)]) == {stage_one_arm(fold.train, ctx.arms)}  # the fold rule's own look
+    assert set(look[ctx.fold_rows(0)]) == {0} and set(look[ctx.fold_rows(1)]) == {1}
+
+    # perfect on each query's look column, reversed on every other column
+    cols = np.arange(len(t.arm_ids))[None, :] == look[:, None]
+    w = ctx.within_task_auc(np.where(cols, t.correct, 1 - t.correct).astype(float))
+    assert w["macro_auc_look_arm"] == 1.0 and w["n_tasks_defined_look_arm"] == 3
+    assert w["look_arms"] == [t.arm_ids[0], t.arm_ids[1]] and w["cheapest_arm"] == t.arm_ids[0]
+    assert w["macro_auc_cheapest_arm"] < 1.0  # the strictly cheapest column is scored apart from it
+    q = np.arange(t.n_queries)
+    assert w["look_arm_energy_ratio_to_cheapest"] == pytest.approx(t.energy_j[q, look].mean() / t.energy_j[:, 0].mean())
+    assert 1.0 < w["look_arm_energy_ratio_to_cheapest"] <= 1.02
+
+    # a per-(task, arm) base rate knows nothing inside a task: 0.5 at the look arm too
+    rate = np.stack([t.correct[t.tasks == task].mean(axis=0) for task in t.tasks])
+    assert ctx.within_task_auc(rate)["macro_auc_look_arm"] == 0.5
+    # an explicit look (as two_stage passes its own) overrides the folds' default
+    assert ctx.within_task_auc(rate, look=np.zeros(t.n_queries, dtype=int))["look_arms"] == [t.arm_ids[0]]

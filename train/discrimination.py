@@ -7,7 +7,11 @@ constant score has ROC AUC 0.5. So the figure issue 18 asks for is the AUC
 
 - `macro_auc_cheapest_arm`: the mean over tasks of the cheapest arm's within-task AUC
   (the arm whose answer a cascade would look at first);
-- `macro_auc_all_arms`: for each arm the mean over tasks, then the mean over arms.
+- `macro_auc_all_arms`: for each arm the mean over tasks, then the mean over arms;
+- `within_task_auc_look` (the look-then-decide rule's first look): per query the column of the arm
+  the query's fold rule looked at, which may be a little dearer than the cheapest arm (and may differ
+  between folds): within each task the AUC per look arm over the task's queries that looked at it,
+  weighted by their counts, then the mean over tasks.
 
 A cell where every query is right (or every one wrong) has no AUC and is left
 out of the means; the counts of cells used are returned beside them. Labels
@@ -92,3 +96,37 @@ def within_task_auc_matrix(
         np.tile(np.asarray([str(a) for a in arm_ids]), n),
         str(arm_ids[cheapest]),
     )
+
+
+def within_task_auc_look(
+    correct: np.ndarray, p: np.ndarray, tasks: Sequence[str], arm_ids: Sequence[str], look: np.ndarray
+) -> dict[str, Any]:
+    """Within-task AUC of each query's own look column: `look[q]` is the column of the arm query q's rule
+    looked at first. Cells are (task, look arm), so a per-(task, arm) base rate still scores 0.5; a task's
+    AUC is its defined cells' mean weighted by their query counts; `macro_auc_look_arm` the mean over tasks.
+    """
+    correct, p = np.asarray(correct), np.asarray(p)
+    look = np.asarray(look, dtype=np.int64)
+    if correct.shape != p.shape or correct.ndim != 2 or look.shape != (correct.shape[0],):
+        raise UsageError(f"the look-arm AUC needs (queries x arms) matrices and one look per query, got {look.shape}")
+    if len(look) and (look.min() < 0 or look.max() >= correct.shape[1]):
+        raise UsageError("a look arm is outside the arm grid")
+    tasks = np.asarray([str(t) for t in tasks])
+    q = np.arange(len(look))
+    y, s = correct[q, look], p[q, look]
+    per_task: dict[str, float] = {}
+    for t in sorted(set(tasks)):
+        aucs, weights = [], []
+        for a in sorted(set(look[tasks == t].tolist())):
+            cell = (tasks == t) & (look == a)
+            auc = cell_auc(y[cell], s[cell])
+            if math.isfinite(auc):
+                aucs.append(auc)
+                weights.append(int(cell.sum()))
+        per_task[str(t)] = float(np.average(aucs, weights=weights)) if aucs else math.nan
+    return {
+        "macro_auc_look_arm": _mean(list(per_task.values())),
+        "look_arms": sorted({str(arm_ids[int(a)]) for a in look}),
+        "per_task_look_arm": per_task,
+        "n_tasks_defined_look_arm": sum(math.isfinite(v) for v in per_task.values()),
+    }

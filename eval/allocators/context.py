@@ -20,6 +20,7 @@ Never reads files, never logs.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -142,6 +143,7 @@ class EvalContext:
         self.arms = [Arm.parse(a) for a in test.arm_ids]
         self._predictions: dict[tuple[int, str], Predictions] = {}
         self._curves: dict[str, Curve] = {}
+        self._cache: dict[str, Any] = {}
 
     def _check_folds(self) -> None:
         seen: list[str] = [str(q) for f in self.folds for q in f.test.query_ids]
@@ -229,13 +231,51 @@ class EvalContext:
             self._predictions[(-1, which)] = _pool(parts, self.test.n_queries)
         return self._predictions[(-1, which)]
 
-    def within_task_auc(self, p: np.ndarray) -> dict[str, Any]:
+    def within_task_auc(self, p: np.ndarray, look: np.ndarray | None = None) -> dict[str, Any]:
         """Within-task AUC (train.discrimination) of success scores `p` (queries x arms, `test` order) against
-        the held-out votes; the cheapest arm is the one of least mean joules on the held-out queries."""
-        from train.discrimination import within_task_auc_matrix
+        the held-out votes; the cheapest arm is the one of least mean joules on the held-out queries.
 
-        cheapest = int(np.argmin(self.test.energy_j.mean(axis=0)))
-        return within_task_auc_matrix(self.test.correct, p, self.test.tasks, self.arm_ids, cheapest)
+        Beside it, the look-then-decide rule's first look: `look` (per query, `test` order, the column its
+        fold's rule looked at; default `look_arms()`) scored by `within_task_auc_look`, and that arm's mean
+        held-out joules over the cheapest arm's (`look_arm_energy_ratio_to_cheapest`). None where no fold
+        rule can be named.
+        """
+        from train.discrimination import within_task_auc_look, within_task_auc_matrix
+
+        mean_j = self.test.energy_j.mean(axis=0)
+        cheapest = int(np.argmin(mean_j))
+        out = within_task_auc_matrix(self.test.correct, p, self.test.tasks, self.arm_ids, cheapest)
+        look = self.look_arms() if look is None else np.asarray(look, dtype=np.int64)
+        if look is None:
+            none = ("macro_auc_look_arm", "look_arms", "per_task_look_arm", "look_arm_energy_ratio_to_cheapest")
+            return {**out, **dict.fromkeys(none), "n_tasks_defined_look_arm": 0}
+        q = np.arange(self.test.n_queries)
+        ratio = float(self.test.energy_j[q, look].mean() / mean_j[cheapest]) if mean_j[cheapest] > 0 else math.nan
+        look_auc = within_task_auc_look(self.test.correct, p, self.test.tasks, self.arm_ids, look)
+        return {**out, **look_auc, "look_arm_energy_ratio_to_cheapest": ratio}
+
+    def look_arms(self) -> np.ndarray | None:
+        """Per held-out query (`test` order) the column of the arm its fold's look-then-decide rule looks at
+        first: `train.two_stage.stage_one_index` on the fold's training queries (as eval's two_stage and
+        `ttc train` choose it), else the fold bundle's stage-2 first arm; None where a fold has neither."""
+        if "look" not in self._cache:
+            from train.two_stage import stage_one_index
+
+            look = np.full(self.test.n_queries, -1, dtype=np.int64)
+            for k, fold in enumerate(self.folds):
+                first = getattr(fold.policy, "first_arm", None)
+                if fold.train is not None and fold.train.n_queries > 0:
+                    try:
+                        a1 = stage_one_index(fold.train.energy_j.mean(axis=0), self.arms, fold.train.correct.mean(0))
+                    except UsageError:  # no one-sample arm: no rule looks first
+                        a1 = -1
+                elif isinstance(first, str) and first in self.arm_ids:
+                    a1 = self.arm_ids.index(first)
+                else:
+                    a1 = -1
+                look[self.fold_rows(k)] = a1
+            self._cache["look"] = None if (look < 0).any() else look
+        return self._cache["look"]
 
     def has_predictions(self, which: str = "test") -> bool:
         return (-1, which) in self._predictions

@@ -121,7 +121,8 @@ class TwoStageAllocator(Allocator):
             )
             points.append(_point(ctx, f"two-stage lam={lam:.3g}", {"lam": lam}, idx, extra))
         notes = {"stage_one_arms": sorted({ctx.arm_ids[int(j)] for j in a1}), **stage_two_scores(p2, ctx.test.correct)}
-        notes["within_task_auc"] = ctx.within_task_auc(p2)
+        # scored at the strictly cheapest arm and at the arm each fold's rule looked at (a1)
+        notes["within_task_auc"] = ctx.within_task_auc(p2, look=a1)
         return Curve(self.name, points, notes=notes)
 
 
