@@ -32,8 +32,10 @@ class LineObserver:
         self.counts: list[tuple[str, int, int]] = []
         self.rate = ""
         self.model = ""
+        self.started = False
 
     def start(self, total_queries: int, meter_source: str, total_samples: int = 0) -> None:
+        self.started = True
         self.queries, self.samples, self.source = total_queries, total_samples, meter_source
         self.counts = [("queries", 0, total_queries), ("samples", 0, total_samples)]
         self.line.update(self.counts, force=True)
@@ -49,6 +51,8 @@ class LineObserver:
         self.line.update(self.counts, self.rate, note=batch.model)
 
     def stop(self) -> None:
+        if not self.started:  # refused before any work (a bad model, a held lock): the error is the only line
+            return
         self.line.finish(self.counts, self.rate, note="" if self.queries else "nothing new to collect")
 
 
