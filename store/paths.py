@@ -79,30 +79,28 @@ def _lstat(p: Path, option: str) -> os.stat_result | None:
 
 def check_output_file(path: str | Path, option: str = "--output") -> Path:
     """`path` as a file a command may write (replace): a regular file, or a new name in a creatable place."""
-    p = _named(path, option)
-    st = _lstat(p, option)
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode):
-            raise UsageError(f"{option} {str(p)!r} is a symbolic link; give a regular file or a new path")
-        if stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"{option} {str(p)!r} is a folder; give a file path (e.g. {p}/decisions.jsonl)")
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{option} {str(p)!r} is {_kind(st.st_mode)}; give a regular file or a new path")
-    _check_place(p, option)
-    return p
+    return _check_output(path, option, folder=False)
 
 
 def check_output_folder(path: str | Path, option: str = "--out") -> Path:
     """`path` as a folder a command may create or fill: an existing folder (not a link), or a new name."""
+    return _check_output(path, option, folder=True)
+
+
+def _check_output(path: str | Path, option: str, folder: bool) -> Path:
+    """`path` as an output of its kind (a folder, or a regular file): that kind, not a link, or a new name."""
     p = _named(path, option)
     st = _lstat(p, option)
     if st is not None:
+        want = "a folder" if folder else "a regular file"
         if stat.S_ISLNK(st.st_mode):
-            raise UsageError(f"{option} {str(p)!r} is a symbolic link; give a folder or a new path")
-        if stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{option} {str(p)!r} is a symbolic link; give {want} or a new path")
+        if folder and stat.S_ISREG(st.st_mode):
             raise UsageError(f"{option} {str(p)!r} is a file; give a folder for the output")
-        if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"{option} {str(p)!r} is {_kind(st.st_mode)}; give a folder or a new path")
+        if not folder and stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{option} {str(p)!r} is a folder; give a file path (e.g. {p}/decisions.jsonl)")
+        if not (stat.S_ISDIR if folder else stat.S_ISREG)(st.st_mode):
+            raise UsageError(f"{option} {str(p)!r} is {_kind(st.st_mode)}; give {want} or a new path")
     _check_place(p, option)
     return p
 
