@@ -122,37 +122,48 @@ def check_replaceable_folder(
 
 
 @contextlib.contextmanager
+def parents_made_for(out: Path) -> Iterator[None]:
+    """`out`'s missing parent folders made; if the block fails, those made here are removed again
+    (deepest first, and only while empty: folders made for this output only)."""
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def staged_folder(out: Path, recheck: Callable[[], object] | None = None) -> Iterator[Path]:
     """A temporary sibling of `out` to write into; renamed to `out` on success, removed on failure.
 
     An old `out` is moved aside first and deleted only after the rename; `recheck` (e.g. the
     destination check again) runs just before the swap, since another process may have written there.
     """
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    old = None
-    try:
-        yield tmp
-        if recheck is not None:
-            recheck()
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
+    with parents_made_for(out):
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        old = None
         try:
-            os.replace(tmp, out)
-        except OSError:
-            if old is not None:
-                os.replace(old, out)
-                old = None
+            yield tmp
+            if recheck is not None:
+                recheck()
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                if old is not None:
+                    os.replace(old, out)
+                    old = None
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in created:  # deepest first: folders made for this output only, removed only while empty
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)

@@ -17,7 +17,6 @@ the functions that need them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -138,6 +137,27 @@ def _check_paths(src: Path, out: Path, force: bool) -> Path:
     return _check_destinations(out, force)
 
 
+def _publish_aside(
+    policy: Any, src: Path, out: Path, zip_path: Path, force: bool, secret: bytes | None, suffix: str
+) -> Any:
+    """Build `policy` as `out` and `zip_path` in a temporary sibling, load it once (returned), check the
+    destinations again and rename both into place. A failure leaves nothing behind: the sibling, and the
+    parent folders made for `out` (store/paths.py `parents_made_for`), are removed."""
+    from store.paths import parents_made_for
+    from train.export import publish_bundle, swap_in
+
+    with parents_made_for(out):
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent))
+        try:
+            new = publish_bundle(policy, staging, out, zip_path, secret)  # the one load of the new bundle
+            _check_paths(src, out, force)  # again: something may have appeared meanwhile
+            swap_in(staging / out.name, out)
+            os.replace(staging / zip_path.name, zip_path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return new
+
+
 def export_stage(
     source: str,
     out: str | Path,
@@ -154,7 +174,6 @@ def export_stage(
     from policy.allocate import DecisionRule
     from policy.bundle import load_bundle
     from policy.manifest import resolve_key
-    from train.export import publish_bundle, swap_in
 
     changes = _rule_overrides(mode, lam, budget_j)
     secret = resolve_key(key)
@@ -170,22 +189,7 @@ def export_stage(
     policy = load_bundle(src, key=secret, require_signature=False)
     rule = DecisionRule.from_dict({**policy.rule.to_dict(), **changes})
     zip_path = _check_paths(src, out, force)
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
-    try:
-        new = publish_bundle(policy.with_rule(rule), staging, out, zip_path, secret)  # the one load of the new bundle
-        _check_paths(src, out, force)  # again: something may have appeared meanwhile
-        swap_in(staging / out.name, out)
-        os.replace(staging / zip_path.name, zip_path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for p in created:  # deepest first: folders made for this export only, removed only while empty
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    new = _publish_aside(policy.with_rule(rule), src, out, zip_path, force, secret, ".export")
     result: dict[str, Any] = {"bundle": str(out), "zip": str(zip_path), "energy_source": policy.energy_source}
     result["rule"] = rule.to_dict()
     # the default price and what it buys on the training frontier (frontier.json), for the console
@@ -413,7 +417,6 @@ def adapt_stage(
     from policy.manifest import resolve_key
     from store.loader import load_samples
     from train.adapt import adapt_policy
-    from train.export import publish_bundle, swap_in
 
     secret = resolve_key(key)
     out = Path(out)
@@ -424,22 +427,7 @@ def adapt_stage(
     if not Path(store).is_dir():
         raise UsageError(f"--store {store} is not a folder; give the store `ttc collect` wrote for the new task")
     adaptation = adapt_policy(policy, load_samples(store), tasks)
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".adapt", dir=out.parent))
-    try:
-        publish_bundle(policy.with_task_table(adaptation.table), staging, out, zip_path, secret)
-        _check_paths(src, out, force)  # again: something may have appeared meanwhile
-        swap_in(staging / out.name, out)
-        os.replace(staging / zip_path.name, zip_path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for p in created:
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _publish_aside(policy.with_task_table(adaptation.table), src, out, zip_path, force, secret, ".adapt")
     return {
         "bundle": str(out),
         "zip": str(zip_path),
