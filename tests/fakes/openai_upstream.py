@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -89,6 +90,13 @@ def make_fake_upstream(
             {"id": "fake", "object": "x", "model": body.get("model"), "choices": choices, "usage": usage}
         )
 
+    return openai_routes(app, answer, ["fake"])
+
+
+def openai_routes(app: FastAPI, answer: Callable[[str, Request], Awaitable[Response]], model_ids: list[str]) -> FastAPI:
+    """A fake engine's OpenAI surface: /v1/chat/completions as `answer("chat", request)`, /v1/completions
+    as `answer("text", request)`, and /v1/models listing `model_ids`."""
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await answer("chat", request)
@@ -99,7 +107,7 @@ def make_fake_upstream(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+        return {"object": "list", "data": [{"id": m, "object": "model"} for m in model_ids]}
 
     return app
 

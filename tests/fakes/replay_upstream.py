@@ -32,6 +32,8 @@ import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from tests.fakes.openai_upstream import openai_routes
+
 
 def _question(body: dict[str, Any]) -> str | None:
     if isinstance(body.get("messages"), list):
@@ -114,16 +116,4 @@ def make_replay_upstream(samples: pd.DataFrame, delay_s: float = 0.0, answers_on
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         return JSONResponse({"id": "replay", "object": "x", "model": model, "choices": choices, "usage": usage})
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        return await answer("chat", request)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await answer("text", request)
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": m, "object": "model"} for m in sorted(set(rows["model"]))]}
-
-    return app
+    return openai_routes(app, answer, sorted(set(rows["model"])))
