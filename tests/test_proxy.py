@@ -7,6 +7,7 @@ proxy in front of a real llama.cpp server.
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import subprocess
@@ -24,57 +25,20 @@ from serve.decide import Decider, TTCOptions, answer_kind, parse_options, vote_t
 from serve.proxy import create_app
 from serve.upstream import parse_upstreams
 from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream, wait_http
-from tests.policy_fixtures import MODELS, build_synthetic_bundle, synthetic_questions
-
-QUESTION = "Start with 12, then plus 30, then minus 5. What is the result?"
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b")
+from tests.policy_fixtures import MODELS, synthetic_questions
+from tests.proxy_helpers import QUESTION, proxy_stacks
 
 
 @pytest.fixture(scope="module")
-def policy(policy_dir):
-    return load_bundle(policy_dir)
-
-
-class Stack:
-    """A fake upstream serving both bundle models, and the proxy in front of it."""
-
-    def __init__(self, policy, upstream_kw=None, **proxy_kw):
-        self.fake = make_fake_upstream(**(upstream_kw or {}))
-        self.up = ThreadServer(self.fake).__enter__()
-        specs = [f"{m}={self.up.url}/v1" for m in MODELS]
-        self.proxy = ThreadServer(create_app(policy, parse_upstreams(specs), **proxy_kw)).__enter__()
-        self.client = openai.OpenAI(base_url=f"{self.proxy.url}/v1", api_key="none", max_retries=0)
-
-    @property
-    def seen(self):
-        return self.fake.state.seen
-
-    def chat(self, content=QUESTION, model="ttc", **kw):
-        raw = self.client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": content}], **kw
-        )
-        return raw.parse(), raw.headers
-
-    def close(self):
-        self.proxy.stop()
-        self.up.stop()
+def policy(bundle_dir):
+    return load_bundle(bundle_dir)
 
 
 @pytest.fixture
 def stack(policy):
-    stacks = []
-
-    def make(**kw):
-        stacks.append(Stack(policy, **kw))
-        return stacks[-1]
-
-    yield make
-    for s in stacks:
-        s.close()
+    """`stack(**kw)`: a fake engine and the proxy in front of it (tests/proxy_helpers.py), closed after the test."""
+    with proxy_stacks() as make:
+        yield functools.partial(make, policy)
 
 
 def test_decision_is_applied_upstream_sees_the_arms_settings(stack):
@@ -291,12 +255,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ttc_serve_command_answers_through_the_proxy(policy_dir):
+def test_ttc_serve_command_answers_through_the_proxy(bundle_dir):
     fake = make_fake_upstream(texts=["The answer is 37."])
     with ThreadServer(fake) as up:
         port = _free_port()
         ups = [arg for m in MODELS for arg in ("--upstream", f"{m}={up.url}/v1")]
-        cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(policy_dir), "--port", str(port), *ups]
+        cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(bundle_dir), "--port", str(port), *ups]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             wait_http(f"http://127.0.0.1:{port}/health", timeout_s=60)
@@ -308,8 +272,8 @@ def test_ttc_serve_command_answers_through_the_proxy(policy_dir):
     assert resp.model_extra["ttc"]["answer"] == "37" and fake.state.seen
 
 
-def test_ttc_serve_with_a_bad_upstream_exits_2_naming_the_fix(policy_dir):
-    cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(policy_dir), "--upstream", "tiny-135m"]
+def test_ttc_serve_with_a_bad_upstream_exits_2_naming_the_fix(bundle_dir):
+    cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(bundle_dir), "--upstream", "tiny-135m"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "MODEL=URL" in r.stderr
 

@@ -10,6 +10,7 @@ checks the same points against the real llama.cpp server.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -22,67 +23,23 @@ import pytest
 
 from policy.bundle import load_bundle
 from policy.errors import UsageError
-from serve.proxy import create_app
 from serve.upstream import parse_upstream_keys, parse_upstreams
-from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream
-from tests.policy_fixtures import MODELS, build_synthetic_bundle
+from tests.policy_fixtures import MODELS
+from tests.proxy_helpers import QUESTION, proxy_stacks
 
-QUESTION = "Start with 12, then plus 30, then minus 5. What is the result?"
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
 
 
 @pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    return build_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b")
-
-
-@pytest.fixture(scope="module")
-def policy(policy_dir):
-    return load_bundle(policy_dir)
-
-
-class Stack:
-    """Fake engines (one per model, or one dead URL) and the proxy in front, with an openai client."""
-
-    def __init__(self, policy, upstream_kw=None, dead=(), api_key=None, client_key="none", keys=(), **proxy_kw):
-        self.fake = make_fake_upstream(**(upstream_kw or {}))
-        self.up = ThreadServer(self.fake).__enter__()
-        specs = [f"{m}={'http://127.0.0.1:9/v1' if m in dead else self.up.url + '/v1'}" for m in MODELS]
-        ups = parse_upstreams(specs)
-        parse_upstream_keys(list(keys), ups)
-        self.proxy = ThreadServer(create_app(policy, ups, api_key=api_key, **proxy_kw)).__enter__()
-        self.url = self.proxy.url
-        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=client_key, max_retries=0)
-
-    @property
-    def seen(self):
-        return self.fake.state.seen
-
-    def chat(self, content=QUESTION, model="ttc", **kw):
-        raw = self.client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": content}], **kw
-        )
-        return raw.parse(), raw.headers
-
-    def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics").text
-
-    def close(self):
-        self.proxy.stop()
-        self.up.stop()
+def policy(bundle_dir):
+    return load_bundle(bundle_dir)
 
 
 @pytest.fixture
 def stack(policy):
-    stacks = []
-
-    def make(**kw):
-        stacks.append(Stack(policy, **kw))
-        return stacks[-1]
-
-    yield make
-    for s in stacks:
-        s.close()
+    """`stack(**kw)`: a fake engine and the proxy in front of it (tests/proxy_helpers.py), closed after the test."""
+    with proxy_stacks() as make:
+        yield functools.partial(make, policy)
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -339,8 +296,8 @@ def test_separate_sample_requests_run_concurrently_and_their_latency_cost_is_rep
     assert _metric(s.metrics(), "ttc_sampling_latency_ratio_count", model=ttc["model"]) >= 1.0
 
 
-def test_ttc_serve_refuses_an_unset_upstream_key_before_listening(policy_dir):
-    cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(policy_dir), "--port", "1"]
+def test_ttc_serve_refuses_an_unset_upstream_key_before_listening(bundle_dir):
+    cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(bundle_dir), "--port", "1"]
     cmd += ["--upstream", "tiny-135m=http://127.0.0.1:9/v1", "--upstream-key", "tiny-135m=TTC_SURELY_UNSET_VAR"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "TTC_SURELY_UNSET_VAR" in r.stderr and "export" in r.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import httpx
 import lightgbm as lgb
 import numpy as np
-import openai
 import pytest
 from fastapi import FastAPI, Request
 
@@ -23,13 +22,13 @@ from policy.two_stage import STAGE2_FEATURES, STAGE2_FILE, stage_two_json
 from serve.budget import BudgetController
 from serve.proxy import create_app
 from serve.upstream import parse_upstreams
-from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream
 from tests.policy_fixtures import (
     MODELS,
     build_synthetic_bundle,
     synthetic_outcomes,
     synthetic_questions,
 )
+from tests.proxy_helpers import proxy_stacks
 from train.export import write_policy
 from train.export_trees import trees_json
 
@@ -89,40 +88,11 @@ def look_policy(priced_policy, tmp_path_factory):
     return load_bundle(out)
 
 
-class Stack:
-    def __init__(self, policy, fake: FastAPI | None = None, **proxy_kw):
-        self.fake = fake or make_fake_upstream()
-        self.up = ThreadServer(self.fake).__enter__()
-        specs = [f"{m}={self.up.url}/v1" for m in MODELS]
-        self.proxy = ThreadServer(create_app(policy, parse_upstreams(specs), **proxy_kw)).__enter__()
-        self.client = openai.OpenAI(base_url=f"{self.proxy.url}/v1", api_key="none", max_retries=0)
-
-    @property
-    def seen(self):
-        return self.fake.state.seen
-
-    def chat(self, content, messages=None, **kw):
-        raw = self.client.chat.completions.with_raw_response.create(
-            model="ttc", messages=messages or [{"role": "user", "content": content}], **kw
-        )
-        return raw.parse(), raw.headers
-
-    def close(self):
-        self.proxy.stop()
-        self.up.stop()
-
-
 @pytest.fixture
 def stack():
-    made = []
-
-    def make(policy, **kw):
-        made.append(Stack(policy, **kw))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
+    """`stack(policy, **kw)`: a fake engine and the proxy in front (tests/proxy_helpers.py), closed after the test."""
+    with proxy_stacks() as make:
+        yield make
 
 
 # ---------------------------------------------------------------- the default price
