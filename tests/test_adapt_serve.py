@@ -11,7 +11,7 @@ import pytest
 from policy.bundle import load_bundle
 from policy.tasks import TaskTable, assign_task_columns
 from tests.policy_fixtures import build_synthetic_bundle
-from tests.test_proxy import Stack
+from tests.proxy_helpers import ProxyStack
 from tests.test_serve_policy import look_policy, plain_policy, priced_policy, stack  # noqa: F401 (fixtures)
 from train.export import write_policy
 
@@ -32,7 +32,7 @@ def policy(tmp_path_factory):
 
 
 def test_no_hint_and_an_unknown_hint_get_the_k0_rule_and_are_counted(policy):
-    s = Stack(policy)
+    s = ProxyStack(policy)
     try:
         g = np.asarray(policy.task_table.global_accuracy) - LAM * np.asarray(policy.task_table.global_energy_j)
         want = policy.arm_ids[int(np.argmax(g))]
