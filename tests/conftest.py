@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SmolLM2 model (loaded once), small real stores, and the reference collection."""
+"""Shared fixtures: the real SmolLM2 model (loaded once), small real stores, the reference collection, a synthetic
+bundle, and the real llama.cpp server with a recording shim in front."""
 
 from __future__ import annotations
 
@@ -57,3 +58,29 @@ def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "policy"
     shutil.copytree(bundle_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def llama_engine(tmp_path_factory):
+    """The real llama.cpp server with SmolLM2-135M (tests/proxy_helpers.py `start_llama`), per module: its /v1 URL.
+
+    Skipped, with the reason, only when llama_cpp is not importable (scripts/setup.sh builds it)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python[server] is not installed; bash scripts/setup.sh")
+    from tests.proxy_helpers import start_llama
+
+    proc, url = start_llama(tmp_path_factory.mktemp("llama") / "server.log")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def llama_shim(llama_engine):
+    """A recording shim in front of `llama_engine` (tests/fakes/openai_upstream.py): `.url`, and `.log` of what the
+    engine was asked."""
+    from tests.fakes.openai_upstream import ThreadServer, make_recording_shim
+
+    app = make_recording_shim(llama_engine)
+    with ThreadServer(app) as server:
+        server.log = app.state.log
+        yield server

@@ -86,17 +86,6 @@ def test_engine_elsewhere_is_unmeasured_and_here_is_metered_by_the_machine():
 # --- a real engine ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python[server] is not installed; bash scripts/setup.sh")
-    from tests.test_proxy_llamacpp import _start_llama
-
-    proc, url = _start_llama(tmp_path_factory.mktemp("llama") / "server.log")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
 def _cfg(url: str, store, **kw) -> CollectConfig:
     base = CollectConfig(
         models=(f"openai:smollm2@{url}",),
@@ -113,10 +102,10 @@ def _cfg(url: str, store, **kw) -> CollectConfig:
 
 
 @pytest.fixture(scope="module")
-def collected(engine, tmp_path_factory):
+def collected(llama_engine, tmp_path_factory):
     store = tmp_path_factory.mktemp("engine") / "store"
     t0 = time.perf_counter()
-    result = run_collection(_cfg(engine, store))
+    result = run_collection(_cfg(llama_engine, store))
     return result, load_samples(store), time.perf_counter() - t0
 
 
@@ -153,25 +142,25 @@ def test_engine_collection_yields_training_rows(collected):
 
 
 @pytest.mark.slow
-def test_engine_without_token_list_refuses_more_than_one_level(engine):
-    lm = EngineModel(parse_engine(f"openai:smollm2@{engine}"), [8, 16])
+def test_engine_without_token_list_refuses_more_than_one_level(llama_engine):
+    lm = EngineModel(parse_engine(f"openai:smollm2@{llama_engine}"), [8, 16])
     lm._body_orig = lm._body
     lm._body = lambda *a: {**lm._body_orig(*a), "logprobs": False}  # the engine then returns no token list
     with pytest.raises(UsageError, match="one level only"):
         lm.generate([lm.build_prompt("Calculate 1 + 1.", [])], 1, 4, 0.0, seed=0)
-    single = EngineModel(parse_engine(f"openai:smollm2@{engine}"), [4])
+    single = EngineModel(parse_engine(f"openai:smollm2@{llama_engine}"), [4])
     single._body = lm._body
     gen = single.generate([single.build_prompt("Calculate 1 + 1.", [])], 1, 4, 0.0, seed=0)
     assert gen.token_logprob == [[]] and 0 < len(gen.output_ids[0]) <= 4
 
 
 @pytest.mark.slow
-def test_remote_engine_samples_are_unmeasured_and_train_refuses_them(engine, tmp_path, monkeypatch):
+def test_remote_engine_samples_are_unmeasured_and_train_refuses_them(llama_engine, tmp_path, monkeypatch):
     from collect.engine_ref import EngineRef
 
     monkeypatch.setattr(EngineRef, "loopback", property(lambda self: False))  # as if on another machine
     store = tmp_path / "store"
-    run_collection(_cfg(engine, store, items_per_task=1, n_samples=1, greedy=False, levels=(4, 8)))
+    run_collection(_cfg(llama_engine, store, items_per_task=1, n_samples=1, greedy=False, levels=(4, 8)))
     s = load_samples(store)
     assert set(s["energy_source"]) == {"unmeasured"} and s["energy_j"].isna().all()
     with pytest.raises(UsageError, match="not measured"):
@@ -179,12 +168,12 @@ def test_remote_engine_samples_are_unmeasured_and_train_refuses_them(engine, tmp
 
 
 @pytest.mark.slow
-def test_cli_collect_names_the_same_engine_batches_so_a_rerun_resumes(engine, collected):
+def test_cli_collect_names_the_same_engine_batches_so_a_rerun_resumes(llama_engine, collected):
     from typer.testing import CliRunner
 
     from ttc.cli import app
 
-    args = ["collect", "--model", f"openai:smollm2@{engine}", "--task", TASK, "--items-per-task", "10"]
+    args = ["collect", "--model", f"openai:smollm2@{llama_engine}", "--task", TASK, "--items-per-task", "10"]
     args += ["--n-samples", "2", "--level", "8", "--level", "16", "--queries-per-batch", "4"]
     r = CliRunner().invoke(app, [*args, "--store", str(collected[0].store), "--no-track"])
     assert r.exit_code == 0, r.output

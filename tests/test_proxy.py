@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -24,9 +23,9 @@ from serve.budget import BudgetController
 from serve.decide import Decider, TTCOptions, answer_kind, parse_options, vote_texts
 from serve.proxy import create_app
 from serve.upstream import parse_upstreams
-from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream, wait_http
+from tests.fakes.openai_upstream import ThreadServer, make_fake_upstream
 from tests.policy_fixtures import MODELS, synthetic_questions
-from tests.proxy_helpers import QUESTION, proxy_stacks
+from tests.proxy_helpers import QUESTION, proxy_stacks, ttc_serve
 
 
 @pytest.fixture(scope="module")
@@ -248,27 +247,12 @@ def test_unknown_ttc_mode_is_refused():
         parse_options({"mode": "yolo"}, None)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ttc_serve_command_answers_through_the_proxy(bundle_dir):
     fake = make_fake_upstream(texts=["The answer is 37."])
-    with ThreadServer(fake) as up:
-        port = _free_port()
-        ups = [arg for m in MODELS for arg in ("--upstream", f"{m}={up.url}/v1")]
-        cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(bundle_dir), "--port", str(port), *ups]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health", timeout_s=60)
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-            resp = client.chat.completions.create(model="ttc", messages=[{"role": "user", "content": QUESTION}])
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+    with ThreadServer(fake) as up, ttc_serve(bundle_dir, f"{up.url}/v1") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        resp = client.chat.completions.create(model="ttc", messages=[{"role": "user", "content": QUESTION}])
     assert resp.model_extra["ttc"]["answer"] == "37" and fake.state.seen
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,19 +25,11 @@ from serve.proxy import create_app
 from serve.upstream import parse_upstream_keys, parse_upstreams
 from tests.fakes.openai_upstream import ThreadServer, wait_http
 from tests.policy_fixtures import MODELS
+from tests.proxy_helpers import ARITH, KNOWN, free_port, ttc_serve
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python[server] is not installed; bash scripts/setup.sh builds it")
 pytestmark = pytest.mark.slow
 
-# few-shot turns in the collect stage's demo format, so the 135M model answers "The answer is N."
-DEMOS = [
-    {"role": "user", "content": "Calculate 2 + 6."},
-    {"role": "assistant", "content": "2 + 6 = 8. The answer is 8."},
-    {"role": "user", "content": "Calculate 7 + 5."},
-    {"role": "assistant", "content": "7 + 5 = 12. The answer is 12."},
-]
-KNOWN = DEMOS + [{"role": "user", "content": "Calculate 3 + 4."}]
-ARITH = {"task": "rg.basic_arithmetic_1d"}
 WEATHER = {
     "type": "function",
     "function": {
@@ -49,17 +39,11 @@ WEATHER = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Engine:
     """The llama.cpp server as `ttc engines` prints it (plus an --api_key when asked), stopped on close."""
 
     def __init__(self, log: Path, model: str = "smollm2-135m", api_key: str | None = None) -> None:
-        self.spec = replace(engine_commands([model])[0], port=_free_port())
+        self.spec = replace(engine_commands([model])[0], port=free_port())
         argv = self.spec.argv() + (["--api_key", api_key] if api_key else [])
         self.proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT)
         self.url = self.spec.url
@@ -240,24 +224,18 @@ def test_engine_killed_midstream_gives_an_error_event_a_502_count_and_not_ready(
 def test_keys_end_to_end_through_ttc_serve(bundle_dir, tmp_path):
     """An engine that wants a key (llama.cpp's --api_key), `ttc serve --upstream-key` and `--api-key`."""
     engine = Engine(tmp_path / "server.log", api_key="sk-engine")
-    port = _free_port()
-    ups = [arg for m in MODELS for arg in ("--upstream", f"{m}={engine.url}")]
     keys = [arg for m in MODELS for arg in ("--upstream-key", f"{m}=TEST_ENGINE_KEY")]
-    cmd = [sys.executable, "-m", "ttc", "serve", "--bundle", str(bundle_dir), "--port", str(port), *ups, *keys]
     env = {**__import__("os").environ, "TEST_ENGINE_KEY": "sk-engine", "TTC_API_KEY": "sk-proxy"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout_s=60)
-        base = f"http://127.0.0.1:{port}/v1"
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
-        c = openai.OpenAI(base_url=base, api_key="sk-proxy", max_retries=0, timeout=600)
-        resp = c.chat.completions.create(model="ttc", messages=KNOWN, max_tokens=16)
-        assert resp.model_extra["ttc"]["samples"] >= 1
-        assert httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200  # the probe sends the key
+        with ttc_serve(bundle_dir, engine.url, *keys, env=env) as url:
+            base = f"{url}/v1"
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+            c = openai.OpenAI(base_url=base, api_key="sk-proxy", max_retries=0, timeout=600)
+            resp = c.chat.completions.create(model="ttc", messages=KNOWN, max_tokens=16)
+            assert resp.model_extra["ttc"]["samples"] >= 1
+            assert httpx.get(f"{url}/health/ready").status_code == 200  # the probe sends the key
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         engine.close()
     # without the engine's key the same engine answers 401, which the proxy reports as its own misconfiguration
     engine = Engine(tmp_path / "server2.log", api_key="sk-engine")
