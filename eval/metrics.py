@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from policy.errors import UsageError
+from policy.hulls import upper_hull
 
 CONFIDENCE = 0.95
 
@@ -80,21 +81,7 @@ def convex_frontier(energy_j: Sequence[float], hits: Sequence[Any]) -> np.ndarra
     between the neighbours achieves that chord.
     """
     e = np.asarray(energy_j, dtype=np.float64)
-    h = list(hits)
-    order = sorted(range(len(e)), key=lambda i: (e[i], -h[i], i))
-    hull: list[int] = []
-    for i in order:
-        if hull and (h[i] <= h[hull[-1]] or e[i] == e[hull[-1]]):
-            continue  # no more hits for at least the joules: dominated
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # b is on or under the chord a->i when slope a->b does not exceed slope b->i
-            if (h[b] - h[a]) * (e[i] - e[b]) <= (h[i] - h[b]) * (e[b] - e[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    return np.asarray(hull, dtype=np.int64)
+    return np.asarray(upper_hull(e, list(hits), exact=True), dtype=np.int64)
 
 
 def energy_at_accuracy(front_e: np.ndarray, front_a: np.ndarray, accuracy: float) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ _BLOCK_ROWS = 8192
 _SCALAR_ROWS = 4
 
 
-def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
+def upper_hull(e: Sequence[float], p: Sequence[Any], exact: bool = False) -> list[int]:
     """Indices of the upper convex hull of the points (e[i], p[i]), cheapest first.
 
     Kept points have strictly increasing e and p and strictly decreasing slopes.
@@ -36,12 +37,14 @@ def upper_hull(e: Sequence[float], p: Sequence[float]) -> list[int]:
     A costlier arm must predict more than `P_TOL` higher success to be kept: a
     smaller gain is float noise (ONNX and LightGBM differ by ~1e-7, which a steep
     stretch of a calibration table can magnify), not a reason to spend joules.
+    With `exact`, `p` compares exactly (integer hit counts, `Fraction`s: eval's
+    frontiers, the task table's prices) and any gain counts.
     `hulls` below computes the same hulls for many rows at once.
     """
     order = sorted(range(len(e)), key=lambda i: (e[i], -p[i], i))
     hull: list[int] = []
     for i in order:
-        if hull and p[i] <= p[hull[-1]] + P_TOL:
+        if hull and (p[i] <= p[hull[-1]] if exact else p[i] <= p[hull[-1]] + P_TOL):
             continue  # costs at least as much, predicts no better: dominated
         if hull and e[i] == e[hull[-1]]:
             continue  # same cost, sorted by p descending: already have the better one

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from policy.errors import UsageError
+from policy.hulls import upper_hull
 
 #: The arm-row columns the table reads.
 NEEDED = ("query_id", "task", "arm_id", "correct", "energy_j")
@@ -149,18 +150,7 @@ def tables_from_matrices(
 
 def _hull_slopes(hits: np.ndarray, joules: np.ndarray) -> list[float]:
     """Slopes (hits per joule) between consecutive points of the upper convex hull of (joules, hits)."""
-    order = sorted(range(len(hits)), key=lambda j: (joules[j], -hits[j], j))
-    hull: list[int] = []
-    for i in order:
-        if hull and (hits[i] <= hits[hull[-1]] or joules[i] == joules[hull[-1]]):
-            continue
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            if (hits[b] - hits[a]) * (joules[i] - joules[b]) <= (hits[i] - hits[b]) * (joules[b] - joules[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
+    hull = upper_hull(joules, hits, exact=True)
     return [(hits[b] - hits[a]) / (joules[b] - joules[a]) for a, b in zip(hull, hull[1:], strict=False)]
 
 
