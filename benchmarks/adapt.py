@@ -42,7 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from eval.allocators.base import hull_slopes, lambda_grid  # noqa: E402
-from eval.metrics import (  # noqa: E402  # noqa: E402
+from eval.metrics import (  # noqa: E402
     CurveData,
     accuracy_at_energy,
     best_point,

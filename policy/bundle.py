@@ -209,8 +209,7 @@ class Policy:
 
     def with_task_table(self, table: TaskTable) -> Policy:
         """A new policy with `table` as its tasks.json (train/adapt.py); digest stale until written out."""
-        files = {**self.files, TASKS_FILE: table.to_json()}
-        return Policy(dataclasses.replace(self.manifest, digest="", signature=None), self.backend, files)
+        return self.with_files({TASKS_FILE: table.to_json()})
 
     @property
     def known_tasks(self) -> tuple[str, ...] | None:
