@@ -243,8 +243,13 @@ class Policy:
 
     @property
     def first_arm(self) -> str | None:
-        """The cheap one-sample arm to draw first before `decide_after_look` (None: no stage-2 rule)."""
+        """The one-sample arm to draw first before `decide_after_look` for a query of no known task
+        (None: no stage-2 rule); `first_arm_for` gives each task's."""
         return self.stage_two.first_arm if self.stage_two is not None else None
+
+    def first_arm_for(self, task: str | None) -> str | None:
+        """The one-sample arm to draw first for a query of `task` (its own look since issue 18, else `first_arm`)."""
+        return self.stage_two.rule_for(task).first_arm if self.stage_two is not None else None
 
     def describe(self) -> str:
         r = self.rule
@@ -254,8 +259,13 @@ class Policy:
             f"v{self.feature_set.version}{self._probe_words()}, rule {how}, "
             f"p_floor {r.p_floor:g}, energy {self.energy_source} by meter {self.energy_meter!r}, "
             f"backend {self.backend.name}"
-            + ("" if self.stage_two is None else f", look-then-decide from {self.stage_two.first_arm}")
+            + ("" if self.stage_two is None else f", look-then-decide from {self._first_arms_words()}")
         )
+
+    def _first_arms_words(self) -> str:
+        s2 = self.stage_two
+        own = {a for a in s2.first_arms.values() if a != s2.first_arm}
+        return s2.first_arm + (f" ({len(s2.first_arms)} tasks' own: {', '.join(sorted(own))})" if own else "")
 
     def _probe_words(self) -> str:
         r = self.probe_reduction
@@ -360,14 +370,15 @@ class Policy:
         lam: float | None = None,
         first_text: Sequence[str | None] | None = None,
     ) -> list[StageTwoDecision]:
-        """Stage 2 after one sample of `first_arm`: stop, continue it (more samples, a longer cap) or switch.
+        """Stage 2 after one sample of each query's first arm (`first_arm_for(task)`): stop, continue it
+        (more samples, a longer cap) or switch.
 
         `first_sample`: (n, 5) signals in `FIRST_SAMPLE_NAMES` order (policy.features.first_sample_signals),
         or every column of `stage_two_signals`; `first_text`: each first sample's text up to its cap,
         needed when the rule reads the answer checks (`stage_two_signals` longer than five) and only
         the five confidence columns are given (older rules ignore it);
         `first_energy_j`: the first sample's metered joules (default: the policy's prediction for
-        `first_arm`); `lam` replaces the stored stage-2 price.
+        the query's first arm); `lam` replaces the stored stage-2 price.
         """
         s2 = self.stage_two
         if s2 is None:
@@ -375,12 +386,14 @@ class Policy:
         if isinstance(questions, str):
             raise UsageError("questions must be a list of strings, not one string")
         n = len(questions)
+        task_list = [None] * n if tasks is None else list(tasks)
         sig = check_signals(first_sample, n, s2.signals, first_text)
         x = self.query_features(questions, tasks, probe)
         # joules only: the first-stage success model plays no part after the look
         e = np.exp(self.backend.predict_energy_grid(np.asarray(x, dtype=np.float32), self._arm_block))
-        a1 = self.arm_ids.index(s2.first_arm)
-        e1 = e[:, a1] if first_energy_j is None else np.asarray(first_energy_j, dtype=np.float64).reshape(-1)
+        rules = [s2.rule_for(t) for t in task_list]
+        a1 = np.asarray([self.arm_ids.index(r.first_arm) for r in rules], dtype=np.int64)
+        e1 = e[np.arange(n), a1] if first_energy_j is None else np.asarray(first_energy_j, dtype=np.float64).reshape(-1)
         if e1.shape != (n,) or not np.isfinite(e1).all() or (e1 < 0).any():
             raise UsageError(f"first_energy_j must be {n} finite joules >= 0, one per question")
         price = s2.lam if lam is None else float(lam)
@@ -392,13 +405,20 @@ class Policy:
             x[:, :n_text] if self.task_table is None else get_feature_set(STAGE2_FEATURES).transform(questions, tasks)
         )
         query_x = np.hstack([text_x, sig])
-        p2 = s2.predict_grid(query_x, self._arm_block)
-        cont = continues(self.arms, self.arms[a1])
-        marginal = marginal_joules(e, e1, cont)
-        idx = choose(p2, marginal, price)
+        p2, marginal = np.zeros((n, len(self.arms))), np.zeros((n, len(self.arms)))
+        idx, conts = np.zeros(n, dtype=np.int64), np.zeros((n, len(self.arms)), dtype=bool)
+        for first in sorted(set(a1.tolist())):  # each first look's rows through that look's rule
+            rows = np.flatnonzero(a1 == first)
+            rule = rules[int(rows[0])]
+            conts[rows] = continues(self.arms, self.arms[first])
+            p2[rows] = rule.predict_grid(query_x[rows], self._arm_block)
+            marginal[rows] = marginal_joules(e[rows], e1[rows], conts[rows[0]])
+            idx[rows] = choose(p2[rows], marginal[rows], price)
         ids = [str(i) for i in range(n)] if query_ids is None else [str(q) for q in query_ids]
         return [
-            StageTwoDecision(q, self.arm_ids[j], _action(j, a1, cont), float(p2[i, j]), float(marginal[i, j]), price)
+            StageTwoDecision(
+                q, self.arm_ids[j], _action(j, int(a1[i]), conts[i]), float(p2[i, j]), float(marginal[i, j]), price
+            )
             for i, (q, j) in enumerate(zip(ids, idx.tolist(), strict=True))
         ]
 

@@ -11,7 +11,13 @@ predicts each arm's P(correct) given them, and stage 2 takes the arm with the
 most predicted accuracy minus λ x its *marginal* joules: the policy's
 predicted joules, less the stage-1 joules already spent when the arm
 continues the first sample (same model and temperature, cap >= stage 1's).
-Choosing `first_arm` itself means "stop". `choose` and `marginal_joules` are
+Choosing `first_arm` itself means "stop". Since issue 18 a rule may look first at a
+different arm per task (`first_arms`: task -> arm id, chosen where the bundle's
+price puts each task's per-task table arm: that arm's first sample, so
+continuing to the table's choice pays nothing twice); each such first arm has
+its own success model (`looks`), read after a look at it; any other task (or
+none) looks at `first_arm`. A stage2.json without them (older bundles) looks at
+`first_arm` for every task. `choose` and `marginal_joules` are
 the very functions eval/allocators/two_stage.py simulates with, so the
 exported decisions are the evaluated ones.
 
@@ -24,8 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -87,6 +93,15 @@ class StageTwo:
     constant: float = 0.0
     #: the first-sample signals it reads, in column order (one of `SIGNAL_SETS`)
     signals: tuple[str, ...] = FIRST_SAMPLE_NAMES
+    #: task -> the arm it looks at first (absent tasks look at `first_arm`); empty in older bundles
+    first_arms: Mapping[str, str] = field(default_factory=dict)
+    #: first arm -> the rule read after a look at it (every value of `first_arms` but `first_arm`)
+    looks: Mapping[str, StageTwo] = field(default_factory=dict)
+
+    def rule_for(self, task: str | None) -> StageTwo:
+        """The rule of `task`'s first look: its own look's rule, or this one (no hint, unknown task)."""
+        arm = self.first_arms.get(str(task)) if task is not None else None
+        return self if arm is None or arm == self.first_arm else self.looks[arm]
 
     @property
     def reads_text(self) -> bool:
@@ -104,7 +119,12 @@ class StageTwo:
     def from_json(cls, raw: bytes, arm_ids: Sequence[str], n_features: int) -> StageTwo:
         """Parse and check stage2.json for a bundle of `arm_ids` whose stage-2 rows, less the signals, have
         `n_features` columns (the text features and the arm columns)."""
-        d = jsonsafe.loads(raw, STAGE2_FILE, BundleError, "; re-export the bundle")
+        return cls._from_dict(
+            jsonsafe.loads(raw, STAGE2_FILE, BundleError, "; re-export the bundle"), arm_ids, n_features
+        )
+
+    @classmethod
+    def _from_dict(cls, d: Any, arm_ids: Sequence[str], n_features: int) -> StageTwo:
         if not isinstance(d, dict):
             raise BundleError(f"{STAGE2_FILE} must hold a JSON object")
         for key, ok, what in _FIELDS:
@@ -128,7 +148,29 @@ class StageTwo:
             ens = TreeEnsemble.from_json(trees, n_features + len(signals))
             if ens.transform != "sigmoid":
                 raise BundleError(f"{STAGE2_FILE} trees must output a probability (sigmoid); re-export the bundle")
-        return cls(d["first_arm"], float(d["lam"]), ens, float(d["constant"] or 0.0), signals)
+        lam = float(d["lam"])
+        looks: dict[str, StageTwo] = {}
+        for i, look in enumerate(_list(d, "looks")):
+            if not isinstance(look, dict) or "looks" in look or "first_arms" in look:
+                raise BundleError(f"{STAGE2_FILE} looks[{i}] must be an object of one rule; re-export the bundle")
+            arm = look.get("first_arm")
+            if arm == d["first_arm"] or arm in looks:
+                raise BundleError(f"{STAGE2_FILE} looks[{i}] repeats first arm {arm!r}; re-export the bundle")
+            one = {**look, "lam": lam, "features": d["features"], "signals": d["signals"]}
+            looks[str(arm)] = cls._from_dict(one, arm_ids, n_features)
+        first_arms = d.get("first_arms", {})
+        if not isinstance(first_arms, dict) or not all(
+            isinstance(t, str) and isinstance(a, str) and (a == d["first_arm"] or a in looks)
+            for t, a in first_arms.items()
+        ):
+            raise BundleError(
+                f"{STAGE2_FILE} field 'first_arms' must map task names to the first arm or a look's first arm; "
+                "re-export the bundle"
+            )
+        unused = sorted(set(looks) - set(first_arms.values()))
+        if unused:
+            raise BundleError(f"{STAGE2_FILE} holds a look at {unused[0]!r} that no task uses; re-export the bundle")
+        return cls(d["first_arm"], lam, ens, float(d["constant"] or 0.0), signals, dict(first_arms), looks)
 
 
 def stage_two_json(
@@ -137,13 +179,26 @@ def stage_two_json(
     trees: dict[str, Any] | None,
     constant: float | None,
     signals: Sequence[str] = STAGE2_SIGNAL_NAMES,
+    first_arms: Mapping[str, str] | None = None,
+    looks: Sequence[tuple[str, dict[str, Any] | None, float | None]] = (),
 ) -> bytes:
-    """stage2.json bytes (the writer's half of `StageTwo.from_json`)."""
+    """stage2.json bytes (the writer's half of `StageTwo.from_json`); `looks`: (first arm, trees, constant)."""
     if tuple(signals) not in SIGNAL_SETS:
         raise UsageError(f"stage-2 signals must be one of {[list(s) for s in SIGNAL_SETS]}, got {list(signals)}")
-    d = {"first_arm": first_arm, "lam": float(lam), "features": STAGE2_FEATURES, "signals": list(signals),
-         "trees": trees, "constant": None if constant is None else float(constant)}  # fmt: skip
+    d: dict[str, Any] = {"first_arm": first_arm, "lam": float(lam), "features": STAGE2_FEATURES,
+                         "signals": list(signals), "trees": trees,
+                         "constant": None if constant is None else float(constant)}  # fmt: skip
+    if first_arms:
+        d["first_arms"] = dict(sorted(first_arms.items()))
+        d["looks"] = [{"first_arm": a, "trees": t, "constant": None if c is None else float(c)} for a, t, c in looks]
     return (json.dumps(d, sort_keys=True, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _list(d: dict[str, Any], key: str) -> list[Any]:
+    v = d.get(key, [])
+    if not isinstance(v, list):
+        raise BundleError(f"{STAGE2_FILE} field {key!r} must be a list; re-export the bundle")
+    return v
 
 
 def _num(v: Any) -> bool:

@@ -212,16 +212,19 @@ class Decider:
         j = self.policy.arm_ids.index(arm_id)
         return _clip(Arm.parse(arm_id), float(p[j]), float(e[j]), lam, "forced", n_min, tokens_max)
 
-    @property
-    def can_look(self) -> bool:
-        """The bundle has a stage-2 rule and its first arm's model is served."""
-        first = self.policy.first_arm
-        return first is not None and self.policy.arm_ids.index(first) in self.cols
+    def can_look(self, task: str | None = None) -> bool:
+        """The bundle has a stage-2 rule and the first arm of `task` (`Policy.first_arm_for`) has its model served."""
+        first = self.policy.first_arm_for(task)
+        return first is not None and self.can_look_arm(first)
+
+    def can_look_arm(self, arm_id: str) -> bool:
+        """Arm `arm_id`'s model is served."""
+        return self.policy.arm_ids.index(arm_id) in self.cols
 
     def first_look(self, question: str, task: str | None, lam: float) -> Choice:
-        """Stage 1 of look-then-decide: the bundle's first arm, its predictions, and the query's hull slopes."""
+        """Stage 1 of look-then-decide: the task's first arm, its predictions, and the query's hull slopes."""
         p, e = self.policy.predict([question], [task])
-        first = self.policy.first_arm
+        first = self.policy.first_arm_for(task)
         if first is None:
             raise UsageError("this bundle carries no stage-2 rule")
         j = self.policy.arm_ids.index(first)

@@ -135,8 +135,8 @@ async def plan_and_sample(
         body.update(model=c.arm.model, max_tokens=c.arm.max_new_tokens, temperature=c.arm.temperature)
         return endpoint, body, info
 
-    first_id = decider.policy.first_arm
-    first_model = first_id.split("/", 1)[0] if decider.can_look and first_id else None
+    first_id = decider.policy.first_arm_for(task)  # each task's own first look (issue 18)
+    first_model = first_id.split("/", 1)[0] if decider.can_look(task) and first_id else None
     look = (
         state.look
         and first_model is not None

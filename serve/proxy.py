@@ -155,12 +155,16 @@ class ProxyState:
         if f is not None:
             how += f" ({f.describe()})"
         look = "off"
-        if self.policy.first_arm is not None:
-            look = (
-                f"from {self.policy.first_arm}"
-                if self.look and self.decider.can_look
-                else "off (its model is not served or --no-look)"
-            )
+        s2 = self.policy.stage_two
+        if s2 is not None:
+            firsts = sorted({s2.first_arm, *s2.first_arms.values()})
+            served = [a for a in firsts if self.decider.can_look_arm(a)]
+            if self.look and served:
+                look = "from " + ", ".join(served)
+                if len(served) < len(firsts):
+                    look += f" (not served: {', '.join(a for a in firsts if a not in served)})"
+            else:
+                look = "off (its model is not served or --no-look)"
         return f"serving at {how}; prompt template {self.prompt_template}; look-then-decide {look}"
 
     def price(self, options: TTCOptions) -> float:

@@ -93,7 +93,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         policy = self.policy_
         if policy.stage_two is None:
             return out
-        out["first_arm_id"] = policy.first_arm
+        out["first_arm_id"] = [policy.first_arm_for(t) for t in (tasks if tasks is not None else [None] * len(out))]
         # every column the rule reads, or the five confidence columns plus the first sample's text
         given = list(policy.stage_two_signals) if all(c in df.columns for c in policy.stage_two_signals) else None
         if given is None and all(c in df.columns for c in FIRST_SAMPLE_NAMES):

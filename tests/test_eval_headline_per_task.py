@@ -124,10 +124,10 @@ def test_a_task_base_rate_scores_one_half_within_tasks_in_the_context(table_curv
 
 def test_the_look_arm_column_scores_exactly_the_arm_each_folds_rule_looked_at():
     from eval.allocators.two_stage import stage_one_arm
+    from train.two_stage import task_looks
 
-    # arm 1 (m/n1/L64) costs 2% more than arm 0 (within the look's 5%): a fold looks at it where its
-    # training queries find it more accurate. It is right on fold 0's queries only, so fold 0 looks at arm 0
-    # (its training never saw arm 1 right) and the other folds at arm 1.
+    # arm 1 (m/n1/L64) costs 2% more than arm 0 and is right on fold 0's queries only: each fold's rule
+    # looks, per task, at the first sample of its per-task table arm at lam = 0 (the table's top point)
     base = random_outcomes(7, 240, ["a", "b", "c"])
     parts = [list(base.query_ids[j::4]) for j in range(4)]
     rng = np.random.default_rng(3)
@@ -144,18 +144,20 @@ def test_the_look_arm_column_scores_exactly_the_arm_each_folds_rule_looked_at():
     ctx = EvalContext(test=full.subset([q for p in parts for q in p]), folds=folds)
     t, look = ctx.test, ctx.look_arms()
     for k, fold in enumerate(ctx.folds):
-        assert set(look[ctx.fold_rows(k)]) == {stage_one_arm(fold.train, ctx.arms)}  # the fold rule's own look
-    assert set(look[ctx.fold_rows(0)]) == {0} and set(look[ctx.fold_rows(1)]) == {1}
+        tr = fold.train
+        by_task, glob = task_looks(list(tr.tasks), tr.correct, tr.energy_j, ctx.arms, 0.0, stage_one_arm(tr, ctx.arms))
+        want = [by_task.get(str(task), glob) for task in fold.test.tasks]
+        assert look[ctx.fold_rows(k)].tolist() == want  # the fold rule's own looks
+        assert all(ctx.arms[a].n == 1 for a in want)
+    assert len(set(look.tolist())) >= 2
 
     # perfect on each query's look column, reversed on every other column
     cols = np.arange(len(t.arm_ids))[None, :] == look[:, None]
     w = ctx.within_task_auc(np.where(cols, t.correct, 1 - t.correct).astype(float))
     assert w["macro_auc_look_arm"] == 1.0 and w["n_tasks_defined_look_arm"] == 3
-    assert w["look_arms"] == [t.arm_ids[0], t.arm_ids[1]] and w["cheapest_arm"] == t.arm_ids[0]
-    assert w["macro_auc_cheapest_arm"] < 1.0  # the strictly cheapest column is scored apart from it
+    assert w["look_arms"] == sorted({t.arm_ids[a] for a in look}) and w["cheapest_arm"] == t.arm_ids[0]
     q = np.arange(t.n_queries)
     assert w["look_arm_energy_ratio_to_cheapest"] == pytest.approx(t.energy_j[q, look].mean() / t.energy_j[:, 0].mean())
-    assert 1.0 < w["look_arm_energy_ratio_to_cheapest"] <= 1.02
 
     # a per-(task, arm) base rate knows nothing inside a task: 0.5 at the look arm too
     rate = np.stack([t.correct[t.tasks == task].mean(axis=0) for task in t.tasks])

@@ -260,21 +260,31 @@ def test_two_stage_always_charges_stage_one_and_reuses_its_sample():
     test = _outcomes(test_ids, [[1, 1, 0], [0, 0, 1]], [[1.0, 2.5, 4.0], [1.2, 2.6, 4.4]])
     train = _outcomes(train_ids, train_c, [e_row] * 40)
     samples = _samples(train_ids + test_ids, conf + [True, False])
+    # the big model's (greedy) first samples: sure of themselves every time
+    big = samples[samples["sample_index"] == 0].assign(model="big", temperature=0.0, token_logprob=[[-0.01] * 3] * 42)
+    samples = pd.concat([samples, big], ignore_index=True)
     e = {q: e_row for q in train_ids} | {"x": [1.0, 2.5, 4.0], "y": [1.2, 2.6, 4.4]}
     ctx = EvalContext(test, samples=samples, folds=[Fold("f", test, train, _StubPolicy(e))])
     assert stage_one_arm(train, ARMS) == 0 and list(continues(ARMS, ARMS[0])) == [True, True, False]
-    curve = TwoStageAllocator().curve(ctx)
+    alloc = TwoStageAllocator()
+    curve, looks = alloc.curve(ctx), alloc._fold(ctx, 0)["looks"]
     rows = np.arange(2)
+    seen_looks = set()
     for pt in curve.points:
         idx = np.asarray([ctx.arm_ids.index(a) for a in pt.arm_ids])
+        a1 = looks(pt.params["lam"])  # the per-task table's arm at this price, its first sample
+        seen_looks |= set(a1.tolist())
         own = test.energy_j[rows, idx]
-        stage1 = np.where(idx == 2, test.energy_j[rows, 0], 0.0)  # only the big model's arm pays stage 1 on top
+        cont = np.asarray([continues(ARMS, ARMS[a])[j] for a, j in zip(a1, idx, strict=True)])
+        stage1 = np.where(cont, 0.0, test.energy_j[rows, a1])  # an arm that does not continue the look pays it
         overhead = pt.energy_j - own - stage1
         assert (overhead >= 0).all() and (overhead < 0.05).all()
         assert list(pt.correct) == list(test.correct[rows, idx])
+    assert seen_looks == {0, 2}  # the cheap arm where the table's price takes it, the big one at the top
     chosen = {pt.arm_ids for pt in curve.points}
-    assert (ARMS[0].arm_id, ARMS[2].arm_id) in chosen  # the confident query stops, the unsure one escalates
     assert (ARMS[0].arm_id, ARMS[0].arm_id) in chosen  # at a high price both stop after the look
+    assert (ARMS[2].arm_id, ARMS[2].arm_id) in chosen  # at the table's top both look at (and keep) the big arm
+    assert (ARMS[0].arm_id, ARMS[2].arm_id) in chosen  # between: the confident query stops, the unsure one escalates
 
 
 # ---------------------------------------------------------------- export: ttc allocate --probe-model, the pyfunc

@@ -275,6 +275,24 @@ def test_look_stops_on_a_sure_first_sample_and_votes_more_after_an_unsure_one(st
     assert f'ttc_look_actions_total{{action="{ttc["look"]["action"]}"}} 1.0' in text
 
 
+def test_each_task_looks_first_at_its_own_first_arm(stack, look_policy, tmp_path):
+    """A rule with a per-task first look (issue 18): the task's first request goes to that arm, any other
+    task's to the global first arm; both decide from there."""
+    own = next(a.arm_id for a in look_policy.arms if a.n == 1 and a.arm_id != FIRST_ARM and a.model == "tiny-360m")
+    trees = _stage_two_trees(look_policy)
+    s2 = stage_two_json(FIRST_ARM, 0.0, trees, None, FIRST_SAMPLE_NAMES, {"chain_sum": own}, [(own, trees, None)])
+    policy = load_bundle(write_policy(look_policy.with_files({STAGE2_FILE: s2}), tmp_path / "b"))
+    assert policy.first_arm_for("chain_sum") == own and policy.first_arm_for("gsm8k") == FIRST_ARM
+    s = stack(policy, fake=_logprob_engine(-0.05), lam=0.01)
+    q = "Start with 4, then plus 9, then times 3. What is the result?"
+    resp, _ = s.chat(q, extra_body={"ttc": {"task": "chain_sum"}})
+    look = resp.model_extra["ttc"]["look"]
+    assert look["first_arm"] == own and look["action"] == "stop" and resp.model_extra["ttc"]["arm"] == own
+    assert s.seen[0]["model"] == "tiny-360m" and s.seen[0]["max_tokens"] == int(own.split("/L")[1].split("/")[0])
+    resp, _ = s.chat(q, extra_body={"ttc": {"task": "gsm8k"}})
+    assert resp.model_extra["ttc"]["look"]["first_arm"] == FIRST_ARM and s.seen[1]["model"] == "tiny-135m"
+
+
 def test_no_look_serves_one_stage_and_a_forced_arm_skips_the_look(stack, look_policy):
     s = stack(look_policy, fake=_logprob_engine(-2.5), look=False)
     resp, headers = s.chat("What is 7 + 5?")

@@ -62,9 +62,20 @@ def _outcomes(ids, questions, tasks, correct, energy) -> Outcomes:
     )  # fmt: skip
 
 
+LAM = 0.01  # the exported bundle's price
+
+
+def _export(tmp: Path, name: str, st: StageTwoFit, plain) -> Path:  # noqa: ANN001
+    from train.export import write_bundle
+
+    success, energy = train_boosters(seed=0)
+    return write_bundle(tmp / name, success, energy, ARMS, MODELS, "text", plain.manifest.rule, {"synthetic": 1},
+                        "synthetic", "estimated", reference_x=None, stage_two=st)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    """The eval simulation on 30 held-out synthetic queries, and a bundle carrying its fold's stage-2 model."""
+    """The eval simulation on 30 held-out synthetic queries, and a bundle carrying its fold's stage-2 rule at LAM."""
     tmp = tmp_path_factory.mktemp("two_stage")
     plain = load_bundle(build_synthetic_bundle(tmp / "plain"))
     tr, te = _world(160, 11), _world(30, 12)
@@ -74,44 +85,50 @@ def simulated(tmp_path_factory):
     ctx = EvalContext(test, samples=samples, folds=[Fold("f", test, train, plain)])
     alloc = TwoStageAllocator(n_lambdas=12)
     fold = alloc._fold(ctx, 0)
+    fold["a1"] = fold["data"].cheapest  # the one look of a rule without per-task looks
     curve = alloc.curve(ctx)
-    success, energy = train_boosters(seed=0)
-    from train.export import write_bundle
+    return ctx, fold, curve, _export(tmp, "two", fold["data"].fit_at(LAM), plain), plain, tmp
 
-    st = StageTwoFit(ARMS[fold["a1"]].arm_id, 0.01, fold["model"])
-    ref = plain.manifest
-    out = write_bundle(tmp / "two", success, energy, ARMS, MODELS, "text", ref.rule, {"synthetic": 1}, "synthetic",
-                       "estimated", reference_x=None, stage_two=st)  # fmt: skip
-    return ctx, fold, curve, out
+
+def _looked(ctx, policy):  # noqa: ANN001, ANN202
+    """Each held-out query's first look under `policy`, its signals (7 columns) and its joules."""
+    test = ctx.test
+    a1 = np.asarray([policy.arm_ids.index(policy.first_arm_for(t)) for t in test.tasks])
+    sig = np.zeros((len(a1), len(STAGE2_SIGNAL_NAMES)), dtype=np.float32)
+    for a in np.unique(a1):
+        m = a1 == a
+        sig[m] = stage_one_signals(ctx.samples, list(np.asarray(test.query_ids)[m]), ARMS[a])
+    return a1, sig, test.energy_j[np.arange(len(a1)), a1]
 
 
 def test_the_exported_stage_two_decides_as_the_eval_simulation_at_every_price(simulated):
-    ctx, fold, curve, bundle = simulated
-    policy = load_bundle(bundle)
-    a1 = fold["a1"]
-    assert policy.first_arm == ARMS[a1].arm_id
+    ctx, fold, curve, _, plain, tmp = simulated
     test = ctx.test
-    sig = stage_one_signals(ctx.samples, list(test.query_ids), ARMS[a1])
     assert len(curve.points) >= 3
-    for pt in curve.points:
-        got = policy.decide_after_look(
-            test.questions, sig, list(test.tasks), first_energy_j=test.energy_j[:, a1], lam=pt.params["lam"]
-        )
+    looked_at = set()
+    for i, pt in enumerate(curve.points):
+        lam = pt.params["lam"]
+        policy = load_bundle(_export(tmp, f"at{i}", fold["data"].fit_at(lam), plain))
+        a1, sig, e1 = _looked(ctx, policy)
+        assert a1.tolist() == fold["looks"](lam).tolist()  # the bundle's looks are the simulation's
+        looked_at |= set(a1.tolist())
+        got = policy.decide_after_look(test.questions, sig, list(test.tasks), first_energy_j=e1, lam=lam)
         assert tuple(d.arm_id for d in got) == tuple(pt.arm_ids)
-    # the numpy trees give the simulation's own probabilities
-    d0 = policy.decide_after_look(test.questions, sig, list(test.tasks), first_energy_j=test.energy_j[:, a1], lam=0.0)
-    chosen = np.asarray([policy.arm_ids.index(d.arm_id) for d in d0])
-    assert np.allclose([d.p_success for d in d0], fold["p2"][np.arange(len(chosen)), chosen], atol=1e-9)
+        # the numpy trees give the simulation's own probabilities
+        chosen = np.asarray([policy.arm_ids.index(d.arm_id) for d in got])
+        p_sim = np.asarray([fold["p2_after"](int(a))[q, c] for q, (a, c) in enumerate(zip(a1, chosen, strict=True))])
+        assert np.allclose([d.p_success for d in got], p_sim, atol=1e-9)
+    assert len(looked_at) >= 2  # the prices of the curve move some task's look
 
 
 def test_stage_two_actions_say_stop_continue_or_switch(simulated):
-    ctx, fold, _, bundle = simulated
+    ctx, _, _, bundle, _, _ = simulated
     policy = load_bundle(bundle)
-    first = ARMS[fold["a1"]]
-    sig = stage_one_signals(ctx.samples, list(ctx.test.query_ids), first)
+    a1, sig, _ = _looked(ctx, policy)
     for lam in (0.0, 1e3):
-        for d in policy.decide_after_look(ctx.test.questions, sig, list(ctx.test.tasks), lam=lam):
-            arm = ARMS[policy.arm_ids.index(d.arm_id)]
+        for d, first in zip(policy.decide_after_look(ctx.test.questions, sig, list(ctx.test.tasks), lam=lam),
+                            a1, strict=True):  # fmt: skip
+            arm, first = ARMS[policy.arm_ids.index(d.arm_id)], ARMS[first]
             want = (
                 "stop"
                 if arm == first
@@ -125,7 +142,7 @@ def test_stage_two_actions_say_stop_continue_or_switch(simulated):
 
 
 def test_bad_first_sample_input_is_a_usage_error_naming_the_columns(simulated):
-    _, _, _, bundle = simulated
+    bundle = simulated[3]
     policy = load_bundle(bundle)
     with pytest.raises(UsageError, match="first_mean_logprob"):
         policy.decide_after_look(["What is 2 + 2?"], np.zeros((1, 4)))
@@ -162,6 +179,17 @@ def test_a_changed_stage_two_file_is_refused_by_the_digest(simulated, tmp_path):
         (lambda d: d["trees"].__setitem__("n_features", 7), "tree model"),
         (lambda d: d.pop("constant"), "'constant'"),
         (lambda d: d.__setitem__("first_arm", ARMS[-1].arm_id), "more than one sample"),
+        # the per-task first looks (issue 18)
+        (lambda d: d.__setitem__("looks", "x"), "'looks'"),
+        (lambda d: d["looks"].append(7), r"looks\[1\]"),
+        (lambda d: d["looks"][0].__setitem__("looks", []), "one rule"),
+        (lambda d: d["looks"][0].__setitem__("first_arm", d["first_arm"]), "repeats"),
+        (lambda d: d["looks"][0].__setitem__("first_arm", "nosuch/n1/L16/greedy"), "not an arm"),
+        (lambda d: d["looks"][0].__setitem__("constant", 0.5), "either 'trees' or a 'constant'"),
+        (lambda d: d.__setitem__("first_arms", {"gsm8k": "nosuch/n1/L16/greedy"}), "'first_arms'"),
+        (lambda d: d.__setitem__("first_arms", {"gsm8k": ["x"]}), "'first_arms'"),
+        (lambda d: d.__setitem__("first_arms", []), "'first_arms'"),
+        (lambda d: d.__setitem__("first_arms", {}), "no task uses"),
     ],
 )
 def test_wrong_typed_stage_two_data_is_refused_even_when_rehashed(simulated, tmp_path, edit, match):
@@ -173,12 +201,23 @@ def test_wrong_typed_stage_two_data_is_refused_even_when_rehashed(simulated, tmp
         load_bundle(rehash_bundle(copy))
 
 
+def test_each_task_looks_at_its_own_first_arm_and_any_other_task_at_the_global_one(simulated):
+    policy = load_bundle(simulated[3])
+    s2 = policy.stage_two
+    assert s2.first_arms and set(s2.looks) == set(s2.first_arms.values()) - {s2.first_arm}
+    for task, arm in s2.first_arms.items():
+        assert policy.first_arm_for(task) == arm and s2.rule_for(task).first_arm == arm
+    assert policy.first_arm_for(None) == policy.first_arm_for("never seen") == policy.first_arm
+    assert "tasks' own" in policy.describe()
+
+
 def test_a_rewritten_policy_keeps_its_stage_two(simulated, tmp_path):
     from train.export import write_policy
 
     policy = load_bundle(simulated[3])
     again = load_bundle(write_policy(policy.with_rule({"mode": "price", "lam": 0.5}), tmp_path / "w"))
     assert again.first_arm == policy.first_arm and again.stage_two.lam == policy.stage_two.lam
+    assert dict(again.stage_two.first_arms) == dict(policy.stage_two.first_arms)
 
 
 def test_signals_are_detected_only_when_samples_hold_token_logprobs():
@@ -193,12 +232,12 @@ def test_the_mlflow_pyfunc_reads_the_signal_columns(simulated, tmp_path):
 
     from serve.mlflow_log import log_policy_model
 
-    ctx, fold, _, bundle = simulated
-    test, a1 = ctx.test, fold["a1"]
-    sig = stage_one_signals(ctx.samples, list(test.query_ids), ARMS[a1])
+    ctx, bundle = simulated[0], simulated[3]
+    test = ctx.test
+    a1, sig, e1 = _looked(ctx, load_bundle(bundle))
     df = pd.DataFrame({"question": test.questions, "task": list(test.tasks)})
     df[list(STAGE2_SIGNAL_NAMES)] = sig.astype(np.float64)
-    df["first_energy_j"] = test.energy_j[:, a1]
+    df["first_energy_j"] = e1
     old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
@@ -214,14 +253,12 @@ def test_the_mlflow_pyfunc_reads_the_signal_columns(simulated, tmp_path):
     finally:
         mlflow.set_tracking_uri(old)
     policy = load_bundle(bundle)
-    want = policy.decide_after_look(
-        test.questions, sig, list(test.tasks), first_energy_j=test.energy_j[:, a1], lam=0.01
-    )
+    want = policy.decide_after_look(test.questions, sig, list(test.tasks), first_energy_j=e1, lam=0.01)
     assert list(out["stage2_arm_id"]) == [d.arm_id for d in want]
     assert list(out["stage2_action"]) == [d.action for d in want]
-    assert set(out["first_arm_id"]) == {ARMS[a1].arm_id} and "stage2_arm_id" not in plain.columns
+    assert list(out["first_arm_id"]) == [ARMS[a].arm_id for a in a1] and "stage2_arm_id" not in plain.columns
     want_text = policy.decide_after_look(test.questions, sig[:, :5], list(test.tasks),
-                                         first_energy_j=test.energy_j[:, a1], lam=0.01, first_text=texts)  # fmt: skip
+                                         first_energy_j=e1, lam=0.01, first_text=texts)  # fmt: skip
     assert list(out_text["stage2_arm_id"]) == [d.arm_id for d in want_text]
     assert "stage2_arm_id" not in no_text.columns  # a seven-signal rule without the text: no stage-2 columns
 
@@ -243,12 +280,12 @@ def test_answer_checks_count_the_wrong_equations_of_the_models_own_working():
 
 
 def test_the_first_sample_text_gives_the_same_decisions_as_its_seven_signal_columns(simulated):
-    ctx, fold, _, bundle = simulated
+    ctx, bundle = simulated[0], simulated[3]
     policy = load_bundle(bundle)
     assert policy.stage_two_signals == STAGE2_SIGNAL_NAMES
     n = len(ctx.test.questions)
     texts = ["3 + 4 = 7. The answer is 7." if i % 2 else "3 + 4 = 8. The answer is 8." for i in range(n)]
-    sig7 = stage_one_signals(ctx.samples, list(ctx.test.query_ids), ARMS[fold["a1"]])
+    _, sig7, _ = _looked(ctx, policy)
     sig7[:, len(FIRST_SAMPLE_NAMES) :] = answer_check_signals(texts)
     for lam in (0.0, 0.01):
         by_text = policy.decide_after_look(ctx.test.questions, sig7[:, :5], list(ctx.test.tasks), lam=lam,
@@ -264,7 +301,7 @@ def test_a_stage_two_file_of_five_signals_from_older_bundles_still_loads_and_dec
     from train.export import write_bundle
     from train.two_stage import fit_stage_two_model, predict_stage_two, stage_two_rows
 
-    ctx, fold, _, _ = simulated
+    ctx, fold = simulated[0], simulated[1]
     first = ARMS[fold["a1"]]
     train = ctx.folds[0].train
     sig = stage_one_signals(ctx.samples, list(train.query_ids), first)[:, : len(FIRST_SAMPLE_NAMES)]

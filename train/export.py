@@ -136,7 +136,7 @@ def write_bundle(
     if probe_reduction is not None:
         files[PROBE_FILE] = probe_reduction.to_json()
     if stage_two is not None:
-        files[STAGE2_FILE] = _stage_two_bytes(stage_two, arm_ids)
+        files[STAGE2_FILE] = stage_two_bytes(stage_two, arm_ids)
     if task_table is not None:
         if list(task_table.arms) != arm_ids:
             raise UsageError("the task table's arms differ from the bundle's; build it from the same arm rows")
@@ -160,13 +160,18 @@ def write_bundle(
     return _publish(Path(out_dir), manifest, files, resolve_key(key), replace=True)
 
 
-def _stage_two_bytes(st: Any, arm_ids: list[str]) -> bytes:
-    """stage2.json of a `StageTwoFit`: its LightGBM classifier as plain-data trees, or its constant."""
-    if st.first_arm not in arm_ids:
-        raise UsageError(f"the stage-2 first arm {st.first_arm!r} is not one of the bundle's arms")
-    if isinstance(st.model, float):
-        return stage_two_json(st.first_arm, st.lam, None, st.model, st.signals)
-    return stage_two_json(st.first_arm, st.lam, trees_json(st.model.booster_, "sigmoid"), None, st.signals)
+def stage_two_bytes(st: Any, arm_ids: list[str]) -> bytes:
+    """stage2.json of a `StageTwoFit`: each LightGBM classifier as plain-data trees, or its constant."""
+    firsts = [st.first_arm, *st.looks]
+    bad = [a for a in firsts if a not in arm_ids]
+    if bad:
+        raise UsageError(f"the stage-2 first arm {bad[0]!r} is not one of the bundle's arms")
+
+    def model_json(model: Any) -> tuple[dict[str, Any] | None, float | None]:
+        return (None, model) if isinstance(model, float) else (trees_json(model.booster_, "sigmoid"), None)
+
+    looks = [(a, *model_json(m)) for a, m in st.looks.items()]
+    return stage_two_json(st.first_arm, st.lam, *model_json(st.model), st.signals, st.first_arms, looks)
 
 
 def _model_files(success: Any, energy: Any, success_objective: str, n_features: int) -> dict[str, bytes]:

@@ -43,7 +43,7 @@ from train.dataset import (
 )
 from train.registry import PREDICTORS, PredictorSpec
 from train.tune import TrialRecord, TuneResult, check_storage, tune
-from train.two_stage import StageTwoFit, fit_stage_two, has_signals
+from train.two_stage import StageTwoData, has_signals, prepare_stage_two
 
 if TYPE_CHECKING:
     from train.dataset import RowSplit  # the split with row indices (store.splits.Split inside)
@@ -131,7 +131,8 @@ class Fitted:
     train_idx: np.ndarray
     predictors: dict[str, FittedPredictor]
     #: the look-then-decide rule of the training queries (None: off, or the samples hold no token log-probs)
-    stage_two: StageTwoFit | None = None
+    #: the stage-2 rule's training queries; its models are fitted where the bundle's price is known
+    stage_two: StageTwoData | None = None
 
     @property
     def estimators(self) -> dict[str, Any]:
@@ -236,8 +237,8 @@ def _stage_two(samples: pd.DataFrame | None, data: TrainingData, train_idx: np.n
         if cfg.two_stage == "on":
             raise UsageError("two_stage='on' needs samples with token log-probs; recollect, or use two_stage='auto'")
         return None
-    try:  # lam is the bundle rule's, set when the bundle is written (write_policy_bundle)
-        return fit_stage_two(samples, data.rows.iloc[train_idx], data.arms, data.models, 0.0, cfg.seed)
+    try:  # fitted at the bundle rule's lam when the bundle is written (write_policy_bundle, finish_bundle)
+        return prepare_stage_two(samples, data.rows.iloc[train_idx], data.arms, data.models, cfg.seed)
     except UsageError:
         if cfg.two_stage == "on":
             raise
@@ -279,8 +280,6 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
     are priced at the default price chosen on the training frontier (train/price.py: frontier.json,
     prompts.json).
     """
-    import dataclasses
-
     from policy.allocate import DecisionRule
     from train.adapt import training_task_table
     from train.export import write_bundle
@@ -313,7 +312,8 @@ def write_policy_bundle(out_dir: Path, fitted: Fitted, metrics: dict[str, float]
         calibration=fitted.calibration,
         reference_x=data.X[np.sort(pick), :n_query_cols],
         probe_reduction=data.probe_reduction,
-        stage_two=None if fitted.stage_two is None else dataclasses.replace(fitted.stage_two, lam=_lam(rule)),
+        # without a rule the stage-2 rule is fitted once, at the default price (train.price.finish_bundle)
+        stage_two=None if fitted.stage_two is None or not rule_given else fitted.stage_two.fit_at(_lam(rule)),
         task_table=tasks,
     )
     finish_bundle(Path(out_dir), fitted, rule_given=rule_given)

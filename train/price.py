@@ -13,7 +13,6 @@ queries: the held-out figures are eval's.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from policy.bundle import Policy, load_bundle
 from policy.frontier import DEFAULT_MAX_ACCURACY_LOSS, FRONTIER_FILE, Frontier, sweep
 from policy.prompts import PROMPTS_FILE, Prompts, build_prompts
 from policy.runtime import calibrate
-from policy.two_stage import STAGE2_FILE, stage_two_json
+from policy.two_stage import STAGE2_FILE
 
 #: query folds of the cross-fitted frontier (each training query is predicted by models that never saw it)
 FOLDS = 3
@@ -117,7 +116,7 @@ def finish_bundle(
 
     Without `rule_given` the frontier is cross-fitted (`cross_fitted`); with it, the bundle's own predictions.
     """
-    from train.export import write_policy
+    from train.export import stage_two_bytes, write_policy
 
     policy = load_bundle(out_dir)
     # the refits cost a few fits; a caller that fixes the rule (eval's cross-fitting folds) prices nothing
@@ -127,10 +126,9 @@ def finish_bundle(
     frontier = training_frontier(policy, fitted.data, fitted.train_idx, max_accuracy_loss, predictions)
     files = {FRONTIER_FILE: frontier.to_json(), PROMPTS_FILE: training_prompts(fitted.data).to_json()}
     if not rule_given:
-        if STAGE2_FILE in policy.files:
-            d = json.loads(policy.files[STAGE2_FILE])
-            lam = frontier.default_lam
-            files[STAGE2_FILE] = stage_two_json(d["first_arm"], lam, d["trees"], d["constant"], d["signals"])
+        if fitted.stage_two is not None:
+            # each task's first look where the default price puts its table (train.two_stage.task_looks)
+            files[STAGE2_FILE] = stage_two_bytes(fitted.stage_two.fit_at(frontier.default_lam), policy.arm_ids)
         policy = policy.with_rule(DecisionRule(lam=frontier.default_lam, p_floor=policy.rule.p_floor))
     write_policy(policy.with_files(files), out_dir, force=True)
     return frontier

@@ -16,8 +16,8 @@ never logs; lightgbm is imported only when a model is fitted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from policy.arms import Arm
 from policy.errors import UsageError
 from policy.features import STAGE2_SIGNAL_NAMES, first_sample_signals, get_feature_set, row_matrix
 from policy.two_stage import STAGE2_FEATURES
+from train.task_table import tables_from_matrices
 
 #: the sample columns the signals are read from (collection stores them per token)
 SIGNAL_COLUMNS = ("token_logprob", "token_entropy")
@@ -34,13 +35,23 @@ SIGNAL_COLUMNS = ("token_logprob", "token_entropy")
 
 @dataclass(frozen=True, eq=False)
 class StageTwoFit:
-    """A fitted stage-2 rule: the first arm, the price, and the model (a LightGBM classifier or a constant)."""
+    """A fitted stage-2 rule: the first arm, the price, and the model (a LightGBM classifier or a constant);
+    since issue 18 also each training task's own first arm (`first_arms`) and the model read after a look
+    at it (`looks`: first arm id -> model, for every first arm but `first_arm`)."""
 
     first_arm: str
     lam: float
     model: Any
     #: the first-sample signal columns the model reads (policy.two_stage.SIGNAL_SETS)
     signals: tuple[str, ...] = STAGE2_SIGNAL_NAMES
+    first_arms: Mapping[str, str] = field(default_factory=dict)
+    looks: Mapping[str, Any] = field(default_factory=dict)
+    #: what `priced` refits from (None: a rule fitted by hand, repriced as it stands)
+    source: StageTwoData | None = None
+
+    def priced(self, lam: float) -> StageTwoFit:
+        """The rule at price `lam`: each task's first look where that price puts its table (`task_looks`)."""
+        return replace(self, lam=float(lam)) if self.source is None else self.source.fit_at(float(lam))
 
 
 def has_signals(samples: pd.DataFrame) -> bool:
@@ -91,6 +102,69 @@ def stage_one_signals(samples: pd.DataFrame, query_ids: Any, arm: Arm) -> np.nda
     return first_sample_signals(lps, ents, answered, tokens, texts)
 
 
+def look_index(arms: Sequence[Arm], j: int) -> int | None:
+    """The one-sample arm whose sample starts arm j (same model, temperature and cap), or None."""
+    a = arms[j]
+    same = [
+        i for i, b in enumerate(arms)
+        if b.n == 1 and (b.model, b.temperature, b.max_new_tokens) == (a.model, a.temperature, a.max_new_tokens)
+    ]  # fmt: skip
+    return same[0] if same else None
+
+
+def task_looks(
+    tasks: Sequence[str], correct: np.ndarray, energy_j: np.ndarray, arms: Sequence[Arm], lam: float, default: int
+) -> tuple[dict[str, int], int]:
+    """Each training task's first look at price `lam`, and the look of every other task.
+
+    A task looks first at the first sample of its per-task table arm at `lam` (train.task_table, on
+    these training outcomes): continuing to the table's own choice then pays nothing twice, and
+    stage 2 can stop early or switch from there. Any other task looks at the global table arm's first
+    sample. An arm without a one-sample version in the grid looks at `default` instead.
+    """
+    arm_ids = [a.arm_id for a in arms]
+    table = tables_from_matrices(tasks, correct, energy_j, arm_ids, [lam])[0]
+
+    def look(arm_id: str) -> int:
+        j = look_index(arms, arm_ids.index(arm_id))
+        return default if j is None else j
+
+    return {t: look(a) for t, a in table.by_task.items()}, look(table.global_arm)
+
+
+@dataclass(eq=False)
+class StageTwoData:
+    """The training queries of a stage-2 rule, and its models per first look, fitted once each on demand."""
+
+    samples: pd.DataFrame
+    ids: list[str]
+    questions: list[str]
+    tasks: list[str]
+    arms: list[Arm]
+    models: list[str]
+    label: np.ndarray  # (queries, arms) expected correctness (or the realised vote)
+    correct: np.ndarray
+    energy_j: np.ndarray
+    seed: int
+    cheapest: int  # stage_one_index: the look of a task whose table arm has no one-sample version
+    fitted: dict[int, Any] = field(default_factory=dict)
+
+    def model_for(self, a1: int) -> Any:
+        """The stage-2 success model after a look at arm `a1` (every training query's look at it)."""
+        if a1 not in self.fitted:
+            sig = stage_one_signals(self.samples, self.ids, self.arms[a1])
+            x = stage_two_rows(self.questions, self.tasks, sig, self.arms, self.models)
+            self.fitted[a1] = fit_stage_two_model(x, self.label.reshape(-1), self.seed)
+        return self.fitted[a1]
+
+    def fit_at(self, lam: float) -> StageTwoFit:
+        by_task, glob = task_looks(self.tasks, self.correct, self.energy_j, self.arms, lam, self.cheapest)
+        ids = [a.arm_id for a in self.arms]
+        looks = {ids[a]: self.model_for(a) for a in sorted(set(by_task.values()) - {glob})}
+        first_arms = {t: ids[a] for t, a in by_task.items()}
+        return StageTwoFit(ids[glob], lam, self.model_for(glob), first_arms=first_arms, looks=looks, source=self)
+
+
 def _text_at_cap(text: str, k: int, output_tokens: int) -> str:
     """The sample's text at its first k tokens: all of it when k covers it, else that share of its characters."""
     return text if k >= output_tokens else text[: len(text) * k // max(output_tokens, 1)]
@@ -135,7 +209,14 @@ def predict_stage_two(model: Any, x: np.ndarray) -> np.ndarray:
 def fit_stage_two(
     samples: pd.DataFrame, rows: pd.DataFrame, arms: list[Arm], models: list[str], lam: float, seed: int
 ) -> StageTwoFit:
-    """The stage-2 rule of the training arm rows `rows`, on the queries that have an outcome of every arm."""
+    """The stage-2 rule of the training arm rows `rows` at price `lam` (`prepare_stage_two`, then `fit_at`)."""
+    return prepare_stage_two(samples, rows, arms, models, seed).fit_at(float(lam))
+
+
+def prepare_stage_two(
+    samples: pd.DataFrame, rows: pd.DataFrame, arms: list[Arm], models: list[str], seed: int
+) -> StageTwoData:
+    """The training queries of the stage-2 rule (those with an outcome of every arm); nothing fitted yet."""
     ids = sorted(rows["query_id"].unique())
     arm_ids = [a.arm_id for a in arms]
     label = "correct_soft" if "correct_soft" in rows.columns else "correct"
@@ -147,13 +228,11 @@ def fit_stage_two(
     ids = list(grid.index)
     if len(ids) < 2:
         raise UsageError("the stage-2 rule needs at least 2 training queries with every arm's outcome")
-    a1 = stage_one_index(
-        grid["energy_j"][arm_ids].to_numpy(dtype=np.float64).mean(axis=0),
-        arms,
-        grid["correct"][arm_ids].to_numpy(dtype=np.float64).mean(axis=0),
-    )
+    energy = grid["energy_j"][arm_ids].to_numpy(dtype=np.float64)
+    correct = grid["correct"][arm_ids].to_numpy(dtype=np.float64)
     q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids]
-    sig = stage_one_signals(samples, ids, arms[a1])
-    x = stage_two_rows(q["question"].tolist(), q["task"].tolist(), sig, arms, models)
-    y = grid[label][arm_ids].to_numpy(dtype=np.float64).reshape(-1)
-    return StageTwoFit(arm_ids[a1], float(lam), fit_stage_two_model(x, y, seed))
+    return StageTwoData(
+        samples[samples["query_id"].isin(ids)], ids, q["question"].tolist(), [str(t) for t in q["task"]],
+        list(arms), list(models), grid[label][arm_ids].to_numpy(dtype=np.float64), correct, energy, seed,
+        stage_one_index(energy.mean(axis=0), arms, correct.mean(axis=0)),
+    )  # fmt: skip

@@ -256,19 +256,24 @@ class EvalContext:
 
     def look_arms(self) -> np.ndarray | None:
         """Per held-out query (`test` order) the column of the arm its fold's look-then-decide rule looks at
-        first: `train.two_stage.stage_one_index` on the fold's training queries (as eval's two_stage and
-        `ttc train` choose it), else the fold bundle's stage-2 first arm; None where a fold has neither."""
+        first at the per-task table's top point (lam = 0): `train.two_stage.task_looks` on the fold's
+        training queries (as eval's two_stage and `ttc train` choose it), else the fold bundle's stage-2
+        first arm; None where a fold has neither."""
         if "look" not in self._cache:
-            from train.two_stage import stage_one_index
+            from train.two_stage import stage_one_index, task_looks
 
             look = np.full(self.test.n_queries, -1, dtype=np.int64)
             for k, fold in enumerate(self.folds):
                 first = getattr(fold.policy, "first_arm", None)
                 if fold.train is not None and fold.train.n_queries > 0:
+                    tr = fold.train
                     try:
-                        a1 = stage_one_index(fold.train.energy_j.mean(axis=0), self.arms, fold.train.correct.mean(0))
+                        cheapest = stage_one_index(tr.energy_j.mean(axis=0), self.arms, tr.correct.mean(0))
                     except UsageError:  # no one-sample arm: no rule looks first
-                        a1 = -1
+                        look[self.fold_rows(k)] = -1
+                        continue
+                    by_task, glob = task_looks(list(tr.tasks), tr.correct, tr.energy_j, self.arms, 0.0, cheapest)
+                    a1 = np.asarray([by_task.get(str(t), glob) for t in fold.test.tasks], dtype=np.int64)
                 elif isinstance(first, str) and first in self.arm_ids:
                     a1 = self.arm_ids.index(first)
                 else:

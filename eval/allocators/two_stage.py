@@ -1,8 +1,14 @@
 """`two_stage`: look, then decide. Stage 1 always draws one sample; stage 2 picks the rest from its signals.
 
-Stage 1 is the fold's cheapest one-sample arm (lowest mean joules on the fold's
-training queries, counting arms within 5% of it as equally cheap and taking the
-most accurate of those on the training queries). Its sample's
+Stage 1 depends on the query's task and the price λ (since issue 18,
+`train.two_stage.task_looks`): the first sample of the arm the per-task table
+of the fold's training queries gives that task at λ (its one-sample version:
+same model, temperature and cap), so continuing to the table's own choice
+pays nothing twice; a task the fold never trained on looks at the global
+table arm's first sample. Each first look has its own stage-2 model, fitted
+per fold on demand. Before issue 18 every query looked at the cheapest
+one-sample arm, and that look's joules were wasted on every task whose table
+arm runs the other model. Its sample's
 signals (`policy.features.STAGE2_SIGNAL_NAMES`: mean and minimum token
 log-probability and mean entropy over its tokens up to the cap, whether an
 answer was extracted, its length, and the equations its text writes and how
@@ -32,17 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from eval.allocators.base import Curve, Outcomes, _dedupe, _point, hull_slopes, lambda_grid
+from eval.allocators.base import Curve, Outcomes, _point, hull_slopes, lambda_grid
 from eval.allocators.context import Allocator, EvalContext
 from policy.arms import Arm
 from policy.errors import UsageError
 from policy.two_stage import choose, continues, marginal_joules
+from train.task_table import breakpoints_from_matrices, grid_from_slopes
 from train.two_stage import (
-    fit_stage_two_model,
+    StageTwoData,
     predict_stage_two,
     stage_one_index,
     stage_one_signals,
     stage_two_rows,
+    task_looks,
 )
 
 __all__ = ["TwoStageAllocator", "continues", "stage_one_arm", "stage_one_signals", "stage_two_scores"]
@@ -55,7 +63,7 @@ def stage_one_arm(train: Outcomes, arms: list[Arm]) -> int:
 
 class TwoStageAllocator(Allocator):
     name = "two_stage"
-    description = "one look from the cheapest arm's model, then the arm of best predicted accuracy per marginal joule"
+    description = "one look per task (its table arm's first sample), then the best predicted accuracy per joule"
     needs_policy = True
     needs_train = True
     needs_samples = True
@@ -66,37 +74,41 @@ class TwoStageAllocator(Allocator):
         self.n_lambdas = n_lambdas
 
     def _fold(self, ctx: EvalContext, k: int) -> dict[str, Any]:
-        """Fold k: stage-1 arm, stage-2 p on held-out queries, marginal joules, continuation mask, overhead."""
+        """Fold k's stage-2 rule, fitted per first look on demand: P(correct) of its held-out queries, joules."""
         from collect.energy import make_meter
 
         fold, arms = ctx.folds[k], ctx.arms
-        models = sorted({a.model for a in arms})
-        a1 = stage_one_arm(fold.train, arms)
-
-        def rows(o: Outcomes) -> np.ndarray:
-            sig = stage_one_signals(ctx.samples, list(o.query_ids), arms[a1])
-            return stage_two_rows(o.questions, list(o.tasks), sig, arms, models)
-
+        tr, te = fold.train, fold.test
         # soft labels (expected correctness) where the outcomes carry them, as `ttc train` fits it
-        label = fold.train.correct if fold.train.correct_soft is None else fold.train.correct_soft
-        model = fit_stage_two_model(rows(fold.train), label.reshape(-1).astype(np.float64), ctx.seed)
-        meter = make_meter(ctx.overhead_meter)
-        meter.begin_window("two_stage")
-        p2 = predict_stage_two(model, rows(fold.test)).reshape(fold.test.n_queries, len(arms))
-        stage2_j = meter.end_window("two_stage").energy_j / max(fold.test.n_queries, 1)
-        pred = ctx.fold_predictions(k, "test")
-        cont = continues(arms, arms[a1])
-        e1 = fold.test.energy_j[:, a1]
-        marginal = marginal_joules(pred.e, e1, cont)
-        return {
-            "model": model,
-            "a1": a1,
-            "p2": p2,
-            "marginal": marginal,
-            "cont": cont,
-            "pred": pred,
-            "stage2_j": stage2_j,
-        }
+        label = tr.correct if tr.correct_soft is None else tr.correct_soft
+        # the very object `ttc train` fits and exports from (train.two_stage.StageTwoData.fit_at)
+        data = StageTwoData(
+            ctx.samples, list(tr.query_ids), list(tr.questions), [str(t) for t in tr.tasks], list(arms),
+            sorted({a.model for a in arms}), np.asarray(label, dtype=np.float64), tr.correct, tr.energy_j, ctx.seed,
+            stage_one_arm(tr, arms),
+        )  # fmt: skip
+        cache: dict[int, np.ndarray] = {}
+        meter_j: list[float] = []
+
+        def p2_after(a1: int) -> np.ndarray:
+            """(test queries, arms) P(correct) after a look at arm a1 (the model of `ttc train`'s rule)."""
+            if a1 not in cache:
+                model = data.model_for(a1)
+                sig = stage_one_signals(ctx.samples, list(te.query_ids), arms[a1])
+                x = stage_two_rows(te.questions, list(te.tasks), sig, arms, data.models)
+                meter = make_meter(ctx.overhead_meter)
+                meter.begin_window("two_stage")
+                cache[a1] = predict_stage_two(model, x).reshape(te.n_queries, len(arms))
+                meter_j.append(meter.end_window("two_stage").energy_j / max(te.n_queries, 1))
+            return cache[a1]
+
+        def looks(lam: float) -> np.ndarray:
+            """Each held-out query's first look at `lam` (train.two_stage.task_looks on the fold's training queries)."""
+            by_task, glob = task_looks(data.tasks, data.correct, data.energy_j, arms, lam, data.cheapest)
+            return np.asarray([by_task.get(str(t), glob) for t in te.tasks], dtype=np.int64)
+
+        return {"data": data, "p2_after": p2_after, "looks": looks, "pred": ctx.fold_predictions(k, "test"),
+                "meter_j": meter_j}  # fmt: skip
 
     def curve(self, ctx: EvalContext) -> Curve:
         if ctx.samples is None:
@@ -104,39 +116,58 @@ class TwoStageAllocator(Allocator):
         folds = [self._fold(ctx, k) for k in range(len(ctx.folds))]
         where = [ctx.fold_rows(k) for k in range(len(ctx.folds))]
         n, n_arms = ctx.test.n_queries, len(ctx.arms)
-        p2, marginal, cont = np.zeros((n, n_arms)), np.zeros((n, n_arms)), np.zeros((n, n_arms), dtype=bool)
-        a1, stage2_j = np.zeros(n, dtype=np.int64), np.zeros(n)
-        for f, r in zip(folds, where, strict=True):
-            p2[r], marginal[r], cont[r], a1[r], stage2_j[r] = f["p2"], f["marginal"], f["cont"], f["a1"], f["stage2_j"]
-        pred, q = ctx.predictions("test"), np.arange(n)
+        conts = np.stack([continues(ctx.arms, a) for a in ctx.arms])  # conts[a1, j]: arm j continues a look at a1
+        q = np.arange(n)
+
+        def at(lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """(p2, marginal joules, first look) of every held-out query when the tables are priced at `lam`."""
+            p2, marginal, a1 = np.zeros((n, n_arms)), np.zeros((n, n_arms)), np.zeros(n, dtype=np.int64)
+            for f, r in zip(folds, where, strict=True):
+                look = f["looks"](lam)
+                a1[r] = look
+                for a in np.unique(look):
+                    m = look == a
+                    p2[r[m]] = f["p2_after"](int(a))[m]
+                    e1 = ctx.test.energy_j[r[m], a]
+                    marginal[r[m]] = marginal_joules(f["pred"].e[m], e1, conts[a])
+            return p2, marginal, a1
+
+        # every distinct table of every fold (the per_task allocator's grid)
+        slopes = [s for fd in ctx.folds for s in breakpoints_from_matrices(fd.train.tasks, fd.train.correct,
+                                                                          fd.train.energy_j)]  # fmt: skip
+        # and, inside each regime of the tables, the prices where stage 2's choices change after those looks
+        # (quantiles of its hull slopes); one price between each neighbouring pair of all these breakpoints
+        table_lams = grid_from_slopes(slopes)
+        p0, _, a0 = at(0.0)
+        stage2 = [lambda_grid(hull_slopes(p, m + 1e-9), self.n_lambdas) for p, m, _ in map(at, table_lams)]
+        lams = grid_from_slopes([*slopes, *np.concatenate(stage2)])
         settings = []
-        for lam in with_midpoints(lambda_grid(hull_slopes(p2, marginal + 1e-9), self.n_lambdas)):
+        for lam in lams:
+            p2, marginal, a1 = at(float(lam))
             # the exported rule's own choice (policy.two_stage.choose), so a bundle decides as simulated here
-            settings.append((choose(p2, marginal, float(lam)), float(lam)))
-        points = []
-        for idx, lam in _dedupe(settings):
-            # an arm that does not continue the stage-1 sample pays for stage 1 on top of its own joules
-            extra = (
-                pred.overhead.charged(idx, ctx.arms) + stage2_j + np.where(cont[q, idx], 0.0, ctx.test.energy_j[q, a1])
-            )
+            idx = np.zeros(n, dtype=np.int64)
+            for a in np.unique(a1):
+                m = a1 == a
+                idx[m] = choose(p2[m], marginal[m], float(lam))
+            settings.append(((idx, a1), float(lam)))
+        stage2_j = np.zeros(n)
+        for f, r in zip(folds, where, strict=True):
+            stage2_j[r] = float(np.mean(f["meter_j"])) if f["meter_j"] else 0.0
+        pred = ctx.predictions("test")
+        points, seen = [], set()
+        for (idx, a1), lam in settings:
+            key = np.concatenate([idx, a1]).tobytes()
+            if key in seen:
+                continue
+            seen.add(key)
+            # an arm that does not continue the query's look pays for the look on top of its own joules
+            look_j = np.where(conts[a1, idx], 0.0, ctx.test.energy_j[q, a1])
+            extra = pred.overhead.charged(idx, ctx.arms) + stage2_j + look_j
             points.append(_point(ctx, f"two-stage lam={lam:.3g}", {"lam": lam}, idx, extra))
-        notes = {"stage_one_arms": sorted({ctx.arm_ids[int(j)] for j in a1}), **stage_two_scores(p2, ctx.test.correct)}
-        # scored at the strictly cheapest arm and at the arm each fold's rule looked at (a1)
-        notes["within_task_auc"] = ctx.within_task_auc(p2, look=a1)
+        notes = {"stage_one_arms": sorted({ctx.arm_ids[int(j)] for j in a0}), **stage_two_scores(p0, ctx.test.correct)}
+        # scored at the strictly cheapest arm and at each query's look, at the table's top point (lam = 0)
+        notes["within_task_auc"] = ctx.within_task_auc(p0, look=a0)
         return Curve(self.name, points, notes=notes)
-
-
-def with_midpoints(lams: np.ndarray) -> np.ndarray:
-    """The prices and one between each neighbouring pair (geometric; half the least positive next to 0), descending.
-
-    A price exactly at a hull slope is a tie the rule breaks toward the cheaper arm; the prices between
-    two slopes are the settled choices, and with few queries the quantile grid may hold no such price.
-    """
-    lams = np.unique(np.asarray(lams, dtype=np.float64))
-    pos = lams[lams > 0]
-    mids = np.sqrt(pos[:-1] * pos[1:]) if len(pos) > 1 else np.zeros(0)
-    low = [pos[0] / 2] if len(pos) and lams[0] == 0 else []
-    return np.unique(np.concatenate([lams, mids, low]))[::-1]
 
 
 def stage_two_scores(p: np.ndarray, correct: np.ndarray) -> dict[str, float]:
