@@ -132,6 +132,18 @@ def verdict(value: float | None, target: float, show, low: float | None = None, 
     return f"MISSED by {show(target - value)}"
 
 
+def frontier_line(curve: dict, table_j: float) -> str:
+    """A curve's frontier read at the table's top-point joules and at 1.5 and 2 times them, and its top point."""
+    import numpy as np
+
+    front = [curve["points"][i] for i in curve["frontier"]]
+    e = np.asarray([p["mean_energy_j"] for p in front])
+    a = np.asarray([p["accuracy"] for p in front])
+    at = [f"{a[e <= k * table_j].max():.3f} at <= {k * table_j:.3g} J" if (e <= k * table_j).any() else "n/a"
+          for k in (1.0, 1.5, 2.0)]  # fmt: skip
+    return f"{'; '.join(at)}; top {a[-1]:.3f} at {e[-1]:.3g} J"
+
+
 def issue18(docs: dict[str, dict]) -> None:
     """Issue 18's figures from the query-fold reports (one per feature set), each beside its target."""
     first = next(iter(docs.values()))
@@ -170,6 +182,9 @@ def issue18(docs: dict[str, dict]) -> None:
             f"    share of the soft oracle's gain captured: {fmt(share, True)}  target >= 25%: "
             f"{verdict(sp, TARGET_SHARE, pct)}"
         )
+    for name in ("per_task", *EXPORTED):
+        if name in first["curves"]:
+            print(f"  {name} frontier (point estimates): {frontier_line(first['curves'][name], top_j)}")
     aucs = []
     ratio_key = tagged("look_arm_energy_ratio_to_cheapest", first["energy"]["source"])
     for fs, doc in docs.items():

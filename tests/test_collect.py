@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from collect.config import load_config, make_config
 from collect.energy.attribution import attribute
+from collect.models import resolve_dtype
 from collect.observers import collect_stage
 from policy.arms import Arm
 from policy.errors import UsageError
@@ -66,7 +67,8 @@ def test_every_sample_is_graded_at_every_level(tiny_store):
         assert list(row.level_output_tokens) == [min(4, row.output_tokens), min(12, row.output_tokens)]
         assert row.level_energy_j[0] <= row.level_energy_j[1] == pytest.approx(row.energy_j)
         assert row.energy_source == "estimated" and row.meter == "estimate"
-        assert row.dtype == "bfloat16" and row.batch_rows == 2 * 2  # queries_per_batch x n_samples
+        # --dtype auto: bfloat16 where the CPU has it natively, else float32 (collect.models.resolve_dtype)
+        assert row.dtype == resolve_dtype("auto", "cpu") and row.batch_rows == 2 * 2  # queries x n_samples
         assert len(row.token_logprob) == len(row.token_entropy) == row.output_tokens
         assert row.extraction in {"strict", "flexible", "scorer", "none"}
         assert (row.answer is None) == (row.extraction == "none")
@@ -371,7 +373,7 @@ def test_probe_table_has_one_row_per_query_and_model_with_the_model_width(tiny_s
     meta, last, mean = read_probes(store, model="smollm2-135m")
     assert sorted(meta.query_id) == sorted(read_samples(store).query_id.unique())
     assert last.shape == mean.shape == (2, 576) and last.dtype == mean.dtype == np.float16
-    assert set(meta.layer) == {30} and set(meta.dtype) == {"bfloat16"}
+    assert set(meta.layer) == {30} and set(meta.dtype) == {resolve_dtype("auto", "cpu")}
     assert (meta.prefill_energy_j > 0).all() and set(meta.energy_source) == {"estimated"}
     samples = read_samples(store)
     first = samples[(samples.sample_index == 0) & (samples.temperature > 0)].set_index("query_id")
