@@ -132,12 +132,12 @@ def verdict(value: float | None, target: float, show, low: float | None = None, 
     return f"MISSED by {show(target - value)}"
 
 
-def frontier_line(curve: dict, table_j: float) -> str:
+def frontier_line(curve: dict, table_j: float, source: str) -> str:
     """A curve's frontier read at the table's top-point joules and at 1.5 and 2 times them, and its top point."""
     import numpy as np
 
     front = [curve["points"][i] for i in curve["frontier"]]
-    e = np.asarray([p["mean_energy_j"] for p in front])
+    e = np.asarray([p[tagged("mean_energy_j", source)] for p in front])
     a = np.asarray([p["accuracy"] for p in front])
     at = [f"{a[e <= k * table_j].max():.3f} at <= {k * table_j:.3g} J" if (e <= k * table_j).any() else "n/a"
           for k in (1.0, 1.5, 2.0)]  # fmt: skip
@@ -184,7 +184,8 @@ def issue18(docs: dict[str, dict]) -> None:
         )
     for name in ("per_task", *EXPORTED):
         if name in first["curves"]:
-            print(f"  {name} frontier (point estimates): {frontier_line(first['curves'][name], top_j)}")
+            line = frontier_line(first["curves"][name], top_j, first["energy"]["source"])
+            print(f"  {name} frontier (point estimates): {line}")
     aucs = []
     ratio_key = tagged("look_arm_energy_ratio_to_cheapest", first["energy"]["source"])
     for fs, doc in docs.items():
