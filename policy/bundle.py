@@ -56,6 +56,7 @@ from policy.features import (
     arm_block,
     get_feature_set,
     row_names,
+    with_hashed_tasks,
 )
 from policy.frontier import FRONTIER_FILE, Frontier
 from policy.manifest import (
@@ -401,9 +402,7 @@ class Policy:
             raise UsageError(f"lam (accuracy per joule) must be finite and >= 0, got {lam}")
         n_text = len(get_feature_set(STAGE2_FEATURES).names())
         # stage 2 was trained on hashed task columns (train/two_stage.py), whatever tasks.json names
-        text_x = (
-            x[:, :n_text] if self.task_table is None else get_feature_set(STAGE2_FEATURES).transform(questions, tasks)
-        )
+        text_x = x[:, :n_text] if self.task_table is None else with_hashed_tasks(x[:, :n_text], task_list)
         query_x = np.hstack([text_x, sig])
         p2, marginal = np.zeros((n, len(self.arms))), np.zeros((n, len(self.arms)))
         idx, conts = np.zeros(n, dtype=np.int64), np.zeros((n, len(self.arms)), dtype=bool)

@@ -102,6 +102,21 @@ class FeatureSet:
         return x
 
 
+def with_hashed_tasks(text_x: np.ndarray, tasks: Sequence[str | None] | None) -> np.ndarray:
+    """A copy of "text" feature rows with the task block rewritten as hashed one-hot columns.
+
+    The same bits as `transform(questions, tasks)` without `task_columns`, from rows made with a
+    bundle's named task columns (tasks.json), without reading the questions again.
+    """
+    out = np.array(text_x, dtype=np.float32, copy=True)
+    start = 10 + len(_QWORDS) + N_HASH
+    out[:, start : start + N_TASK] = 0.0
+    for i, task in enumerate(tasks if tasks is not None else [None] * len(out)):
+        if task:
+            out[i, start + task_hash_column(task, N_TASK)] = 1.0
+    return out
+
+
 def _text_features(
     questions: list[str], tasks: list[str | None], task_columns: Mapping[str, int] | None = None
 ) -> np.ndarray:

@@ -72,6 +72,21 @@ def test_known_tasks_never_share_a_feature_column():
     assert unknown[0, -16:].sum() == 0  # a task the columns do not name gets none
 
 
+def test_rows_of_named_task_columns_rehash_to_the_hashed_rows_bit_for_bit():
+    """Stage 2 reads hashed task columns; a bundle with tasks.json rewrites its rows' task block instead of
+    reading the questions twice (policy.features.with_hashed_tasks)."""
+    from policy.features import with_hashed_tasks
+
+    fs = get_feature_set("text")
+    cols = assign_task_columns(REFERENCE_V2_TASKS)
+    questions = ["What is 3 x 4?", "How many r in strawberry?", "", "Calculate 12 + 7."]
+    tasks = ["rg.products_1x1", "rg.letter_count_1w", None, "my.task"]
+    named = fs.transform(questions, tasks, None, cols)
+    assert not np.array_equal(named, fs.transform(questions, tasks))  # the columns do differ
+    assert np.array_equal(with_hashed_tasks(named, tasks), fs.transform(questions, tasks))
+    assert np.array_equal(with_hashed_tasks(named, None), fs.transform(questions, None))
+
+
 def test_bundle_knows_its_training_tasks_only(policy_dir: Path, reference_samples):
     pol = load_bundle(policy_dir)
     trained = sorted(set(reference_samples["task"]) - {NEW_TASK})
