@@ -1,0 +1,91 @@
+"""How far can one look, then one more arm, go above the per-task table? An in-sample upper bound.
+
+Issue 18's evidence for why its +3-point target was missed. Per task, a cascade draws arm A (any arm:
+its joules are paid), and when A's answer is wrong, and only then, runs arm B (charged what B adds:
+B's joules less A's when B continues A's sample, same model, temperature and a cap >= A's; all of B's
+otherwise). The cascade *knows* whether A is right: a perfect detector, so this bounds every
+look-then-decide rule over these arms from above. Per task the best (A, B) (or A alone) at each price
+λ, summed over tasks, is the bound's frontier; the per-task table (A alone) is computed the same way,
+on all queries, in sample. Both are read at `--joules` per query. Reads only; writes nothing.
+
+    python scripts/look_oracle.py [--store data/reference] [--joules 4.45]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from policy.arms import Arm  # noqa: E402
+from policy.two_stage import continues  # noqa: E402
+from store.loader import load_samples  # noqa: E402
+from store.views import arm_outcomes  # noqa: E402
+
+
+def options(correct: np.ndarray, joules: np.ndarray, arms: list[Arm], cascades: bool) -> list[tuple[int, float, str]]:
+    """(hits, joules, label) of every choice for one task's queries: each arm, and each (A, then B if A is wrong)."""
+    ids = [a.arm_id for a in arms]
+    out = [(int(correct[:, a].sum()), float(joules[:, a].sum()), ids[a]) for a in range(len(arms))]
+    if not cascades:
+        return out
+    for a in range(len(arms)):
+        wrong = correct[:, a] == 0
+        cont = continues(arms, arms[a])
+        for b in range(len(arms)):
+            if b == a:
+                continue
+            extra = np.maximum(joules[wrong, b] - joules[wrong, a], 0.0) if cont[b] else joules[wrong, b]
+            hits = int(correct[:, a].sum() + correct[wrong, b].sum())
+            out.append((hits, float(joules[:, a].sum() + extra.sum()), f"{ids[a]} -> {ids[b]}"))
+    return out
+
+
+def frontier(per_task: dict[str, list[tuple[int, float, str]]], n: int) -> list[tuple[float, float, dict]]:
+    """(accuracy, joules per query, choices) at each price of a dense grid: per task the best hits - λ x joules."""
+    pts = []
+    for lam in np.concatenate([[0.0], np.geomspace(1e-4, 2.0, 600)]):
+        pick = {t: max(opts, key=lambda o: (o[0] - lam * o[1], o[0], -o[1])) for t, opts in per_task.items()}
+        pts.append((sum(p[0] for p in pick.values()) / n, sum(p[1] for p in pick.values()) / n, pick))
+    return pts
+
+
+def best_at(pts: list[tuple[float, float, dict]], joules: float) -> tuple[float, float, dict]:
+    return max((p for p in pts if p[1] <= joules + 1e-9), key=lambda p: p[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default=str(ROOT / "data" / "reference"))
+    ap.add_argument("--joules", type=float, default=4.45,
+                    help="read both at this many joules per query (default: the cross-fitted table's top point "
+                         "on reference v2, `python benchmarks/eval.py`)")  # fmt: skip
+    args = ap.parse_args()
+    rows = arm_outcomes(load_samples(args.store))
+    c = rows.pivot(index="query_id", columns="arm_id", values="correct").astype(int)
+    j = rows.pivot(index="query_id", columns="arm_id", values="energy_j").loc[c.index]
+    c = c[~(c.isna().any(axis=1) | j.isna().any(axis=1))]
+    j = j.loc[c.index]
+    task = rows.groupby("query_id")["task"].first().loc[c.index].to_numpy()
+    arms = [Arm.parse(a) for a in c.columns]
+    cm, jm, n = c.to_numpy(), j.to_numpy(dtype=np.float64), len(c)
+    table = frontier({t: options(cm[task == t], jm[task == t], arms, False) for t in np.unique(task)}, n)
+    top = best_at(table, args.joules)
+    bound = frontier({t: options(cm[task == t], jm[task == t], arms, True) for t in np.unique(task)}, n)
+    at = best_at(bound, args.joules)
+    source = rows["energy_source"].iloc[0]
+    print(f"{n} queries, {len(arms)} arms, {len(np.unique(task))} tasks (in sample; {source} joules)")
+    print(f"per-task table at <= {args.joules:g} J: {top[0]:.3f} at {top[1]:.2f} J per query")
+    gain = 100 * (at[0] - top[0])
+    print(f"perfect-look cascade at <= {args.joules:g} J: {at[0]:.3f} at {at[1]:.2f} J ({gain:+.1f} points)")
+    for t, (_, _, label) in sorted(at[2].items()):
+        print(f"    {t:28s} {label}")
+
+
+if __name__ == "__main__":
+    main()
