@@ -87,7 +87,9 @@ def train_fold_policies(
     from policy.bundle import load_bundle
     from train.fit import TrainConfig, fit_policy
 
-    cfg = TrainConfig(feature_set=feature_set, n_trials=n_trials, seed=seed, num_threads=num_threads)
+    # no stage-2 rule in fold bundles: eval's two_stage allocator fits its own from the fold's outcomes
+    # (train.two_stage.StageTwoData, one model per first look), so fitting it here too only cost time
+    cfg = TrainConfig(feature_set=feature_set, n_trials=n_trials, seed=seed, num_threads=num_threads, two_stage="off")
     all_ids = set(samples["query_id"].astype(str))
     policies = []
     for fold in folds:
