@@ -153,11 +153,12 @@ class StageTwo:
         for i, look in enumerate(_list(d, "looks")):
             if not isinstance(look, dict) or "looks" in look or "first_arms" in look:
                 raise BundleError(f"{STAGE2_FILE} looks[{i}] must be an object of one rule; re-export the bundle")
-            arm = look.get("first_arm")
-            if arm == d["first_arm"] or arm in looks:
-                raise BundleError(f"{STAGE2_FILE} looks[{i}] repeats first arm {arm!r}; re-export the bundle")
-            one = {**look, "lam": lam, "features": d["features"], "signals": d["signals"]}
-            looks[str(arm)] = cls._from_dict(one, arm_ids, n_features)
+            # checked as a rule first (its first arm a string of the bundle's arms), then for repeats
+            rule = cls._from_dict({**look, "lam": lam, "features": d["features"], "signals": d["signals"]},
+                                  arm_ids, n_features)  # fmt: skip
+            if rule.first_arm == d["first_arm"] or rule.first_arm in looks:
+                raise BundleError(f"{STAGE2_FILE} looks[{i}] repeats first arm {rule.first_arm!r}; re-export it")
+            looks[rule.first_arm] = rule
         first_arms = d.get("first_arms", {})
         if not isinstance(first_arms, dict) or not all(
             isinstance(t, str) and isinstance(a, str) and (a == d["first_arm"] or a in looks)

@@ -185,6 +185,7 @@ def test_a_changed_stage_two_file_is_refused_by_the_digest(simulated, tmp_path):
         (lambda d: d["looks"][0].__setitem__("looks", []), "one rule"),
         (lambda d: d["looks"][0].__setitem__("first_arm", d["first_arm"]), "repeats"),
         (lambda d: d["looks"][0].__setitem__("first_arm", "nosuch/n1/L16/greedy"), "not an arm"),
+        (lambda d: d["looks"][0].__setitem__("first_arm", ["x"]), "'first_arm'"),
         (lambda d: d["looks"][0].__setitem__("constant", 0.5), "either 'trees' or a 'constant'"),
         (lambda d: d.__setitem__("first_arms", {"gsm8k": "nosuch/n1/L16/greedy"}), "'first_arms'"),
         (lambda d: d.__setitem__("first_arms", {"gsm8k": ["x"]}), "'first_arms'"),

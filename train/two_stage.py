@@ -17,7 +17,7 @@ never logs; lightgbm is imported only when a model is fitted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,12 +46,6 @@ class StageTwoFit:
     signals: tuple[str, ...] = STAGE2_SIGNAL_NAMES
     first_arms: Mapping[str, str] = field(default_factory=dict)
     looks: Mapping[str, Any] = field(default_factory=dict)
-    #: what `priced` refits from (None: a rule fitted by hand, repriced as it stands)
-    source: StageTwoData | None = None
-
-    def priced(self, lam: float) -> StageTwoFit:
-        """The rule at price `lam`: each task's first look where that price puts its table (`task_looks`)."""
-        return replace(self, lam=float(lam)) if self.source is None else self.source.fit_at(float(lam))
 
 
 def has_signals(samples: pd.DataFrame) -> bool:
@@ -132,6 +126,15 @@ def task_looks(
     return {t: look(a) for t, a in table.by_task.items()}, look(table.global_arm)
 
 
+def query_looks(
+    query_tasks: Sequence[Any], tasks: Sequence[str], correct: np.ndarray, energy_j: np.ndarray,
+    arms: Sequence[Arm], lam: float, default: int,
+) -> np.ndarray:  # fmt: skip
+    """(len(query_tasks),) the first look of each query by its task (`task_looks` on these training outcomes)."""
+    by_task, glob = task_looks(tasks, correct, energy_j, arms, lam, default)
+    return np.asarray([by_task.get(str(t), glob) for t in query_tasks], dtype=np.int64)
+
+
 @dataclass(eq=False)
 class StageTwoData:
     """The training queries of a stage-2 rule, and its models per first look, fitted once each on demand."""
@@ -162,7 +165,7 @@ class StageTwoData:
         ids = [a.arm_id for a in self.arms]
         looks = {ids[a]: self.model_for(a) for a in sorted(set(by_task.values()) - {glob})}
         first_arms = {t: ids[a] for t, a in by_task.items()}
-        return StageTwoFit(ids[glob], lam, self.model_for(glob), first_arms=first_arms, looks=looks, source=self)
+        return StageTwoFit(ids[glob], lam, self.model_for(glob), first_arms=first_arms, looks=looks)
 
 
 def _text_at_cap(text: str, k: int, output_tokens: int) -> str:

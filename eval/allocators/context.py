@@ -260,7 +260,7 @@ class EvalContext:
         training queries (as eval's two_stage and `ttc train` choose it), else the fold bundle's stage-2
         first arm; None where a fold has neither."""
         if "look" not in self._cache:
-            from train.two_stage import stage_one_index, task_looks
+            from train.two_stage import query_looks, stage_one_index
 
             look = np.full(self.test.n_queries, -1, dtype=np.int64)
             for k, fold in enumerate(self.folds):
@@ -272,8 +272,7 @@ class EvalContext:
                     except UsageError:  # no one-sample arm: no rule looks first
                         look[self.fold_rows(k)] = -1
                         continue
-                    by_task, glob = task_looks(list(tr.tasks), tr.correct, tr.energy_j, self.arms, 0.0, cheapest)
-                    a1 = np.asarray([by_task.get(str(t), glob) for t in fold.test.tasks], dtype=np.int64)
+                    a1 = query_looks(fold.test.tasks, list(tr.tasks), tr.correct, tr.energy_j, self.arms, 0.0, cheapest)
                 elif isinstance(first, str) and first in self.arm_ids:
                     a1 = self.arm_ids.index(first)
                 else:

@@ -47,10 +47,10 @@ from train.task_table import breakpoints_from_matrices, grid_from_slopes
 from train.two_stage import (
     StageTwoData,
     predict_stage_two,
+    query_looks,
     stage_one_index,
     stage_one_signals,
     stage_two_rows,
-    task_looks,
 )
 
 __all__ = ["TwoStageAllocator", "continues", "stage_one_arm", "stage_one_signals", "stage_two_scores"]
@@ -104,8 +104,7 @@ class TwoStageAllocator(Allocator):
 
         def looks(lam: float) -> np.ndarray:
             """Each held-out query's first look at `lam` (train.two_stage.task_looks on the fold's training queries)."""
-            by_task, glob = task_looks(data.tasks, data.correct, data.energy_j, arms, lam, data.cheapest)
-            return np.asarray([by_task.get(str(t), glob) for t in te.tasks], dtype=np.int64)
+            return query_looks(te.tasks, data.tasks, data.correct, data.energy_j, arms, lam, data.cheapest)
 
         return {"data": data, "p2_after": p2_after, "looks": looks, "pred": ctx.fold_predictions(k, "test"),
                 "meter_j": meter_j}  # fmt: skip
