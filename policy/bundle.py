@@ -178,6 +178,8 @@ class Policy:
         #: the bundle's verified files other than policy.json, as loaded (train/export.py writes them back)
         self.files = dict(files)
         self._arm_block = arm_block(self.arms, self.models)
+        #: the stage-2 rows' text columns (the same for every bundle; counted once, not per decision)
+        self._stage2_text_width = len(get_feature_set(STAGE2_FEATURES).names())
         #: the probe's model, layer and PCA ("text+probe" policies), checked on load
         self.probe_reduction = _probe_reduction(self.feature_set, self.files)
         #: the look-then-decide rule (stage2.json), checked on load; None when the bundle carries none
@@ -265,8 +267,8 @@ class Policy:
 
     def _first_arms_words(self) -> str:
         s2 = self.stage_two
-        own = {a for a in s2.first_arms.values() if a != s2.first_arm}
-        return s2.first_arm + (f" ({len(s2.first_arms)} tasks' own: {', '.join(sorted(own))})" if own else "")
+        own = [a for a in s2.first_arm_ids if a != s2.first_arm]
+        return s2.first_arm + (f" ({len(s2.first_arms)} tasks' own: {', '.join(own)})" if own else "")
 
     def _probe_words(self) -> str:
         r = self.probe_reduction
@@ -400,7 +402,7 @@ class Policy:
         price = s2.lam if lam is None else float(lam)
         if not (np.isfinite(price) and price >= 0):
             raise UsageError(f"lam (accuracy per joule) must be finite and >= 0, got {lam}")
-        n_text = len(get_feature_set(STAGE2_FEATURES).names())
+        n_text = self._stage2_text_width
         # stage 2 was trained on hashed task columns (train/two_stage.py), whatever tasks.json names
         text_x = x[:, :n_text] if self.task_table is None else with_hashed_tasks(x[:, :n_text], task_list)
         query_x = np.hstack([text_x, sig])

@@ -3,7 +3,9 @@
 The layer under policy/trees.py: `Forest` holds already validated trees (every
 index in range, children after parents) with leaves pointing to themselves,
 and walks a chunk of rows through trees of one depth at a time, following
-LightGBM's numerical decision exactly. `specialise` decides a forest's splits
+LightGBM's numerical decision exactly; a few rows (a one-query decision) have
+every node's decision taken at once first, so each step of the walk is one
+gather (`ALL_NODES_CELLS`; the same leaves, tested against the step walk). `specialise` decides a forest's splits
 on arm columns ahead, once per arm, so a (query, arm) grid needs no full rows.
 numpy and the standard library only; never imports lightgbm.
 """
@@ -22,6 +24,10 @@ CHUNK_ROWS = 1024
 # below this many (row, tree) cells, every tree walks to the deepest depth in one group: a few steps
 # over small arrays cost less than a step per distinct depth (a one-query decision: ~5x fewer steps)
 ONE_GROUP_CELLS = 32_768
+# up to this many (row, node) cells, every node's decision for every row is taken at once, before the walk:
+# each step is then one gather, not a dozen small array operations (a one-query decision over the
+# specialised energy trees: ~32,000 nodes)
+ALL_NODES_CELLS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,11 @@ class Forest:
 
     @property
     def depth(self) -> int:
-        return int(self.root_depth.max()) if len(self.root_depth) else 0
+        d = self.__dict__.get("_depth")
+        if d is None:
+            d = int(self.root_depth.max()) if len(self.root_depth) else 0
+            object.__setattr__(self, "_depth", d)
+        return d
 
     def leaf_values(self, x: np.ndarray) -> np.ndarray:
         """(n_rows, n_roots) leaf value each tree gives each row."""
@@ -51,10 +61,18 @@ class Forest:
 
     def _chunk(self, x: np.ndarray) -> np.ndarray:
         # double precision, as LightGBM compares: a float32 row converts exactly
-        flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        has_nan = bool(np.isnan(x).any())
+        special = has_nan or self.zero_missing
+        if x.shape[0] * len(self.value) <= ALL_NODES_CELLS:
+            # few rows: every node's next node is decided for each row at once, so a step is one gather
+            nxt, base = self._next_nodes(x, has_nan, special)
+            cur = self.roots[None, :] + base
+            for _ in range(self.depth):
+                cur = nxt[cur]
+            return self.value[cur - base]
+        flat = x.reshape(-1)
         offset = (np.arange(x.shape[0], dtype=np.intp) * x.shape[1])[:, None]
-        has_nan = bool(np.isnan(flat).any())
-        special = has_nan or bool((self.missing == 1).any())
         out = np.empty((x.shape[0], len(self.roots)), dtype=np.float64)
         # trees of one depth together: a shallow tree takes its own few steps, not the deepest tree's
         groups = self.depth_groups
@@ -66,6 +84,25 @@ class Forest:
                 cur = self._step(flat, offset, cur, has_nan, special)
             out[:, cols] = self.value[cur]
         return out
+
+    def _next_nodes(self, x: np.ndarray, has_nan: bool, special: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's next node after every node, as `_step` decides it (a leaf's next is itself), flat:
+        row r's entries sit at r x nodes + node and hold r x nodes + next; and the (rows, 1) offsets r x nodes."""
+        fv = x[:, self.feature]
+        if has_nan:
+            nan = np.isnan(fv)
+            fv = np.where(nan & (self.missing != 2), 0.0, fv)
+        go_right = fv > self.threshold
+        if special:
+            miss = (self.missing == 1) & (np.abs(fv) <= ZERO)
+            if has_nan:
+                miss |= (self.missing == 2) & nan
+            go_right = np.where(miss, ~self.default_left, go_right)
+        nxt = np.where(go_right, self.right, self.left)
+        if x.shape[0] == 1:  # one row (a one-query decision): no offsets to add
+            return nxt.reshape(-1), np.zeros((1, 1), dtype=np.intp)
+        base = (np.arange(x.shape[0], dtype=np.intp) * len(self.value))[:, None]
+        return (nxt + base).reshape(-1), base
 
     def _step(self, flat: np.ndarray, offset: np.ndarray, cur: np.ndarray, has_nan: bool, special: bool) -> np.ndarray:
         fv = flat[offset + self.feature[cur]]
@@ -89,6 +126,15 @@ class Forest:
             groups = [(int(d), np.flatnonzero(self.root_depth == d)) for d in np.unique(self.root_depth)]
             object.__setattr__(self, "_groups", groups)
         return groups
+
+    @property
+    def zero_missing(self) -> bool:
+        """True when a split treats zero as missing (LightGBM's missing_type "Zero")."""
+        zm = self.__dict__.get("_zero_missing")
+        if zm is None:
+            zm = bool((self.missing == 1).any())
+            object.__setattr__(self, "_zero_missing", zm)
+        return zm
 
     @property
     def children(self) -> np.ndarray:

@@ -104,6 +104,11 @@ class StageTwo:
         return self if arm is None or arm == self.first_arm else self.looks[arm]
 
     @property
+    def first_arm_ids(self) -> tuple[str, ...]:
+        """Every arm this rule may look at first (`first_arm` and each task's own), sorted."""
+        return tuple(sorted({self.first_arm, *self.first_arms.values()}))
+
+    @property
     def reads_text(self) -> bool:
         """True when the rule reads checks of the first sample's text (pass `first_text` to decide)."""
         return len(self.signals) > len(FIRST_SAMPLE_NAMES)

@@ -157,7 +157,7 @@ class ProxyState:
         look = "off"
         s2 = self.policy.stage_two
         if s2 is not None:
-            firsts = sorted({s2.first_arm, *s2.first_arms.values()})
+            firsts = s2.first_arm_ids
             served = [a for a in firsts if self.decider.can_look_arm(a)]
             if self.look and served:
                 look = "from " + ", ".join(served)

@@ -70,3 +70,27 @@ def test_the_grid_path_falls_back_to_full_rows_for_a_huge_model_with_the_same_re
     monkeypatch.setattr(policy.trees, "MAX_SPECIALISE_WORK", 0)
     got = load_bundle(bundle_dir).backend.predict_grid(x, arm_block(nu.arms, nu.models))
     assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+
+
+def test_the_all_nodes_walk_takes_the_step_walks_decisions_bit_for_bit_on_nan_zero_and_one_row(monkeypatch):
+    """A few rows decide every node at once (Forest._next_nodes); more rows walk a step at a time: same leaves."""
+    import policy.forest
+    from policy.trees import TreeEnsemble
+    from train.export import trees_json
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 5))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[rng.random(x.shape) < 0.2] = 0.0
+    y = np.nan_to_num(x[:, 0]) - 2 * np.isnan(x[:, 1]) + (x[:, 2] == 0) + x[:, 3] * (x[:, 4] > 0)
+    for params in ({}, {"zero_as_missing": True}):
+        b = lgb.train({"objective": "regression", "verbose": -1, "num_leaves": 15, **params}, lgb.Dataset(x, y), 30)
+        ens = TreeEnsemble.from_json(trees_json(b, "identity"), 5)
+        few = [x[i : i + 1] for i in range(0, 400, 7)] + [x[:3], x[np.isnan(x).any(axis=1)][:2], np.zeros((1, 5))]
+        assert len(ens.forest.value) * 3 <= policy.forest.ALL_NODES_CELLS, "the rows above must take the new path"
+        got = [ens.raw_score(r) for r in few]
+        monkeypatch.setattr(policy.forest, "ALL_NODES_CELLS", 0)
+        want = [ens.raw_score(r) for r in few]
+        monkeypatch.undo()
+        assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+        assert np.max(np.abs(np.concatenate(got) - b.predict(np.concatenate(few)))) <= 1e-9

@@ -143,9 +143,24 @@ def tables_from_matrices(
     lams: Sequence[float],
 ) -> list[TaskTable]:
     """One `TaskTable` per price in `lams` from (queries x arms) outcome matrices (eval's `Outcomes`)."""
-    arm_ids = _check_arms(arm_ids, np.shape(correct)[1] if np.ndim(correct) == 2 else -1)
-    g = _groups(tasks, correct, energy_j)
-    return [_table(g, arm_ids, float(lam)) for lam in lams]
+    sweep = TableSweep(tasks, correct, energy_j, arm_ids)
+    return [sweep.at(lam) for lam in lams]
+
+
+class TableSweep:
+    """The per-task tables of one set of (queries x arms) outcomes at any price asked, one price at a time.
+
+    The per-task sums are taken once, so a caller that learns its prices one by one (eval's `two_stage`
+    sweeps thousands, five folds each) pays only the choice per price; `tables_from_matrices` is the
+    same for a list of prices known ahead.
+    """
+
+    def __init__(self, tasks: Sequence[str], correct: np.ndarray, energy_j: np.ndarray, arm_ids: Sequence[str]):
+        self.arm_ids = _check_arms(arm_ids, np.shape(correct)[1] if np.ndim(correct) == 2 else -1)
+        self._groups = _groups(tasks, correct, energy_j)
+
+    def at(self, lam: float) -> TaskTable:
+        return _table(self._groups, self.arm_ids, float(lam))
 
 
 def _hull_slopes(hits: np.ndarray, joules: np.ndarray) -> list[float]:

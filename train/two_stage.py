@@ -27,7 +27,7 @@ from policy.arms import Arm
 from policy.errors import UsageError
 from policy.features import STAGE2_SIGNAL_NAMES, first_sample_signals, get_feature_set, row_matrix
 from policy.two_stage import STAGE2_FEATURES
-from train.task_table import tables_from_matrices
+from train.task_table import TableSweep, TaskTable, tables_from_matrices
 
 #: the sample columns the signals are read from (collection stores them per token)
 SIGNAL_COLUMNS = ("token_logprob", "token_entropy")
@@ -116,8 +116,13 @@ def task_looks(
     stage 2 can stop early or switch from there. Any other task looks at the global table arm's first
     sample. An arm without a one-sample version in the grid looks at `default` instead.
     """
+    table = tables_from_matrices(tasks, correct, energy_j, [a.arm_id for a in arms], [lam])[0]
+    return table_looks(table, arms, default)
+
+
+def table_looks(table: TaskTable, arms: Sequence[Arm], default: int) -> tuple[dict[str, int], int]:
+    """`task_looks` of a per-task table already built: each task's table arm's first sample, and the global one's."""
     arm_ids = [a.arm_id for a in arms]
-    table = tables_from_matrices(tasks, correct, energy_j, arm_ids, [lam])[0]
 
     def look(arm_id: str) -> int:
         j = look_index(arms, arm_ids.index(arm_id))
@@ -151,6 +156,23 @@ class StageTwoData:
     seed: int
     cheapest: int  # stage_one_index: the look of a task whose table arm has no one-sample version
     fitted: dict[int, Any] = field(default_factory=dict)
+    #: (each training task's look, the global look) per price asked, from one `TableSweep` of the outcomes
+    _looks: dict[float, tuple[dict[str, int], int]] = field(default_factory=dict, init=False, repr=False)
+    _sweep: TableSweep | None = field(default=None, init=False, repr=False)
+
+    def looks_at(self, lam: float) -> tuple[dict[str, int], int]:
+        """`task_looks` of the training queries at price `lam` (the per-task sums taken once, each price once)."""
+        lam = float(lam)
+        if lam not in self._looks:
+            if self._sweep is None:
+                self._sweep = TableSweep(self.tasks, self.correct, self.energy_j, [a.arm_id for a in self.arms])
+            self._looks[lam] = table_looks(self._sweep.at(lam), self.arms, self.cheapest)
+        return self._looks[lam]
+
+    def query_looks(self, query_tasks: Sequence[Any], lam: float) -> np.ndarray:
+        """(len(query_tasks),) each query's first look at `lam` by its task (`looks_at`; others: the global one)."""
+        by_task, glob = self.looks_at(lam)
+        return np.asarray([by_task.get(str(t), glob) for t in query_tasks], dtype=np.int64)
 
     def model_for(self, a1: int) -> Any:
         """The stage-2 success model after a look at arm `a1` (every training query's look at it)."""
@@ -161,7 +183,7 @@ class StageTwoData:
         return self.fitted[a1]
 
     def fit_at(self, lam: float) -> StageTwoFit:
-        by_task, glob = task_looks(self.tasks, self.correct, self.energy_j, self.arms, lam, self.cheapest)
+        by_task, glob = self.looks_at(lam)
         ids = [a.arm_id for a in self.arms]
         looks = {ids[a]: self.model_for(a) for a in sorted(set(by_task.values()) - {glob})}
         first_arms = {t: ids[a] for t, a in by_task.items()}

@@ -47,7 +47,6 @@ from train.task_table import breakpoints_from_matrices, grid_from_slopes
 from train.two_stage import (
     StageTwoData,
     predict_stage_two,
-    query_looks,
     stage_one_index,
     stage_one_signals,
     stage_two_rows,
@@ -104,7 +103,7 @@ class TwoStageAllocator(Allocator):
 
         def looks(lam: float) -> np.ndarray:
             """Each held-out query's first look at `lam` (train.two_stage.task_looks on the fold's training queries)."""
-            return query_looks(te.tasks, data.tasks, data.correct, data.energy_j, arms, lam, data.cheapest)
+            return data.query_looks(te.tasks, lam)
 
         return {"data": data, "p2_after": p2_after, "looks": looks, "pred": ctx.fold_predictions(k, "test"),
                 "meter_j": meter_j}  # fmt: skip
