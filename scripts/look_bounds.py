@@ -18,7 +18,6 @@ choosing them could add. Reads only; writes nothing; ~2 min on reference v2 (12 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from look_oracle import best_at, frontier, options  # noqa: E402
+from look_oracle import arguments, best_at, frontier, options  # noqa: E402
 
 from policy.arms import Arm  # noqa: E402
+from policy.errors import TTCError  # noqa: E402
 from policy.two_stage import choose, continues  # noqa: E402
 
 #: the prices each look is swept over (0, then a log grid across the reference's range of slopes)
@@ -90,13 +90,11 @@ def incomplete(piv: dict) -> np.ndarray:  # noqa: ANN001
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default=str(ROOT / "data" / "reference"))
-    ap.add_argument("--joules", type=float, default=4.45,
-                    help="read both at this many joules per query (default: the cross-fitted table's top point "
-                         "on reference v2, `python benchmarks/eval.py`)")  # fmt: skip
+    ap = arguments(__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
+    if args.folds < 2:
+        ap.error(f"--folds must be >= 2, got {args.folds}")
     from eval.crossfit import query_folds
     from store.loader import load_samples
     from store.views import arm_outcomes
@@ -134,4 +132,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TTCError as exc:  # a bad store or option: the message, not a traceback
+        sys.exit(f"error: {exc}")

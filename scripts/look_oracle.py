@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from policy.arms import Arm  # noqa: E402
+from policy.errors import TTCError  # noqa: E402
 from policy.two_stage import continues  # noqa: E402
 from store.loader import load_samples  # noqa: E402
 from store.views import arm_outcomes  # noqa: E402
@@ -59,13 +60,18 @@ def best_at(pts: list[tuple[float, float, dict]], joules: float) -> tuple[float,
     return max((p for p in pts if p[1] <= joules + 1e-9), key=lambda p: p[0])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """--store and --joules, shared with scripts/look_bounds.py."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--store", default=str(ROOT / "data" / "reference"))
     ap.add_argument("--joules", type=float, default=4.45,
                     help="read both at this many joules per query (default: the cross-fitted table's top point "
                          "on reference v2, `python benchmarks/eval.py`)")  # fmt: skip
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0]).parse_args()
     rows = arm_outcomes(load_samples(args.store))
     c = rows.pivot(index="query_id", columns="arm_id", values="correct").astype(int)
     j = rows.pivot(index="query_id", columns="arm_id", values="energy_j").loc[c.index]
@@ -88,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TTCError as exc:  # a bad store or option: the message, not a traceback
+        sys.exit(f"error: {exc}")

@@ -1,4 +1,5 @@
-"""scripts/look_oracle.py: the perfect-look cascade pays the second arm only where the look was wrong."""
+"""scripts/look_oracle.py (a perfect detector) and scripts/look_bounds.py (the rule's own, cross-fitted): both
+charge a second arm as eval does."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import numpy as np
 
 from policy.arms import Arm
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "look_oracle.py"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("look_oracle", SCRIPT)
+def _module(name: str = "look_oracle"):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -35,3 +36,33 @@ def test_the_second_arm_is_paid_and_counted_only_on_the_looks_wrong_queries() ->
     # the frontier picks per task at each price; the cheapest point of a dense grid is the cheapest arm
     pts = lo.frontier({"t": lo.options(correct, joules, arms, True)}, 4)
     assert min(p[1] for p in pts) == 2.0 and max(p[0] for p in pts) == 0.75
+
+
+def test_a_choice_that_continues_the_look_pays_its_own_joules_and_a_switch_pays_the_look_on_top() -> None:
+    lb = _module("look_bounds")
+    arms = [Arm("s", 1, 16, 0.0), Arm("s", 1, 32, 0.0), Arm("g", 1, 16, 0.0)]
+    correct = np.array([[1, 1, 0], [0, 1, 1], [0, 0, 1]])
+    joules = np.array([[2.0, 3.0, 5.0], [2.0, 3.0, 5.0], [2.0, 3.0, 5.0]])
+    tasks = np.array(["a", "a", "b"])
+    # after the look at arm 0: query 0 sure of it (stop), query 1 goes on to the longer cap, query 2 switches
+    p0 = np.array([[0.9, 0.9, 0.1], [0.1, 0.8, 0.2], [0.0, 0.1, 0.9]])
+    opts = lb.look_options({0: p0}, correct, joules, joules, arms, tasks, lams=np.array([0.0, 10.0]))
+    free = {label: (hits, j) for hits, j, label in opts["a"]}["look s/n1/L16/greedy, lam=0"]
+    # query 0 stops (2 J, right); query 1 continues to L32, paying 3 J in all (not 2 + 3), and is right
+    assert free == (2, 2.0 + 3.0)
+    # query 2 switches to the other model: its 5 J plus the look's 2 J, and it is right
+    assert {label: (hits, j) for hits, j, label in opts["b"]}["look s/n1/L16/greedy, lam=0"] == (1, 7.0)
+    # at a prohibitive price every query stops at its look
+    dear = {label: (hits, j) for hits, j, label in opts["a"]}["look s/n1/L16/greedy, lam=10"]
+    assert dear == (1, 4.0)
+
+
+def test_both_scripts_name_a_missing_store_and_bad_folds_without_a_traceback(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    for name, extra in (("look_oracle", []), ("look_bounds", []), ("look_bounds", ["--folds", "1"])):
+        store = [] if extra else ["--store", str(tmp_path / "absent")]
+        r = subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), *store, *extra], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+        assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr, (name, r.stderr)
