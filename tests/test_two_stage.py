@@ -345,3 +345,18 @@ def test_the_stage_two_model_learns_expected_correctness_from_soft_labels():
     p = predict_stage_two(fit_stage_two_model(x, y, seed=0), np.asarray([[0, 0.5], [1, 0.5]], dtype=np.float32))
     assert abs(p[0] - 0.2) < 0.05 and abs(p[1] - 0.8) < 0.05
     assert predict_stage_two(fit_stage_two_model(x, np.full(600, 0.3), seed=0), x[:2]).tolist() == [0.3, 0.3]
+
+
+def test_the_memoised_table_sweep_gives_the_looks_task_looks_computes_afresh_at_any_price(simulated):
+    from train.two_stage import task_looks
+
+    ctx, fold, curve, _, _, _ = simulated
+    data = fold["data"]
+    prices = [pt.params["lam"] for pt in curve.points] + [0.0, 1e-6, 0.05, 1e3, 0.0]
+    for lam in prices:  # asked again: served from the memo, still equal
+        want = task_looks(data.tasks, data.correct, data.energy_j, data.arms, lam, data.cheapest)
+        assert data.looks_at(lam) == want
+        glob = want[1]
+        assert data.query_looks(list(ctx.test.tasks) + ["a task never trained on"], lam).tolist() == [
+            want[0].get(str(t), glob) for t in ctx.test.tasks
+        ] + [glob]
