@@ -5,8 +5,9 @@ index in range, children after parents) with leaves pointing to themselves,
 and walks a chunk of rows through trees of one depth at a time, following
 LightGBM's numerical decision exactly; a few rows (a one-query decision) have
 every node's decision taken at once first, so each step of the walk is one
-gather (`ALL_NODES_CELLS`; the same leaves, tested against the step walk). `specialise` decides a forest's splits
-on arm columns ahead, once per arm, so a (query, arm) grid needs no full rows.
+gather (`ALL_NODES_CELLS`; the same leaves, tested against the step walk).
+`specialise` decides a forest's splits on arm columns ahead, once per arm, so
+a (query, arm) grid needs no full rows.
 numpy and the standard library only; never imports lightgbm.
 """
 
@@ -88,36 +89,35 @@ class Forest:
     def _next_nodes(self, x: np.ndarray, has_nan: bool, special: bool) -> tuple[np.ndarray, np.ndarray]:
         """Each row's next node after every node, as `_step` decides it (a leaf's next is itself), flat:
         row r's entries sit at r x nodes + node and hold r x nodes + next; and the (rows, 1) offsets r x nodes."""
-        fv = x[:, self.feature]
-        if has_nan:
-            nan = np.isnan(fv)
-            fv = np.where(nan & (self.missing != 2), 0.0, fv)
-        go_right = fv > self.threshold
-        if special:
-            miss = (self.missing == 1) & (np.abs(fv) <= ZERO)
-            if has_nan:
-                miss |= (self.missing == 2) & nan
-            go_right = np.where(miss, ~self.default_left, go_right)
-        nxt = np.where(go_right, self.right, self.left)
+        nxt = np.where(self._go_right(x[:, self.feature], None, has_nan, special), self.right, self.left)
         if x.shape[0] == 1:  # one row (a one-query decision): no offsets to add
             return nxt.reshape(-1), np.zeros((1, 1), dtype=np.intp)
         base = (np.arange(x.shape[0], dtype=np.intp) * len(self.value))[:, None]
         return (nxt + base).reshape(-1), base
 
     def _step(self, flat: np.ndarray, offset: np.ndarray, cur: np.ndarray, has_nan: bool, special: bool) -> np.ndarray:
-        fv = flat[offset + self.feature[cur]]
+        go_right = self._go_right(flat[offset + self.feature[cur]], cur, has_nan, special)
+        # children interleaved (left, right): one gather picks the next node
+        return self.children[2 * cur + go_right]
+
+    def _go_right(self, fv: np.ndarray, at: np.ndarray | None, has_nan: bool, special: bool) -> np.ndarray:
+        """LightGBM's numerical decision (`_goes_left`, negated) for values `fv` at nodes `at` (None: every node,
+        in order); a node's arrays are gathered only when the values need them (NaN, zero as missing)."""
+
+        def node(a: np.ndarray) -> np.ndarray:
+            return a if at is None else a[at]
+
         if has_nan:
             nan = np.isnan(fv)
-            fv = np.where(nan & (self.missing[cur] != 2), 0.0, fv)
-        go_right = fv > self.threshold[cur]
+            fv = np.where(nan & (node(self.missing) != 2), 0.0, fv)
+        go_right = fv > node(self.threshold)
         if special:
-            m = self.missing[cur]
+            m = node(self.missing)
             miss = (m == 1) & (np.abs(fv) <= ZERO)
             if has_nan:
                 miss |= (m == 2) & nan
-            go_right = np.where(miss, ~self.default_left[cur], go_right)
-        # children interleaved (left, right): one gather picks the next node
-        return self.children[2 * cur + go_right]
+            go_right = np.where(miss, ~node(self.default_left), go_right)
+        return go_right
 
     @property
     def depth_groups(self) -> list[tuple[int, np.ndarray]]:
