@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from look_oracle import arguments, best_at, frontier, options  # noqa: E402
+from look_oracle import arguments, best_at, frontier, outcome_matrices, report, table_at  # noqa: E402
 
 from policy.arms import Arm  # noqa: E402
 from policy.errors import TTCError  # noqa: E402
@@ -80,15 +80,6 @@ def cross_fitted(samples, ids, questions, tasks, soft, arms, folds, seed=0):  # 
     return p
 
 
-def incomplete(piv: dict) -> np.ndarray:  # noqa: ANN001
-    """Queries missing some arm's outcome in some pivot (a store collected model by model may be mid-way)."""
-    bad = None
-    for m in piv.values():
-        b = m.isna().any(axis=1)
-        bad = b if bad is None else bad | b
-    return bad.to_numpy()
-
-
 def main() -> None:
     ap = arguments(__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=5)
@@ -101,9 +92,7 @@ def main() -> None:
 
     samples = load_samples(args.store)
     rows = arm_outcomes(samples)
-    piv = {v: rows.pivot(index="query_id", columns="arm_id", values=v) for v in ("correct", "correct_soft", "energy_j")}
-    keep = ~incomplete(piv)
-    c, s, j = (piv[v].loc[keep] for v in ("correct", "correct_soft", "energy_j"))
+    c, s, j = outcome_matrices(rows, ("correct", "correct_soft", "energy_j"))
     ids = [str(x) for x in c.index]
     arms = [Arm.parse(a) for a in c.columns]
     q = samples.drop_duplicates("query_id").set_index("query_id").loc[ids]
@@ -119,16 +108,11 @@ def main() -> None:
             expected[te[tasks[te] == t]] = (jm[tr][mt] if mt.any() else jm[tr]).mean(axis=0)
     print(f"{n} queries, {len(arms)} arms, {args.folds} query folds; fitting one stage-2 model per look and fold")
     p = cross_fitted(samples, ids, q["question"].tolist(), tasks, s.to_numpy(dtype=np.float64), arms, folds)
-    table = best_at(frontier({t: options(cm[tasks == t], jm[tasks == t], arms, False) for t in np.unique(tasks)}, n),
-                    args.joules)  # fmt: skip
+    table = table_at(cm, jm, tasks, arms, args.joules)
     looks = best_at(frontier(look_options(p, cm, jm, expected, arms, tasks), n), args.joules)
     source = rows["energy_source"].iloc[0]
     print(f"({source} joules) hindsight per-task table at <= {args.joules:g} J: {table[0]:.3f} at {table[1]:.2f} J")
-    gain = 100 * (looks[0] - table[0])
-    print(f"hindsight per-task look and price, cross-fitted stage 2, at <= {args.joules:g} J: {looks[0]:.3f} "
-          f"at {looks[1]:.2f} J ({gain:+.1f} points)")  # fmt: skip
-    for t, (_, _, label) in sorted(looks[2].items()):
-        print(f"    {t:28s} {label}")
+    report("hindsight per-task look and price, cross-fitted stage 2", looks, table, args.joules)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,27 +72,40 @@ def arguments(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def outcome_matrices(rows: pd.DataFrame, values: Sequence[str] = ("correct", "energy_j")) -> list[pd.DataFrame]:
+    """Per value, the (query x arm) pivot of the arm rows, kept to the queries with every arm's outcome in
+    every value (a store collected model by model may be mid-way); rows and columns aligned across values."""
+    piv = [rows.pivot(index="query_id", columns="arm_id", values=v) for v in values]
+    keep = ~pd.concat([m.isna().any(axis=1) for m in piv], axis=1).any(axis=1)
+    return [m.loc[keep, piv[0].columns] for m in piv]
+
+
+def table_at(correct: np.ndarray, joules: np.ndarray, task: np.ndarray, arms: list[Arm], at_j: float) -> tuple:
+    """The in-sample per-task table's best point at <= `at_j` joules per query (`best_at`)."""
+    opts = {t: options(correct[task == t], joules[task == t], arms, False) for t in np.unique(task)}
+    return best_at(frontier(opts, len(correct)), at_j)
+
+
+def report(name: str, at: tuple, table: tuple, joules: float) -> None:
+    """One bound's point beside the table's, its gain in points, and each task's choice."""
+    print(f"{name} at <= {joules:g} J: {at[0]:.3f} at {at[1]:.2f} J ({100 * (at[0] - table[0]):+.1f} points)")
+    for t, (_, _, label) in sorted(at[2].items()):
+        print(f"    {t:28s} {label}")
+
+
 def main() -> None:
     args = arguments(__doc__.splitlines()[0]).parse_args()
     rows = arm_outcomes(load_samples(args.store))
-    c = rows.pivot(index="query_id", columns="arm_id", values="correct").astype(int)
-    j = rows.pivot(index="query_id", columns="arm_id", values="energy_j").loc[c.index]
-    c = c[~(c.isna().any(axis=1) | j.isna().any(axis=1))]
-    j = j.loc[c.index]
+    c, j = outcome_matrices(rows)
     task = rows.groupby("query_id")["task"].first().loc[c.index].to_numpy()
     arms = [Arm.parse(a) for a in c.columns]
-    cm, jm, n = c.to_numpy(), j.to_numpy(dtype=np.float64), len(c)
-    table = frontier({t: options(cm[task == t], jm[task == t], arms, False) for t in np.unique(task)}, n)
-    top = best_at(table, args.joules)
+    cm, jm, n = c.to_numpy(dtype=np.int64), j.to_numpy(dtype=np.float64), len(c)
+    top = table_at(cm, jm, task, arms, args.joules)
     bound = frontier({t: options(cm[task == t], jm[task == t], arms, True) for t in np.unique(task)}, n)
-    at = best_at(bound, args.joules)
     source = rows["energy_source"].iloc[0]
     print(f"{n} queries, {len(arms)} arms, {len(np.unique(task))} tasks (in sample; {source} joules)")
     print(f"per-task table at <= {args.joules:g} J: {top[0]:.3f} at {top[1]:.2f} J per query")
-    gain = 100 * (at[0] - top[0])
-    print(f"perfect-look cascade at <= {args.joules:g} J: {at[0]:.3f} at {at[1]:.2f} J ({gain:+.1f} points)")
-    for t, (_, _, label) in sorted(at[2].items()):
-        print(f"    {t:28s} {label}")
+    report("perfect-look cascade", best_at(bound, args.joules), top, args.joules)
 
 
 if __name__ == "__main__":
