@@ -136,7 +136,11 @@ def query_looks(
     arms: Sequence[Arm], lam: float, default: int,
 ) -> np.ndarray:  # fmt: skip
     """(len(query_tasks),) the first look of each query by its task (`task_looks` on these training outcomes)."""
-    by_task, glob = task_looks(tasks, correct, energy_j, arms, lam, default)
+    return _by_task(query_tasks, *task_looks(tasks, correct, energy_j, arms, lam, default))
+
+
+def _by_task(query_tasks: Sequence[Any], by_task: Mapping[str, int], glob: int) -> np.ndarray:
+    """(len(query_tasks),) each query's task's look, the global look for a task without one."""
     return np.asarray([by_task.get(str(t), glob) for t in query_tasks], dtype=np.int64)
 
 
@@ -171,8 +175,7 @@ class StageTwoData:
 
     def query_looks(self, query_tasks: Sequence[Any], lam: float) -> np.ndarray:
         """(len(query_tasks),) each query's first look at `lam` by its task (`looks_at`; others: the global one)."""
-        by_task, glob = self.looks_at(lam)
-        return np.asarray([by_task.get(str(t), glob) for t in query_tasks], dtype=np.int64)
+        return _by_task(query_tasks, *self.looks_at(lam))
 
     def model_for(self, a1: int) -> Any:
         """The stage-2 success model after a look at arm `a1` (every training query's look at it)."""
