@@ -45,6 +45,8 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _OPS = re.compile(r"[+\-*/×÷=^%]")
 _SENTENCE_END = re.compile(r"[.!?](\s|$)")
 _QWORDS = ("how", "what", "which", "who", "when", "where", "why", "many", "much", "total", "each", "more", "less")
+#: the text statistics' columns (`_stats`: ten counts, then one per question word); the n-grams follow, then the tasks
+_N_STATS = 10 + len(_QWORDS)
 PROBE_NAMES = tuple(f"probe_pc_{i}" for i in range(PROBE_DIMS))
 
 
@@ -109,7 +111,7 @@ def with_hashed_tasks(text_x: np.ndarray, tasks: Sequence[str | None] | None) ->
     bundle's named task columns (tasks.json), without reading the questions again.
     """
     out = np.array(text_x, dtype=np.float32, copy=True)
-    start = 10 + len(_QWORDS) + N_HASH
+    start = _N_STATS + N_HASH
     out[:, start : start + N_TASK] = 0.0
     for i, task in enumerate(tasks if tasks is not None else [None] * len(out)):
         if task:
@@ -120,7 +122,7 @@ def with_hashed_tasks(text_x: np.ndarray, tasks: Sequence[str | None] | None) ->
 def _text_features(
     questions: list[str], tasks: list[str | None], task_columns: Mapping[str, int] | None = None
 ) -> np.ndarray:
-    """The text columns of a batch, float32 (n, 10 + len(_QWORDS) + N_HASH + N_TASK).
+    """The text columns of a batch, float32 (n, _N_STATS + N_HASH + N_TASK).
 
     Hot path of `ttc allocate` (100,000 queries): statistics per query in plain
     Python, hashed n-grams counted for the whole batch at once with bincount.
@@ -149,7 +151,7 @@ def _text_features(
     grams_x = np.bincount(flat, minlength=n * N_HASH).reshape(n, N_HASH) * scale[:, None]
     if len(_GRAM_BUCKETS) > _GRAM_CACHE_MAX:
         _GRAM_BUCKETS.clear()
-    stats_x = np.asarray(stats, dtype=np.float64).reshape(n, 10 + len(_QWORDS))
+    stats_x = np.asarray(stats, dtype=np.float64).reshape(n, _N_STATS)
     return np.hstack([stats_x, grams_x, task_cols]).astype(np.float32)
 
 
