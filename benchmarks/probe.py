@@ -147,11 +147,16 @@ def _latency_one(ev, probes, n: int = 200) -> float:
     return float(np.median(times) * 1000)
 
 
+#: one-query calls timed back to back before the next kind's turn (benchmark of the stage-2 latency)
+BLOCK = 25
+
+
 def _stage_two_latency(
     samples: pd.DataFrame, n_one: int = 300, n_batch: int = 1000
-) -> tuple[str, float, float, float, float]:
-    """(first arm, p50 ms of decide_after_look on one query, ms/query in a batch of n_batch, p50 ms of allocate,
-    p50 ms of decide_after_look with the trees walked a step at a time, the evaluator before the all-nodes walk)."""
+) -> tuple[str, float, list[float], list[float]]:
+    """(first arms, ms/query of decide_after_look in a batch of n_batch, and p50 ms on one query, back to back
+    and with caches cold, of: decide_after_look, Policy.allocate, decide_after_look with the trees walked a
+    step at a time (the evaluator before the all-nodes walk))."""
     from policy import forest
     from policy.bundle import load_bundle
     from train.fit import TrainConfig, fit_policy
@@ -172,40 +177,55 @@ def _stage_two_latency(
         sig[rows] = stage_one_signals(samples, [ids[i] for i in rows], first)
     first = ", ".join(sorted(set(looks)))
     policy.decide_after_look(questions[:10], sig[:10], tasks[:10])  # warm-up
-    times, alloc, stepped = [], [], []
     all_nodes = forest.ALL_NODES_CELLS
-    for i in range(n_one):
-        j = i % len(ids)
-        t0 = time.perf_counter()
-        policy.decide_after_look([questions[j]], sig[j : j + 1], [tasks[j]])
-        t1 = time.perf_counter()
-        policy.allocate([questions[j]], [tasks[j]])  # the same policy's one-stage decision, same moment, for scale
-        t2 = time.perf_counter()
+
+    def stepped(question: str, row: np.ndarray, task: str) -> None:
         forest.ALL_NODES_CELLS = 0  # the same decision through the step-at-a-time walk, for the ratio
         try:
-            policy.decide_after_look([questions[j]], sig[j : j + 1], [tasks[j]])
+            policy.decide_after_look([question], row, [task])
         finally:
             forest.ALL_NODES_CELLS = all_nodes
-        times.append(t1 - t0)
-        alloc.append(t2 - t1)
-        stepped.append(time.perf_counter() - t2)
+
+    calls = (
+        lambda question, row, task: policy.decide_after_look([question], row, [task]),
+        lambda question, row, task: policy.allocate([question], [task]),  # the one-stage decision, for scale
+        stepped,
+    )
+    # blocks of BLOCK calls of one kind, the kinds in turn: a noisy machine slows all three alike, and each
+    # call finds its own trees in the cache as back-to-back requests do (one call of each kind in turn
+    # evicts the others' node arrays: a cold-cache p50, printed too)
+    warm: list[list[float]] = [[] for _ in calls]
+    cold: list[list[float]] = [[] for _ in calls]
+    for start in range(0, n_one, BLOCK):
+        for k, call in enumerate(calls):
+            for i in range(start, min(start + BLOCK, n_one)):
+                j = i % len(ids)
+                t0 = time.perf_counter()
+                call(questions[j], sig[j : j + 1], tasks[j])
+                warm[k].append(time.perf_counter() - t0)
+    for i in range(n_one // 3):
+        j = i % len(ids)
+        for k, call in enumerate(calls):
+            t0 = time.perf_counter()
+            call(questions[j], sig[j : j + 1], tasks[j])
+            cold[k].append(time.perf_counter() - t0)
     reps = -(-n_batch // len(ids))
     qs, ts = (questions * reps)[:n_batch], (tasks * reps)[:n_batch]
     t0 = time.perf_counter()
     policy.decide_after_look(qs, np.tile(sig, (reps, 1))[:n_batch], ts)
     batch = (time.perf_counter() - t0) * 1000 / n_batch
-    p50 = [float(np.median(t) * 1000) for t in (times, alloc, stepped)]
-    return first, p50[0], batch, p50[1], p50[2]
+    return first, batch, [float(np.median(t) * 1000) for t in warm], [float(np.median(t) * 1000) for t in cold]
 
 
 def _print_stage_two_latency(samples: pd.DataFrame) -> None:
-    first, one, batch, alloc, stepped = _stage_two_latency(samples)
+    first, batch, (one, alloc, stepped), (cold, cold_alloc, cold_stepped) = _stage_two_latency(samples)
     print(
         f"stage-2 decision latency (decide_after_look, text policy + stage2.json, numpy backend, each query's "
-        f"first sample given, of {first}): p50 {one:.3f} ms for one query; {batch:.4f} ms/query in a batch of 1,000 "
-        f"(Policy.allocate on the same policy, interleaved: p50 {alloc:.3f} ms for one query; the same decision "
-        f"with the trees walked a step at a time, as before the all-nodes walk, interleaved: p50 {stepped:.3f} ms, "
-        f"ratio {one / stepped:.2f})"
+        f"first sample given, of {first}): p50 {one:.3f} ms for one query, back to back; {batch:.4f} ms/query in "
+        f"a batch of 1,000 (in turn with it, {BLOCK} calls at a time: Policy.allocate on the same policy p50 "
+        f"{alloc:.3f} ms; the same decision with the trees walked a step at a time, as before the all-nodes walk, "
+        f"p50 {stepped:.3f} ms, ratio {one / stepped:.2f}; one call of each in turn, caches cold: p50 {cold:.3f}, "
+        f"{cold_alloc:.3f} and {cold_stepped:.3f} ms)"
     )
 
 

@@ -184,6 +184,8 @@ class Policy:
         self.probe_reduction = _probe_reduction(self.feature_set, self.files)
         #: the look-then-decide rule (stage2.json), checked on load; None when the bundle carries none
         self.stage_two = _stage_two(self.files, self.arm_ids, self.models)
+        #: per first arm (its index), which arms continue its sample: asked per decision, set once here
+        self._continues = [continues(self.arms, a) for a in self.arms]
         #: known task columns, the unknown-task rule and adapted tasks (tasks.json); None in older bundles
         self.task_table = (
             TaskTable.from_json(self.files[TASKS_FILE], self.arm_ids) if TASKS_FILE in self.files else None
@@ -411,7 +413,7 @@ class Policy:
         for first in sorted(set(a1.tolist())):  # each first look's rows through that look's rule
             rows = np.flatnonzero(a1 == first)
             rule = rules[int(rows[0])]
-            conts[rows] = continues(self.arms, self.arms[first])
+            conts[rows] = self._continues[first]
             p2[rows] = rule.predict_grid(query_x[rows], self._arm_block)
             marginal[rows] = marginal_joules(e[rows], e1[rows], conts[rows[0]])
             idx[rows] = choose(p2[rows], marginal[rows], price)

@@ -4,8 +4,9 @@ The layer under policy/trees.py: `Forest` holds already validated trees (every
 index in range, children after parents) with leaves pointing to themselves,
 and walks a chunk of rows through trees of one depth at a time, following
 LightGBM's numerical decision exactly; a few rows (a one-query decision) have
-every node's decision taken at once first, so each step of the walk is one
-gather (`ALL_NODES_CELLS`; the same leaves, tested against the step walk).
+every split's decision taken at once first, so each step of the walk is one
+gather, on a copy laid out for it (`FewRows`: splits before leaves, deepest
+trees first; `ALL_NODES_CELLS`; the same leaves, tested against the step walk).
 `specialise` decides a forest's splits on arm columns ahead, once per arm, so
 a (query, arm) grid needs no full rows.
 numpy and the standard library only; never imports lightgbm.
@@ -66,12 +67,8 @@ class Forest:
         has_nan = bool(np.isnan(x).any())
         special = has_nan or self.zero_missing
         if x.shape[0] * len(self.value) <= ALL_NODES_CELLS:
-            # few rows: every node's next node is decided for each row at once, so a step is one gather
-            nxt, base = self._next_nodes(x, has_nan, special)
-            cur = self.roots[None, :] + base
-            for _ in range(self.depth):
-                cur = nxt[cur]
-            return self.value[cur - base]
+            # few rows: every split's next node is decided for each row at once, so a step is one gather
+            return self.few_rows.leaf_values(x, has_nan, special)
         flat = x.reshape(-1)
         offset = (np.arange(x.shape[0], dtype=np.intp) * x.shape[1])[:, None]
         out = np.empty((x.shape[0], len(self.roots)), dtype=np.float64)
@@ -86,26 +83,18 @@ class Forest:
             out[:, cols] = self.value[cur]
         return out
 
-    def _next_nodes(self, x: np.ndarray, has_nan: bool, special: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's next node after every node, as `_step` decides it (a leaf's next is itself), flat:
-        row r's entries sit at r x nodes + node and hold r x nodes + next; and the (rows, 1) offsets r x nodes."""
-        nxt = np.where(self._go_right(x[:, self.feature], None, has_nan, special), self.right, self.left)
-        if x.shape[0] == 1:  # one row (a one-query decision): no offsets to add
-            return nxt.reshape(-1), np.zeros((1, 1), dtype=np.intp)
-        base = (np.arange(x.shape[0], dtype=np.intp) * len(self.value))[:, None]
-        return (nxt + base).reshape(-1), base
-
     def _step(self, flat: np.ndarray, offset: np.ndarray, cur: np.ndarray, has_nan: bool, special: bool) -> np.ndarray:
         go_right = self._go_right(flat[offset + self.feature[cur]], cur, has_nan, special)
         # children interleaved (left, right): one gather picks the next node
         return self.children[2 * cur + go_right]
 
-    def _go_right(self, fv: np.ndarray, at: np.ndarray | None, has_nan: bool, special: bool) -> np.ndarray:
-        """LightGBM's numerical decision (`_goes_left`, negated) for values `fv` at nodes `at` (None: every node,
-        in order); a node's arrays are gathered only when the values need them (NaN, zero as missing)."""
+    def _go_right(self, fv: np.ndarray, at: np.ndarray | slice, has_nan: bool, special: bool) -> np.ndarray:
+        """LightGBM's numerical decision (`_goes_left`, negated) for values `fv` at nodes `at` (indices, or a
+        slice of nodes in order); a node's arrays are gathered only when the values need them (NaN, zero as
+        missing)."""
 
         def node(a: np.ndarray) -> np.ndarray:
-            return a if at is None else a[at]
+            return a[at]
 
         if has_nan:
             nan = np.isnan(fv)
@@ -137,12 +126,73 @@ class Forest:
         return zm
 
     @property
+    def few_rows(self) -> FewRows:
+        """This forest renumbered for the all-nodes walk (cached): splits first, leaves after, trees deepest first."""
+        few = self.__dict__.get("_few_rows")
+        if few is None:
+            few = _few_rows(self)
+            object.__setattr__(self, "_few_rows", few)
+        return few
+
+    @property
     def children(self) -> np.ndarray:
         kids = self.__dict__.get("_children")
         if kids is None:
             kids = np.column_stack([self.left, self.right]).reshape(-1)
             object.__setattr__(self, "_children", kids)
         return kids
+
+
+@dataclass(frozen=True)
+class FewRows:
+    """A forest laid out for the all-nodes walk: its `n_splits` splits first (only they are decided), then
+    its leaves (`leaves`: their own numbers); its trees by depth, deepest first, so step k moves only the
+    first `steps[k]` trees; column `tree_order[t]` of the walk's result is the original tree t."""
+
+    forest: Forest
+    n_splits: int
+    leaves: np.ndarray
+    steps: tuple[int, ...]
+    tree_order: np.ndarray
+
+    def leaf_values(self, x: np.ndarray, has_nan: bool, special: bool) -> np.ndarray:
+        """(rows, trees) leaf values for float64 rows `x`, as `Forest._step` walks them."""
+        f, splits = self.forest, slice(0, self.n_splits)
+        # each row's next node after every split, then the leaves (which stay where they are)
+        go_right = f._go_right(x[:, f.feature[splits]], splits, has_nan, special)
+        nxt = np.where(go_right, f.right[splits], f.left[splits])
+        if x.shape[0] == 1:  # one row (a one-query decision): one flat array, no offsets
+            nxt, cur = np.concatenate([nxt[0], self.leaves]), f.roots.copy()
+            for moving in self.steps:
+                cur[:moving] = nxt[cur[:moving]]
+            return f.value[cur][self.tree_order][None, :]
+        # row r's entries sit at r x nodes + node and hold r x nodes + next
+        base = (np.arange(x.shape[0], dtype=np.intp) * len(f.value))[:, None]
+        nxt = np.concatenate([nxt, np.broadcast_to(self.leaves, (x.shape[0], len(self.leaves)))], axis=1) + base
+        cur = f.roots[None, :] + base
+        nxt = nxt.reshape(-1)
+        for moving in self.steps:
+            cur[:, :moving] = nxt[cur[:, :moving]]
+        return f.value[cur - base][:, self.tree_order]
+
+
+def _few_rows(f: Forest) -> FewRows:
+    n = len(f.value)
+    split = f.left != np.arange(n)
+    order = np.concatenate([np.flatnonzero(split), np.flatnonzero(~split)])  # new node -> old node
+    new = np.empty(n, dtype=np.intp)
+    new[order] = np.arange(n, dtype=np.intp)
+    by_depth = np.argsort(-f.root_depth, kind="stable")  # new tree column -> old tree
+    tree_order = np.empty(len(by_depth), dtype=np.intp)
+    tree_order[by_depth] = np.arange(len(by_depth), dtype=np.intp)
+    depth = f.root_depth[by_depth]
+    forest = Forest(
+        f.feature[order], f.threshold[order], f.default_left[order], f.missing[order], new[f.left[order]],
+        new[f.right[order]], f.value[order], new[f.roots[by_depth]], depth,
+    )  # fmt: skip
+    n_splits = int(split.sum())
+    steps = tuple(int(np.count_nonzero(depth > k)) for k in range(f.depth))
+    return FewRows(forest, n_splits, np.arange(n_splits, n, dtype=np.intp), steps, tree_order)
 
 
 def sum_in_order(per_tree: np.ndarray) -> np.ndarray:

@@ -30,7 +30,9 @@ predictions only). Then the exported two-stage success model (train/two_stage.py
 on every arm's rows as `ttc train` fits it) is cross-fitted with and without the answer
 checks, and its column for the stage-1 (cheapest) arm scored the same way. The last lines
 print the best within-task AUC any signal reached for the cheapest arm and the exported
-predictor's, against the 0.70 target. Reads only; writes nothing.
+predictor's, against the 0.70 target, and, for a sampled cheapest arm, what the query's other
+draws of that arm know about its first one (hindsight: a vote's joules; what luck leaves to learn).
+Reads only; writes nothing.
 
     python scripts/signals.py [--store data/reference] [--folds 5] [--seed 0]
 """
@@ -164,6 +166,18 @@ def signal_columns(
     return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items() if len(v) == len(ids)}
 
 
+def other_draws_mean(ids: list[str], looks: dict[str, dict], model: str, cap: int) -> np.ndarray:
+    """Per query, the share right of its model's other temperature-1 draws at `cap` (samples 1, 2, ...):
+    what more draws of the same query know about draw 0. Hindsight, not a signal (they cost a vote's
+    joules); as a score for draw 0 it bounds what any signal can reach on a sampled arm, from below."""
+    out = []
+    for q in ids:
+        right = [looks[q][k][1] for k in looks[q] if isinstance(k, tuple) and k[:2] == (model, "t1") and k[2] > 0
+                 and k[3] == cap]  # fmt: skip
+        out.append(float(np.mean(right)) if right else math.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
 def question_columns(questions: list[str], tasks: list[str]) -> dict[str, np.ndarray]:
     fs = get_feature_set("text")
     x = fs.transform(questions, tasks)
@@ -253,6 +267,15 @@ def main() -> None:
     for title, auc in exported:
         print(f"  {title:48s} {auc:6.3f}")
     print(f"\nbest within-task macro AUC for the cheapest arm, any signal: {best_cheapest[0]:.3f} ({best_cheapest[1]})")
+    if cd == "t1":  # a sampled arm: its label is one draw's luck, which no signal before it can know
+        y = np.asarray([looks[q][(cm, cd, 0, cc)][1] for q in ids], dtype=int)
+        others = other_draws_mean(ids, looks, cm, cc)
+        n_other = sum(
+            1 for k in looks[ids[0]] if isinstance(k, tuple) and k[:2] == (cm, "t1") and k[2] > 0 and k[3] == cc
+        )
+        auc, _ = within_task_auc(y, others, tasks)
+        print(f"hindsight, not a signal: the share right of the {n_other} other t1 draws of each query scores the "
+              f"cheapest arm's draw at {auc:.3f}")  # fmt: skip
     # rows 2 and 4 (or 2 alone when the exported look is the strictly cheapest arm): with the answer checks
     for what, (title, auc) in zip(
         ("the exported rule's look", "the strictly cheapest arm"), exported[1::2], strict=False

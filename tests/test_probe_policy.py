@@ -367,6 +367,12 @@ def test_the_probe_benchmark_compares_three_policies_cross_fitted_on_a_real_stor
         assert 0.0 <= float(row[1]) <= 1.0  # held-out Brier
     assert evs["text+probe"].ctx.folds[0].policy.probe_model == probes.model == "smollm2-135m"
     assert bench._latency(evs["text+probe"], probes, n=200) < 5.0  # ms per query, prefill excluded
+    import policy.forest
+
+    cells = policy.forest.ALL_NODES_CELLS
+    first, batch, warm, cold = bench._stage_two_latency(samples, n_one=bench.BLOCK + 2, n_batch=8)
+    assert first and batch > 0 and len(warm) == len(cold) == 3 and all(t > 0 for t in warm + cold)
+    assert policy.forest.ALL_NODES_CELLS == cells  # the step-walk timing put the evaluator back
 
 
 def test_the_train_stage_fits_the_probe_pca_on_its_training_split_only(small_store):

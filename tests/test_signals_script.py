@@ -39,3 +39,17 @@ def test_a_signal_is_oriented_on_the_training_folds_only(signals) -> None:
     assert out[:6].tolist() == (-s[:6]).tolist()  # flipped by the other folds' direction
     assert out[6:].tolist() == (-s[6:]).tolist()  # and fold 3 flipped too, though its own labels disagree
     assert signals.within_task_auc(y, out, tasks)[0] < 1.0  # so its held-out score is not fitted to itself
+
+
+def test_the_other_draws_share_reads_only_the_same_models_later_t1_draws_at_that_cap(signals) -> None:
+    def look(right: int) -> tuple:
+        return ("1", right, 0.0, 0.0, 0.0, 0.0, 3, 1.0, "")
+
+    looks = {
+        "q1": {("m", "t1", 0, 16): look(1), ("m", "t1", 1, 16): look(1), ("m", "t1", 2, 16): look(0),
+               ("m", "t1", 1, 32): look(0), ("m", "greedy", 0, 16): look(0), ("o", "t1", 1, 16): look(0),
+               "question": "?"},
+        "q2": {("m", "t1", 0, 16): look(0), "question": "?"},
+    }  # fmt: skip
+    got = signals.other_draws_mean(["q1", "q2"], looks, "m", 16)
+    assert got[0] == 0.5 and np.isnan(got[1])  # draw 0 itself, other caps, greedy and the other model left out

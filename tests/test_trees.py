@@ -88,9 +88,14 @@ def test_the_all_nodes_walk_takes_the_step_walks_decisions_bit_for_bit_on_nan_ze
         ens = TreeEnsemble.from_json(trees_json(b, "identity"), 5)
         few = [x[i : i + 1] for i in range(0, 400, 7)] + [x[:3], x[np.isnan(x).any(axis=1)][:2], np.zeros((1, 5))]
         assert len(ens.forest.value) * 3 <= policy.forest.ALL_NODES_CELLS, "the rows above must take the new path"
-        got = [ens.raw_score(r) for r in few]
+        assert len(set(ens.forest.root_depth.tolist())) > 2, "trees of several depths: the deepest-first walk"
+        # the grid path: trees specialised on two "arm" columns (the last two), shared between arms where equal
+        arms = np.asarray([[0.0, 1.0], [np.nan, -1.0], [0.5, 0.0]])
+        grid = [r[:, :3] for r in few[:8]] + [np.zeros((1, 3))]
+        got = [ens.raw_score(r) for r in few] + [ens.raw_score_grid(g, arms) for g in grid]
         monkeypatch.setattr(policy.forest, "ALL_NODES_CELLS", 0)
-        want = [ens.raw_score(r) for r in few]
+        ens = TreeEnsemble.from_json(trees_json(b, "identity"), 5)  # no cached grid forest
+        want = [ens.raw_score(r) for r in few] + [ens.raw_score_grid(g, arms) for g in grid]
         monkeypatch.undo()
         assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
-        assert np.max(np.abs(np.concatenate(got) - b.predict(np.concatenate(few)))) <= 1e-9
+        assert np.max(np.abs(np.concatenate(got[: len(few)]) - b.predict(np.concatenate(few)))) <= 1e-9
