@@ -31,7 +31,8 @@ on every arm's rows as `ttc train` fits it) is cross-fitted with and without the
 checks, and its column for the stage-1 (cheapest) arm scored the same way. The last lines
 print the best within-task AUC any signal reached for the cheapest arm and the exported
 predictor's, against the 0.70 target, and, for a sampled cheapest arm, what the query's other
-draws of that arm know about its first one (hindsight: a vote's joules; what luck leaves to learn).
+draws of that arm know about its first one (hindsight: a vote's joules; what luck leaves to learn),
+and what each greedy look's own correctness, known exactly, tells about that draw.
 Reads only; writes nothing.
 
     python scripts/signals.py [--store data/reference] [--folds 5] [--seed 0]
@@ -276,6 +277,11 @@ def main() -> None:
         auc, _ = within_task_auc(y, others, tasks)
         print(f"hindsight, not a signal: the share right of the {n_other} other t1 draws of each query scores the "
               f"cheapest arm's draw at {auc:.3f}")  # fmt: skip
+        # a rule that looks at another arm first: even knowing that look's correctness exactly
+        for _title, m, dec, cap in labels[1:]:
+            look = np.asarray([looks[q][(m, dec, 0, cap)][1] for q in ids], dtype=np.float64)
+            auc, _ = within_task_auc(y, look, tasks)
+            print(f"hindsight: whether {m} {dec} L{cap} is right scores the cheapest arm's draw at {auc:.3f}")
     # rows 2 and 4 (or 2 alone when the exported look is the strictly cheapest arm): with the answer checks
     for what, (title, auc) in zip(
         ("the exported rule's look", "the strictly cheapest arm"), exported[1::2], strict=False
