@@ -256,6 +256,18 @@ class Policy:
         """The one-sample arm to draw first for a query of `task` (its own look since issue 18, else `first_arm`)."""
         return self.stage_two.rule_for(task).first_arm if self.stage_two is not None else None
 
+    def warm_stage_two(self) -> None:
+        """Decide once after each first look the stage-2 rule names (no stage-2 rule: nothing), so its trees are
+        specialised for the bundle's arms now and not in a client's first decision after that look (a few
+        hundred ms a look on a 2-core machine; the servers call this as they start)."""
+        s2 = self.stage_two
+        if s2 is None:
+            return
+        task_of = {look: task for task, look in s2.first_arms.items()}  # one task per look that is not the default
+        signals = np.zeros((1, len(s2.signals)), dtype=np.float32)
+        for task in (None, *(task_of[look] for look in s2.looks if look in task_of)):
+            self.decide_after_look(["What is 7 + 5?"], signals, [task])
+
     def describe(self) -> str:
         r = self.rule
         how = f"price lam={r.lam:g} acc/J" if r.mode == PRICE else f"budget {r.budget_j:g} J/query"

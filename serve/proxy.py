@@ -223,6 +223,8 @@ def create_app(
         await state.upstreams.start()
         # warm the first decision (lazy imports, first tree walk) so no client request pays for it
         state.decider.choose("What is 7 + 5?", None, state.fixed_lam, None, None)
+        if state.look:
+            state.decider.policy.warm_stage_two()
         answer_kind(TTCOptions(task="gsm8k"))
         yield
         await state.upstreams.close()

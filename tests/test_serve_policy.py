@@ -275,15 +275,18 @@ def test_look_stops_on_a_sure_first_sample_and_votes_more_after_an_unsure_one(st
     assert f'ttc_look_actions_total{{action="{ttc["look"]["action"]}"}} 1.0' in text
 
 
-def test_each_task_looks_first_at_its_own_first_arm(stack, look_policy, tmp_path):
+def test_each_task_looks_first_at_its_own_first_arm(stack, look_policy, tmp_path, monkeypatch):
     """A rule with a per-task first look (issue 18): the task's first request goes to that arm, any other
-    task's to the global first arm; both decide from there."""
+    task's to the global first arm; both decide from there, on trees the proxy specialised as it started."""
+    from policy import trees as tree_module
+
     own = next(a.arm_id for a in look_policy.arms if a.n == 1 and a.arm_id != FIRST_ARM and a.model == "tiny-360m")
     trees = _stage_two_trees(look_policy)
     s2 = stage_two_json(FIRST_ARM, 0.0, trees, None, FIRST_SAMPLE_NAMES, {"chain_sum": own}, [(own, trees, None)])
     policy = load_bundle(write_policy(look_policy.with_files({STAGE2_FILE: s2}), tmp_path / "b"))
     assert policy.first_arm_for("chain_sum") == own and policy.first_arm_for("gsm8k") == FIRST_ARM
     s = stack(policy, fake=_logprob_engine(-0.05), lam=0.01)
+    monkeypatch.setattr(tree_module, "specialise", lambda *a: pytest.fail("a client's decision specialised trees"))
     q = "Start with 4, then plus 9, then times 3. What is the result?"
     resp, _ = s.chat(q, extra_body={"ttc": {"task": "chain_sum"}})
     look = resp.model_extra["ttc"]["look"]

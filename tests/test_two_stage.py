@@ -360,3 +360,24 @@ def test_the_memoised_table_sweep_gives_the_looks_task_looks_computes_afresh_at_
         assert data.query_looks(list(ctx.test.tasks) + ["a task never trained on"], lam).tolist() == [
             want[0].get(str(t), glob) for t in ctx.test.tasks
         ] + [glob]
+
+
+def test_warming_specialises_every_looks_trees_so_no_later_decision_does(simulated, monkeypatch):
+    from policy import trees
+
+    pol = load_bundle(simulated[3])
+    s2 = pol.stage_two
+    assert s2.looks, "the rule must have several looks for this test"
+    calls = []
+    real = trees.specialise
+    monkeypatch.setattr(trees, "specialise", lambda *a: calls.append(1) or real(*a))
+    pol.warm_stage_two()
+    assert len(calls) == 2 + len(s2.looks)  # the joules trees, the default look's rule and each other look's
+    monkeypatch.setattr(trees, "specialise", lambda *a: pytest.fail("specialised after warming"))
+    sig = np.zeros((1, len(s2.signals)), dtype=np.float32)
+    for task in (None, "never seen", *s2.first_arms):
+        pol.decide_after_look(["How many apples are left?"], sig, [task])
+    monkeypatch.undo()
+    plain = load_bundle(build_synthetic_bundle(simulated[5] / "no_look"))
+    assert plain.stage_two is None
+    plain.warm_stage_two()  # no rule: nothing to do, no error
