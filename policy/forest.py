@@ -7,7 +7,7 @@ LightGBM's numerical decision exactly; a few rows (a one-query decision) have
 every split's decision taken at once first, so each step of the walk is one
 gather, on a copy laid out for it (`FewRows`: splits before leaves, deepest
 trees first; `ALL_NODES_CELLS`; the same leaves, tested against the step walk).
-`specialise` decides a forest's splits on arm columns ahead, once per arm, so
+`specialise` decides a forest's splits on arm columns ahead, for every arm at once, so
 a (query, arm) grid needs no full rows.
 numpy and the standard library only; never imports lightgbm.
 """
@@ -89,7 +89,7 @@ class Forest:
         return self.children[2 * cur + go_right]
 
     def _go_right(self, fv: np.ndarray, at: np.ndarray | slice, has_nan: bool, special: bool) -> np.ndarray:
-        """LightGBM's numerical decision (`_goes_left`, negated) for values `fv` at nodes `at` (indices, or a
+        """LightGBM's numerical decision (`_goes_left_all`, negated) for values `fv` at nodes `at` (indices, or a
         slice of nodes in order); a node's arrays are gathered only when the values need them (NaN, zero as
         missing)."""
 
@@ -204,13 +204,13 @@ def sum_in_order(per_tree: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _goes_left(v: float, threshold: float, missing: int, default_left: bool) -> bool:
-    """LightGBM's numerical decision for one value (tree.h NumericalDecision)."""
-    if math.isnan(v) and missing != 2:
-        v = 0.0
-    if (missing == 1 and abs(v) <= ZERO) or (missing == 2 and math.isnan(v)):
-        return default_left
-    return v <= threshold
+def _goes_left_all(v: np.ndarray, threshold: np.ndarray, missing: np.ndarray, default_left: np.ndarray) -> np.ndarray:
+    """LightGBM's numerical decision (tree.h NumericalDecision), go left, for values `v` (rows, nodes) at nodes of
+    the given thresholds, missing types and default directions."""
+    nan = np.isnan(v)
+    v = np.where(nan & (missing != 2), 0.0, v)
+    miss = ((missing == 1) & (np.abs(v) <= ZERO)) | ((missing == 2) & nan)
+    return np.where(miss, default_left, v <= threshold)
 
 
 def specialise(f: Forest, n_query: int, arm_x: np.ndarray) -> tuple[Forest, np.ndarray]:
@@ -218,6 +218,8 @@ def specialise(f: Forest, n_query: int, arm_x: np.ndarray) -> tuple[Forest, np.n
 
     Returns the forest of distinct specialised trees and an (n_arms, n_trees)
     index matrix: row j lists, in tree order, the specialised tree arm j uses.
+    Every arm split is decided for every arm at once; arms that decide a tree's
+    arm splits alike share its specialised tree, which is built once.
     """
     feat, thr, dl, miss = f.feature.tolist(), f.threshold.tolist(), f.default_left.tolist(), f.missing.tolist()
     left, right, value = f.left.tolist(), f.right.tolist(), f.value.tolist()
@@ -226,28 +228,52 @@ def specialise(f: Forest, n_query: int, arm_x: np.ndarray) -> tuple[Forest, np.n
     depths: list[int] = []
     units: dict[tuple, int] = {}
     per_arm: list[list[int]] = [[] for _ in range(arm_x.shape[0])]
+    on_arm = (f.feature >= n_query) & (f.left != np.arange(len(f.left)))
+    # (arms, nodes): whether each arm goes left at each arm split (False elsewhere)
+    goes_left = np.zeros((arm_x.shape[0], len(f.left)), dtype=bool)
+    at = np.flatnonzero(on_arm)
+    if len(at):
+        goes_left[:, at] = _goes_left_all(
+            arm_x[:, f.feature[at] - n_query], f.threshold[at], f.missing[at], f.default_left[at]
+        )
+    arm_split = on_arm.tolist()
+    arm_lefts: dict[int, list[bool]] = {}  # arm -> its row of goes_left as a list, made when first needed
 
-    def resolve(g: int, arm: list[float]) -> int:
-        while left[g] != g and feat[g] >= n_query:
-            go = _goes_left(arm[feat[g] - n_query], thr[g], miss[g], dl[g])
-            g = left[g] if go else right[g]
+    def resolve(g: int, arm_left: list[bool]) -> int:
+        while arm_split[g]:
+            g = left[g] if arm_left[g] else right[g]
         return g
 
     for root in f.roots.tolist():
-        for j, arm in enumerate(arm_x.tolist()):
-            # the specialised tree, in preorder: (old node, its resolved children) per node
-            order, stack, kids = [], [resolve(root, arm)], {}
-            while stack:
-                g = stack.pop()
-                order.append(g)
-                if left[g] != g:
-                    kids[g] = (resolve(left[g], arm), resolve(right[g], arm))
-                    stack.extend(reversed(kids[g]))
-            sig = tuple((g, kids.get(g)) for g in order)
-            if sig not in units:
-                units[sig] = len(roots)
-                depths.append(_append_tree(cols, roots, order, kids, feat, thr, dl, miss, value))
-            per_arm[j].append(units[sig])
+        tree, stack = [], [root]
+        while stack:  # the tree's arm splits
+            g = stack.pop()
+            if left[g] != g:
+                if arm_split[g]:
+                    tree.append(g)
+                stack += (left[g], right[g])
+        decided = np.ascontiguousarray(goes_left[:, tree])
+        built: dict[bytes, int] = {}
+        for j in range(arm_x.shape[0]):
+            key = decided[j].tobytes()
+            if key not in built:
+                if j not in arm_lefts:
+                    arm_lefts[j] = goes_left[j].tolist()
+                arm_left = arm_lefts[j]
+                # the specialised tree, in preorder: (old node, its resolved children) per node
+                order, stack, kids = [], [resolve(root, arm_left)], {}
+                while stack:
+                    g = stack.pop()
+                    order.append(g)
+                    if left[g] != g:
+                        kids[g] = (resolve(left[g], arm_left), resolve(right[g], arm_left))
+                        stack.extend(reversed(kids[g]))
+                sig = tuple((g, kids.get(g)) for g in order)
+                if sig not in units:
+                    units[sig] = len(roots)
+                    depths.append(_append_tree(cols, roots, order, kids, feat, thr, dl, miss, value))
+                built[key] = units[sig]
+            per_arm[j].append(built[key])
     forest = Forest(
         np.asarray(cols[0], dtype=np.intp),
         np.asarray(cols[1], dtype=np.float64),

@@ -98,4 +98,7 @@ def test_the_all_nodes_walk_takes_the_step_walks_decisions_bit_for_bit_on_nan_ze
         want = [ens.raw_score(r) for r in few] + [ens.raw_score_grid(g, arms) for g in grid]
         monkeypatch.undo()
         assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+        for g, grid_rows in zip(got[len(few) :], grid, strict=True):  # specialised on NaN and zero arm values
+            rows = np.hstack([np.repeat(grid_rows, len(arms), axis=0), np.tile(arms, (len(grid_rows), 1))])
+            assert np.array_equal(g.reshape(-1), ens.raw_score(rows))
         assert np.max(np.abs(np.concatenate(got[: len(few)]) - b.predict(np.concatenate(few)))) <= 1e-9
