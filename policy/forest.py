@@ -89,23 +89,19 @@ class Forest:
         return self.children[2 * cur + go_right]
 
     def _go_right(self, fv: np.ndarray, at: np.ndarray | slice, has_nan: bool, special: bool) -> np.ndarray:
-        """LightGBM's numerical decision (`_goes_left_all`, negated) for values `fv` at nodes `at` (indices, or a
-        slice of nodes in order); a node's arrays are gathered only when the values need them (NaN, zero as
-        missing)."""
-
-        def node(a: np.ndarray) -> np.ndarray:
-            return a[at]
-
+        """LightGBM's numerical decision (tree.h NumericalDecision), go right, for values `fv` at nodes `at`
+        (indices, or a slice of nodes in order); a node's missing-value arrays are gathered only when the values
+        need them (`has_nan`: NaN among them; `special`: that, or a split treating zero as missing)."""
         if has_nan:
             nan = np.isnan(fv)
-            fv = np.where(nan & (node(self.missing) != 2), 0.0, fv)
-        go_right = fv > node(self.threshold)
+            fv = np.where(nan & (self.missing[at] != 2), 0.0, fv)
+        go_right = fv > self.threshold[at]
         if special:
-            m = node(self.missing)
+            m = self.missing[at]
             miss = (m == 1) & (np.abs(fv) <= ZERO)
             if has_nan:
                 miss |= (m == 2) & nan
-            go_right = np.where(miss, ~node(self.default_left), go_right)
+            go_right = np.where(miss, ~self.default_left[at], go_right)
         return go_right
 
     @property
@@ -204,15 +200,6 @@ def sum_in_order(per_tree: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _goes_left_all(v: np.ndarray, threshold: np.ndarray, missing: np.ndarray, default_left: np.ndarray) -> np.ndarray:
-    """LightGBM's numerical decision (tree.h NumericalDecision), go left, for values `v` (rows, nodes) at nodes of
-    the given thresholds, missing types and default directions."""
-    nan = np.isnan(v)
-    v = np.where(nan & (missing != 2), 0.0, v)
-    miss = ((missing == 1) & (np.abs(v) <= ZERO)) | ((missing == 2) & nan)
-    return np.where(miss, default_left, v <= threshold)
-
-
 def specialise(f: Forest, n_query: int, arm_x: np.ndarray) -> tuple[Forest, np.ndarray]:
     """Query-only trees for every (tree, arm) with the arm splits decided, shared where equal.
 
@@ -233,9 +220,7 @@ def specialise(f: Forest, n_query: int, arm_x: np.ndarray) -> tuple[Forest, np.n
     goes_left = np.zeros((arm_x.shape[0], len(f.left)), dtype=bool)
     at = np.flatnonzero(on_arm)
     if len(at):
-        goes_left[:, at] = _goes_left_all(
-            arm_x[:, f.feature[at] - n_query], f.threshold[at], f.missing[at], f.default_left[at]
-        )
+        goes_left[:, at] = ~f._go_right(arm_x[:, f.feature[at] - n_query], at, has_nan=True, special=True)
     arm_split = on_arm.tolist()
     arm_lefts: dict[int, list[bool]] = {}  # arm -> its row of goes_left as a list, made when first needed
 
