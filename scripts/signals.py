@@ -173,10 +173,14 @@ def other_draws_mean(ids: list[str], looks: dict[str, dict], model: str, cap: in
     joules); as a score for draw 0 it bounds what any signal can reach on a sampled arm, from below."""
     out = []
     for q in ids:
-        right = [looks[q][k][1] for k in looks[q] if isinstance(k, tuple) and k[:2] == (model, "t1") and k[2] > 0
-                 and k[3] == cap]  # fmt: skip
+        right = [looks[q][k][1] for k in other_draws(looks[q], model, cap)]
         out.append(float(np.mean(right)) if right else math.nan)
     return np.asarray(out, dtype=np.float64)
+
+
+def other_draws(look: dict, model: str, cap: int) -> list[tuple]:
+    """The keys of one query's temperature-1 draws of `model` at `cap` after its first (samples 1, 2, ...)."""
+    return [k for k in look if isinstance(k, tuple) and k[:2] == (model, "t1") and k[2] > 0 and k[3] == cap]
 
 
 def question_columns(questions: list[str], tasks: list[str]) -> dict[str, np.ndarray]:
@@ -271,9 +275,7 @@ def main() -> None:
     if cd == "t1":  # a sampled arm: its label is one draw's luck, which no signal before it can know
         y = np.asarray([looks[q][(cm, cd, 0, cc)][1] for q in ids], dtype=int)
         others = other_draws_mean(ids, looks, cm, cc)
-        n_other = sum(
-            1 for k in looks[ids[0]] if isinstance(k, tuple) and k[:2] == (cm, "t1") and k[2] > 0 and k[3] == cc
-        )
+        n_other = len(other_draws(looks[ids[0]], cm, cc))
         auc, _ = within_task_auc(y, others, tasks)
         print(f"hindsight, not a signal: the share right of the {n_other} other t1 draws of each query scores the "
               f"cheapest arm's draw at {auc:.3f}")  # fmt: skip
